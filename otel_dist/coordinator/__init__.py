@@ -1,0 +1,1 @@
+"""The coordinator: planning hand-off, task scheduling, result collection, and local clusters."""

@@ -1,0 +1,87 @@
+"""Assign a distributed plan's tasks to workers: round-robin over the healthy worker list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from otel_dist.planner.model import DistributedPlan, Stage
+from otel_dist.protocol import BucketSource, TaskInput, TaskSpec, encode_schema
+
+
+@dataclass(frozen=True)
+class TaskAssignment:
+    """Where one task runs and what it owns."""
+
+    stage_id: int
+    task_index: int
+    worker_url: str
+
+
+def assign(plan: DistributedPlan, workers: list[str]) -> dict[tuple[int, int], str]:
+    """Map (stage id, task index) to a worker URL, continuing round-robin across stages."""
+    if not workers:
+        raise ValueError("no workers to schedule on")
+    placement: dict[tuple[int, int], str] = {}
+    cursor = 0
+    for stage in plan.stages:
+        for task_index in range(stage.task_count):
+            placement[(stage.stage_id, task_index)] = workers[cursor % len(workers)]
+            cursor += 1
+    return placement
+
+
+def task_specs(
+    plan: DistributedPlan,
+    query_id: str,
+    placement: dict[tuple[int, int], str],
+    trace_context: dict[str, str] | None = None,
+) -> list[TaskSpec]:
+    """Every task of the plan as a spec, upstream stages first."""
+    specs: list[TaskSpec] = []
+    for stage in plan.stages:
+        for task_index in range(stage.task_count):
+            specs.append(
+                TaskSpec(
+                    query_id=query_id,
+                    stage_id=stage.stage_id,
+                    task_index=task_index,
+                    task_count=stage.task_count,
+                    sql=stage.sql,
+                    inputs=_inputs(plan, stage, task_index, placement),
+                    output=stage.output,
+                    output_schema_ipc=encode_schema(stage.schema),
+                    worker_url=placement[(stage.stage_id, task_index)],
+                    partitions=partitions_of(stage, task_index),
+                    trace_context=dict(trace_context or {}),
+                )
+            )
+    return specs
+
+
+def partitions_of(stage: Stage, task_index: int) -> tuple[int, ...]:
+    """The partition group a task owns: file indices for a leaf, its bucket otherwise."""
+    if stage.file_scan is not None:
+        offset = sum(len(group) for group in stage.file_scan.groups[:task_index])
+        return tuple(range(offset, offset + len(stage.file_scan.groups[task_index])))
+    return (task_index,)
+
+
+def _inputs(
+    plan: DistributedPlan, stage: Stage, task_index: int, placement: dict[tuple[int, int], str]
+) -> tuple[TaskInput, ...]:
+    inputs: list[TaskInput] = []
+    if stage.file_scan is not None:
+        inputs.append(
+            TaskInput(stage.file_scan.table_name, files=stage.file_scan.groups[task_index])
+        )
+    for stage_input in stage.inputs:
+        upstream = plan.stage(stage_input.stage_id)
+        bucket = task_index if upstream.output.kind == "hash" else 0
+        sources = tuple(
+            BucketSource(placement[(upstream.stage_id, t)], upstream.stage_id, t, bucket)
+            for t in range(upstream.task_count)
+        )
+        inputs.append(
+            TaskInput(stage_input.table_name, sources=sources, schema_ipc=encode_schema(upstream.schema))
+        )
+    return tuple(inputs)

@@ -1,0 +1,1 @@
+"""Moving Arrow data between processes: Flight clients and the reactive reader router."""

@@ -1,0 +1,65 @@
+"""The reactive router: splits a Flight stream into data batches and telemetry messages.
+
+Wherever Flight data is read (coordinator and workers), chunks are routed as they arrive:
+record batches with rows go straight to the consumer; a zero-row batch carrying
+``app_metadata`` is a telemetry message and goes to the telemetry sink instead. A sink that
+fails never affects the data: the failure is counted and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+log = logging.getLogger(__name__)
+
+TelemetrySink = Callable[[bytes], None]
+
+
+@dataclass
+class StreamStats:
+    """What one routed stream carried."""
+
+    rows: int = 0
+    batches: int = 0
+    bytes: int = 0
+    telemetry_messages: int = 0
+    telemetry_bytes: int = 0
+    telemetry_failures: int = 0
+    first_batch_ns: int | None = None
+
+
+def route(
+    reader: flight.FlightStreamReader,
+    on_telemetry: TelemetrySink | None,
+    stats: StreamStats | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Yield the stream's data batches; hand telemetry messages to ``on_telemetry``."""
+    stats = stats if stats is not None else StreamStats()
+    while True:
+        try:
+            chunk = reader.read_chunk()
+        except StopIteration:
+            return
+        data, metadata = chunk.data, chunk.app_metadata
+        if metadata is not None and (data is None or data.num_rows == 0):
+            payload = metadata.to_pybytes()
+            stats.telemetry_messages += 1
+            stats.telemetry_bytes += len(payload)
+            if on_telemetry is not None:
+                try:
+                    on_telemetry(payload)
+                except Exception:  # telemetry must never break the data path
+                    stats.telemetry_failures += 1
+                    log.warning("telemetry message rejected", exc_info=True)
+            continue
+        if data is None or data.num_rows == 0:
+            continue
+        stats.rows += data.num_rows
+        stats.batches += 1
+        stats.bytes += data.nbytes
+        yield data

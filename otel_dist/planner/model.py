@@ -1,0 +1,80 @@
+"""The distributed plan: a DAG of stages, each run as tasks over files or upstream buckets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from otel_dist.protocol import OutputPartitioning
+
+
+@dataclass(frozen=True)
+class FileScan:
+    """A leaf stage's table, its files split into one group per task."""
+
+    table_name: str
+    groups: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class StageInput:
+    """An upstream stage a stage reads, under the table name its SQL uses."""
+
+    table_name: str
+    stage_id: int
+
+
+@dataclass
+class Stage:
+    """One stage: the same SQL run by ``task_count`` tasks, each over its own partition group."""
+
+    stage_id: int
+    kind: str
+    sql: str
+    task_count: int
+    output: OutputPartitioning
+    schema: pa.Schema
+    file_scan: FileScan | None = None
+    inputs: tuple[StageInput, ...] = ()
+    fallback_reason: str | None = None
+    operators: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def is_fallback(self) -> bool:
+        return self.fallback_reason is not None
+
+
+@dataclass
+class DistributedPlan:
+    """Stages in dependency order; the last one is the root whose tasks the coordinator reads."""
+
+    sql: str
+    stages: list[Stage]
+    output_schema: pa.Schema
+    strategy: str
+
+    @property
+    def root(self) -> Stage:
+        return self.stages[-1]
+
+    def stage(self, stage_id: int) -> Stage:
+        return next(stage for stage in self.stages if stage.stage_id == stage_id)
+
+    def consumers(self, stage_id: int) -> list[Stage]:
+        return [s for s in self.stages if any(i.stage_id == stage_id for i in s.inputs)]
+
+    def describe(self) -> str:
+        """A plain-text outline of the distributed plan, as EXPLAIN shows it."""
+        lines = [f"DistributedPlan: strategy={self.strategy}, stages={len(self.stages)}"]
+        for stage in reversed(self.stages):
+            reads = ", ".join(f"{i.table_name}<-stage {i.stage_id}" for i in stage.inputs)
+            scan = f" scan={stage.file_scan.table_name}" if stage.file_scan else ""
+            fallback = f" [single-task fallback: {stage.fallback_reason}]" if stage.is_fallback else ""
+            lines.append(
+                f"Stage {stage.stage_id} ── {stage.kind}, tasks={stage.task_count}, "
+                f"output={stage.output.describe()}{scan}{' reads=' + reads if reads else ''}"
+                f"{fallback}"
+            )
+            lines.append(f"    sql: {stage.sql}")
+        return "\n".join(lines)

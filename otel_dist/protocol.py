@@ -1,0 +1,242 @@
+"""The wire protocol between coordinator and workers, defined in one place.
+
+Tasks travel as JSON in a Flight action body; bucket tickets are JSON in a Flight ticket.
+Every decoder validates its input and raises ``ProtocolError`` with a one-line message,
+which servers turn into an INVALID_ARGUMENT-style Flight error.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import pyarrow as pa
+
+PROTOCOL_VERSION = 1
+
+# Flight action names.
+ACTION_SUBMIT_TASK = "submit_task"
+ACTION_RELEASE_QUERY = "release_query"
+ACTION_CANCEL_QUERY = "cancel_query"
+ACTION_HEALTH = "health"
+ACTION_GET_TASK_TELEMETRY = "get_task_telemetry"
+
+MAX_TICKET_BYTES = 64 * 1024
+MAX_TASK_BYTES = 16 * 1024 * 1024
+
+PartitioningKind = Literal["hash", "single", "broadcast"]
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol."""
+
+
+@dataclass(frozen=True)
+class OutputPartitioning:
+    """How a task splits its output: hash on key columns into buckets, one bucket, or broadcast."""
+
+    kind: PartitioningKind
+    buckets: int = 1
+    keys: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.kind == "hash":
+            return f"hash({', '.join(self.keys)}) into {self.buckets}"
+        return self.kind
+
+
+@dataclass(frozen=True)
+class BucketSource:
+    """One upstream bucket a task reads: which worker, which task, which bucket."""
+
+    worker_url: str
+    stage_id: int
+    task_index: int
+    bucket: int
+
+
+@dataclass(frozen=True)
+class TaskInput:
+    """A table the task's SQL reads: parquet files, or buckets streamed from upstream tasks."""
+
+    table_name: str
+    files: tuple[str, ...] = ()
+    sources: tuple[BucketSource, ...] = ()
+    schema_ipc: str = ""  # base64 Arrow IPC schema of upstream buckets, empty for files
+
+    @property
+    def is_stage_input(self) -> bool:
+        return not self.files
+
+    def schema(self) -> pa.Schema:
+        return decode_schema(self.schema_ipc)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything a worker needs to run one task of one stage of one query."""
+
+    query_id: str
+    stage_id: int
+    task_index: int
+    task_count: int
+    sql: str
+    inputs: tuple[TaskInput, ...]
+    output: OutputPartitioning
+    output_schema_ipc: str
+    worker_url: str = ""
+    partitions: tuple[int, ...] = ()
+    trace_context: dict[str, str] = field(default_factory=dict)
+    version: int = PROTOCOL_VERSION
+
+    @property
+    def key(self) -> TaskKey:
+        return TaskKey(self.query_id, self.stage_id, self.task_index)
+
+    def output_schema(self) -> pa.Schema:
+        return decode_schema(self.output_schema_ipc)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @staticmethod
+    def from_json(data: bytes) -> TaskSpec:
+        if len(data) > MAX_TASK_BYTES:
+            raise ProtocolError(f"task spec of {len(data)} bytes exceeds {MAX_TASK_BYTES}")
+        raw = _load_object(data, "task spec")
+        try:
+            output = raw["output"]
+            inputs = tuple(
+                TaskInput(
+                    table_name=_str(item["table_name"]),
+                    files=tuple(_str(f) for f in item.get("files", ())),
+                    sources=tuple(
+                        BucketSource(
+                            worker_url=_str(s["worker_url"]),
+                            stage_id=_int(s["stage_id"]),
+                            task_index=_int(s["task_index"]),
+                            bucket=_int(s["bucket"]),
+                        )
+                        for s in item.get("sources", ())
+                    ),
+                    schema_ipc=_str(item.get("schema_ipc", "")),
+                )
+                for item in raw["inputs"]
+            )
+            spec = TaskSpec(
+                query_id=_str(raw["query_id"]),
+                stage_id=_int(raw["stage_id"]),
+                task_index=_int(raw["task_index"]),
+                task_count=_int(raw["task_count"]),
+                sql=_str(raw["sql"]),
+                inputs=inputs,
+                output=OutputPartitioning(
+                    kind=output["kind"],
+                    buckets=_int(output["buckets"]),
+                    keys=tuple(_str(k) for k in output["keys"]),
+                ),
+                output_schema_ipc=_str(raw["output_schema_ipc"]),
+                worker_url=_str(raw.get("worker_url", "")),
+                partitions=tuple(_int(p) for p in raw.get("partitions", ())),
+                trace_context={_str(k): _str(v) for k, v in raw.get("trace_context", {}).items()},
+                version=_int(raw.get("version", PROTOCOL_VERSION)),
+            )
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ProtocolError(f"malformed task spec: missing or invalid field {error}") from None
+        if spec.version != PROTOCOL_VERSION:
+            raise ProtocolError(f"unsupported protocol version {spec.version}")
+        if spec.output.kind not in ("hash", "single", "broadcast"):
+            raise ProtocolError(f"unknown output partitioning {spec.output.kind!r}")
+        if spec.output.buckets < 1 or spec.task_count < 1 or spec.task_index >= spec.task_count:
+            raise ProtocolError("task spec has an invalid bucket count or task index")
+        return spec
+
+
+@dataclass(frozen=True)
+class TaskKey:
+    """Identifies one task of one query."""
+
+    query_id: str
+    stage_id: int
+    task_index: int
+
+    def __str__(self) -> str:
+        return f"stage {self.stage_id} task {self.task_index}"
+
+
+@dataclass(frozen=True)
+class BucketTicket:
+    """A Flight ticket naming one output bucket of one task."""
+
+    query_id: str
+    stage_id: int
+    task_index: int
+    bucket: int
+
+    @property
+    def task_key(self) -> TaskKey:
+        return TaskKey(self.query_id, self.stage_id, self.task_index)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @staticmethod
+    def from_bytes(data: bytes) -> BucketTicket:
+        if len(data) > MAX_TICKET_BYTES:
+            raise ProtocolError(f"ticket of {len(data)} bytes exceeds {MAX_TICKET_BYTES}")
+        raw = _load_object(data, "ticket")
+        try:
+            ticket = BucketTicket(
+                query_id=_str(raw["query_id"]),
+                stage_id=_int(raw["stage_id"]),
+                task_index=_int(raw["task_index"]),
+                bucket=_int(raw["bucket"]),
+            )
+        except (KeyError, TypeError) as error:
+            raise ProtocolError(f"malformed ticket: missing or invalid field {error}") from None
+        if min(ticket.stage_id, ticket.task_index, ticket.bucket) < 0:
+            raise ProtocolError("malformed ticket: negative index")
+        return ticket
+
+
+def encode_schema(schema: pa.Schema) -> str:
+    return base64.b64encode(schema.serialize().to_pybytes()).decode()
+
+
+def decode_schema(data: str) -> pa.Schema:
+    try:
+        return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(data, validate=True)))
+    except (ValueError, pa.ArrowInvalid) as error:
+        raise ProtocolError(f"malformed schema: {error}") from None
+
+
+def encode_json(value: dict[str, Any]) -> bytes:
+    return json.dumps(value).encode()
+
+
+def decode_json_object(data: bytes, what: str) -> dict[str, Any]:
+    return _load_object(data, what)
+
+
+def _load_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        raw = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise ProtocolError(f"malformed {what}: not JSON") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"malformed {what}: not a JSON object")
+    return raw
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value

@@ -1,0 +1,46 @@
+"""DataFusion session set-up shared by the coordinator, the workers and the single-node oracle."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from datafusion import SessionConfig, SessionContext
+
+DEFAULT_TARGET_PARTITIONS = 2
+
+
+def new_session(target_partitions: int = DEFAULT_TARGET_PARTITIONS) -> SessionContext:
+    """A DataFusion session with otel_dist's settings (partitions sized for small machines)."""
+    config = (
+        SessionConfig()
+        .with_target_partitions(max(1, target_partitions))
+        .set("datafusion.sql_parser.map_string_types_to_utf8view", "false")
+    )
+    return SessionContext(config)
+
+
+_VIEW_TYPES: dict[pa.DataType, pa.DataType] = {
+    pa.string_view(): pa.string(),
+    pa.binary_view(): pa.binary(),
+}
+
+
+def plain_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema with Arrow view types replaced by their plain equivalents.
+
+    Exchanged data uses plain types because pyarrow's take/filter kernels do not support views.
+    """
+    return pa.schema(
+        [field.with_type(_VIEW_TYPES.get(field.type, field.type)) for field in schema],
+        metadata=schema.metadata,
+    )
+
+
+def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """Rename and cast a batch, column by position, to the declared schema."""
+    if batch.schema.equals(schema):
+        return batch
+    columns = [
+        column if column.type == field.type else column.cast(field.type)
+        for column, field in zip(batch.columns, schema, strict=True)
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)

@@ -1,0 +1,1 @@
+"""Test and benchmark helpers for otel_dist (an in-process OTLP/gRPC receiver)."""

@@ -1,0 +1,194 @@
+"""The worker: a Flight server that runs tasks and serves their output buckets via ``do_get``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from otel_dist.protocol import (
+    ACTION_CANCEL_QUERY,
+    ACTION_HEALTH,
+    ACTION_RELEASE_QUERY,
+    ACTION_SUBMIT_TASK,
+    BucketTicket,
+    ProtocolError,
+    TaskKey,
+    TaskSpec,
+    decode_json_object,
+)
+from otel_dist.worker.buckets import BucketError, MemoryBudget
+from otel_dist.worker.task import Task, TaskSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Settings of one worker process."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    memory_budget_bytes: int = 1 << 30
+    target_partitions: int = 2
+    read_timeout_s: float = 300.0
+    task_wait_s: float = 30.0
+    query_ttl_s: float = 900.0
+    spill_dir: str | None = None
+
+
+class WorkerServer(flight.FlightServerBase):
+    """Runs tasks submitted by a coordinator and serves their buckets to any reader."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        super().__init__(location=f"grpc://{config.host}:{config.port}")
+        self.config = config
+        self.url = f"grpc://{config.host}:{self.port}"
+        self.budget = MemoryBudget(config.memory_budget_bytes)
+        self._spill_root = tempfile.mkdtemp(prefix="otel-dist-worker-", dir=config.spill_dir)
+        self._tasks: dict[TaskKey, Task] = {}
+        self._query_seen: dict[str, float] = {}
+        self._lock = threading.Condition()
+        self._stopping = threading.Event()
+        threading.Thread(target=self._expire_loop, name="worker-ttl", daemon=True).start()
+
+    # ---- actions -------------------------------------------------------------------------
+
+    def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
+        return [
+            (ACTION_SUBMIT_TASK, "Run a task (JSON TaskSpec)"),
+            (ACTION_CANCEL_QUERY, "Cancel a query's tasks ({query_id})"),
+            (ACTION_RELEASE_QUERY, "Drop a query's tasks and buffers ({query_id})"),
+            (ACTION_HEALTH, "Liveness and load"),
+        ]
+
+    def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
+        body = action.body.to_pybytes() if action.body is not None else b""
+        try:
+            if action.type == ACTION_SUBMIT_TASK:
+                self.submit(TaskSpec.from_json(body))
+                return iter([b"{}"])
+            if action.type == ACTION_CANCEL_QUERY:
+                self.cancel_query(_query_id(body))
+                return iter([b"{}"])
+            if action.type == ACTION_RELEASE_QUERY:
+                self.release_query(_query_id(body))
+                return iter([b"{}"])
+            if action.type == ACTION_HEALTH:
+                return iter([json.dumps(self.health()).encode()])
+        except ProtocolError as error:
+            raise flight.FlightServerError(f"invalid argument: {error}") from None
+        raise flight.FlightServerError(f"invalid argument: unknown action {action.type!r}")
+
+    def submit(self, spec: TaskSpec) -> Task:
+        settings = TaskSettings(
+            worker_url=self.url,
+            target_partitions=self.config.target_partitions,
+            read_timeout_s=self.config.read_timeout_s,
+            spill_dir=self._spill_root,
+            budget=self.budget,
+        )
+        task = Task(spec, settings)
+        with self._lock:
+            if spec.key in self._tasks:
+                raise ProtocolError(f"{spec.key} of query {spec.query_id} was already submitted")
+            self._tasks[spec.key] = task
+            self._query_seen[spec.query_id] = time.monotonic()
+            self._lock.notify_all()
+        task.start()
+        return task
+
+    def cancel_query(self, query_id: str) -> None:
+        for task in self._tasks_of(query_id):
+            task.cancel()
+
+    def release_query(self, query_id: str) -> None:
+        with self._lock:
+            keys = [key for key in self._tasks if key.query_id == query_id]
+            tasks = [self._tasks.pop(key) for key in keys]
+            self._query_seen.pop(query_id, None)
+        for task in tasks:
+            task.close()
+
+    def health(self) -> dict[str, object]:
+        with self._lock:
+            running = sum(1 for t in self._tasks.values() if not t.done)
+            return {
+                "url": self.url,
+                "pid": os.getpid(),
+                "tasks": len(self._tasks),
+                "running_tasks": running,
+                "memory_used_bytes": self.budget.used_bytes,
+                "spilled_bytes": self.budget.spilled_bytes,
+            }
+
+    def _tasks_of(self, query_id: str) -> list[Task]:
+        with self._lock:
+            return [task for key, task in self._tasks.items() if key.query_id == query_id]
+
+    # ---- data ----------------------------------------------------------------------------
+
+    def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
+        try:
+            request = BucketTicket.from_bytes(ticket.ticket)
+        except ProtocolError as error:
+            raise flight.FlightServerError(f"invalid argument: {error}") from None
+        task = self._wait_for_task(request.task_key)
+        if request.bucket >= len(task.buckets):
+            raise flight.FlightServerError(
+                f"invalid argument: bucket {request.bucket} out of range for {request.task_key}"
+            )
+        bucket = task.buckets[request.bucket]
+        return flight.GeneratorStream(bucket.schema, self._serve(bucket))
+
+    def _serve(self, bucket) -> Iterator[pa.RecordBatch]:  # type: ignore[no-untyped-def]
+        try:
+            yield from bucket.read(self.config.read_timeout_s)
+        except BucketError as error:
+            raise flight.FlightServerError(str(error)) from None
+
+    def _wait_for_task(self, key: TaskKey) -> Task:
+        deadline = time.monotonic() + self.config.task_wait_s
+        with self._lock:
+            while key not in self._tasks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise flight.FlightServerError(f"not found: {key} of query {key.query_id}")
+                self._lock.wait(remaining)
+            self._query_seen[key.query_id] = time.monotonic()
+            return self._tasks[key]
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def _expire_loop(self) -> None:
+        while not self._stopping.wait(min(30.0, self.config.query_ttl_s / 4)):
+            now = time.monotonic()
+            with self._lock:
+                expired = [q for q, seen in self._query_seen.items() if now - seen > self.config.query_ttl_s]
+            for query_id in expired:
+                log.info("releasing expired query %s", query_id)
+                self.release_query(query_id)
+
+    def close_all(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            queries = list(self._query_seen)
+        for query_id in queries:
+            self.release_query(query_id)
+        shutil.rmtree(self._spill_root, ignore_errors=True)
+
+
+def _query_id(body: bytes) -> str:
+    query_id = decode_json_object(body, "action body").get("query_id")
+    if not isinstance(query_id, str):
+        raise ProtocolError("action body needs a string query_id")
+    return query_id
