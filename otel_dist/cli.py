@@ -156,7 +156,9 @@ def _coordinator(args: argparse.Namespace) -> int:
 
     workers = tuple(url.strip() for url in args.workers.split(",") if url.strip())
     coordinator = Coordinator(
-        CoordinatorConfig(workers=workers, data=str(args.data), tasks_per_stage=args.tasks_per_stage)
+        CoordinatorConfig(
+            workers=workers, data=str(args.data), tasks_per_stage=args.tasks_per_stage
+        )
     )
     coordinator.check_workers()
     server = CoordinatorServer(coordinator, args.host, args.port)
@@ -170,7 +172,9 @@ def _query(args: argparse.Namespace) -> int:
     client = flight.FlightClient(args.coordinator)
     ticket = flight.Ticket(json.dumps({"sql": args.sql}).encode())
     try:
-        table = client.do_get(ticket, options=flight.FlightCallOptions(timeout=args.timeout)).read_all()
+        table = client.do_get(
+            ticket, options=flight.FlightCallOptions(timeout=args.timeout)
+        ).read_all()
     except flight.FlightUnavailableError:
         raise UserError(f"coordinator {args.coordinator} is unreachable") from None
     except flight.FlightError as error:

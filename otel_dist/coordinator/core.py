@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from otel_dist.coordinator.scheduler import assign, task_specs
+from otel_dist.errors import one_line
 from otel_dist.exchange.clients import call_options, client_for
 from otel_dist.exchange.router import StreamStats
 from otel_dist.planner.catalog import Catalog
@@ -131,7 +132,8 @@ class Coordinator:
             for t in range(root.task_count)
         ]
         futures = [
-            self._pool.submit(self._read_source, source, query_id, root.schema) for source in sources
+            self._pool.submit(self._read_source, source, query_id, root.schema)
+            for source in sources
         ]
         batches: list[pa.RecordBatch] = []
         for future in futures:
@@ -156,7 +158,7 @@ class Coordinator:
         except flight.FlightUnavailableError:
             raise WorkerUnreachable(f"worker {source.worker_url} is unreachable") from None
         except flight.FlightError as error:
-            raise QueryError(_flight_message(error)) from None
+            raise QueryError(one_line(error)) from None
 
     def _action(self, url: str, action: str, body: bytes) -> bytes:
         client = client_for(url)
@@ -168,7 +170,7 @@ class Coordinator:
         except (flight.FlightUnavailableError, flight.FlightTimedOutError):
             raise WorkerUnreachable(f"worker {url} is unreachable") from None
         except flight.FlightError as error:
-            raise QueryError(f"worker {url}: {_flight_message(error)}") from None
+            raise QueryError(f"worker {url}: {one_line(error)}") from None
 
     def _broadcast(self, query_id: str, action: str) -> None:
         """Tell every worker about a query's end; failures are logged, never raised."""
@@ -187,12 +189,3 @@ class Coordinator:
 
     def health(self) -> list[dict[str, object]]:
         return [json.loads(self._action(url, ACTION_HEALTH, b"")) for url in self.config.workers]
-
-
-def _flight_message(error: BaseException) -> str:
-    text = str(error).strip()
-    # pyarrow appends gRPC debug details after the message; keep the first line only.
-    first = text.splitlines()[0] if text else type(error).__name__
-    for marker in (". Detail:", "gRPC client debug context"):
-        first = first.split(marker)[0]
-    return first.strip()

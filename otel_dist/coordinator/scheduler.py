@@ -82,6 +82,8 @@ def _inputs(
             for t in range(upstream.task_count)
         )
         inputs.append(
-            TaskInput(stage_input.table_name, sources=sources, schema_ipc=encode_schema(upstream.schema))
+            TaskInput(
+                stage_input.table_name, sources=sources, schema_ipc=encode_schema(upstream.schema)
+            )
         )
     return tuple(inputs)

@@ -24,7 +24,9 @@ class CoordinatorServer(flight.FlightServerBase):
         self.coordinator = coordinator
         self.url = f"grpc://{host}:{self.port}"
 
-    def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
+    def do_get(
+        self, context: flight.ServerCallContext, ticket: flight.Ticket
+    ) -> flight.FlightDataStream:
         try:
             if len(ticket.ticket) > MAX_SQL_BYTES:
                 raise ProtocolError(f"query of {len(ticket.ticket)} bytes exceeds {MAX_SQL_BYTES}")

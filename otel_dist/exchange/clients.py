@@ -20,7 +20,9 @@ def client_for(location: str) -> flight.FlightClient:
         return client
 
 
-def call_options(timeout_s: float, headers: dict[str, str] | None = None) -> flight.FlightCallOptions:
+def call_options(
+    timeout_s: float, headers: dict[str, str] | None = None
+) -> flight.FlightCallOptions:
     encoded = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     return flight.FlightCallOptions(timeout=timeout_s, headers=encoded)
 

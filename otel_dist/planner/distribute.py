@@ -15,6 +15,7 @@ same table names. Shapes handled here:
 
 from __future__ import annotations
 
+import decimal
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from datafusion.expr import SortExpr
 from datafusion.plan import LogicalPlan
 from datafusion.unparser import Dialect, Unparser
 
+from otel_dist.errors import one_line
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.model import DistributedPlan, FileScan, Stage, StageInput
 from otel_dist.protocol import OutputPartitioning
@@ -68,6 +70,14 @@ def _literal_int(raw: object) -> int | None:
     return None if value is None else int(value)
 
 
+def _as_column(expr: Expr) -> tuple[str | None, str] | None:
+    """(qualifier, name) when the expression is a plain column reference."""
+    if expr.variant_name() != "Column":
+        return None
+    variant = expr.to_variant()
+    return variant.relation(), variant.name()
+
+
 def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -87,18 +97,29 @@ class Planner:
             logical = frame.optimized_logical_plan()
             output_schema = frame.schema()
         except Exception as error:  # DataFusion raises plain Exceptions for bad SQL
-            raise PlanningError(_one_line(error)) from None
+            raise PlanningError(one_line(error)) from None
         builder = _StageBuilder(self, ctx)
         try:
             stages, strategy = builder.distribute(logical)
+            _check_root_schema(stages[-1].schema, plain_schema(output_schema))
         except _NotDistributable as reason:
             builder = _StageBuilder(self, ctx)
             stages = builder.fallback(sql, logical, str(reason))
             strategy = "fallback"
         return DistributedPlan(sql, stages, output_schema, strategy)
 
-    def unparse(self, frame: DataFrame) -> str:
-        return self._unparser.plan_to_sql(frame.logical_plan())
+    def unparse(self, frame: DataFrame, ctx: SessionContext) -> tuple[str, pa.Schema]:
+        """A frame as SQL, and that SQL's schema as ``ctx`` plans it again.
+
+        Re-planning catches SQL the unparser gets wrong and gives the column order the
+        unparsed SQL really produces (the unparser may reorder aggregate outputs).
+        """
+        sql = self._unparser.plan_to_sql(frame.logical_plan())
+        try:
+            schema = ctx.sql(sql).schema()
+        except Exception as error:
+            raise _NotDistributable(f"stage SQL does not re-plan: {one_line(error)}") from None
+        return sql, plain_schema(schema)
 
 
 class _StageBuilder:
@@ -153,7 +174,9 @@ class _StageBuilder:
     def _aggregate(self, upper: list[LogicalPlan], aggregate: LogicalPlan) -> list[Stage]:
         chain = aggregate.inputs()[0]
         if not upper_is_row_wise_to_scan(chain):
-            raise _NotDistributable("aggregate over more than one table")
+            raise _NotDistributable(
+                f"aggregate over {_describe_input(chain)} is not distributed yet"
+            )
         table = _scanned_table(chain)
         variant = aggregate.to_variant()
         groups = [_wrap(e) for e in variant.group_by_exprs()]
@@ -174,9 +197,14 @@ class _StageBuilder:
         partial_schema = plain_schema(partial_frame.schema())
         key_names = tuple(partial_schema.names[: len(groups)])
         output = (
-            OutputPartitioning("hash", buckets, key_names) if groups else OutputPartitioning("single")
+            OutputPartitioning("hash", buckets, key_names)
+            if groups
+            else OutputPartitioning("single")
         )
         leaf = self._leaf(table, partial_frame, "partial aggregate", output)
+        if leaf.schema.names[: len(groups)] != list(key_names) and groups:
+            key_names = tuple(n for n in leaf.schema.names if n in key_names)
+            leaf.output = OutputPartitioning("hash", buckets, key_names)
 
         placeholder = new_session()
         placeholder.register_record_batches(qualifier, [[_empty_batch(partial_schema)]])
@@ -184,11 +212,13 @@ class _StageBuilder:
         cut = _topmost_order_or_limit(upper)
         if buckets == 1 or cut is None:
             final_frame = self._apply_upper(final_frame, upper, for_merge=False)
-            self._stage_over(leaf, qualifier, final_frame, "final aggregate", buckets)
+            self._stage_over(leaf, qualifier, final_frame, "final aggregate", buckets, placeholder)
             return self.stages
         below_cut = upper[cut:]
         final_frame = self._apply_upper(final_frame, below_cut, for_merge=True)
-        final = self._stage_over(leaf, qualifier, final_frame, "final aggregate", buckets)
+        final = self._stage_over(
+            leaf, qualifier, final_frame, "final aggregate", buckets, placeholder
+        )
         self._merge(final, below_cut, upper[:cut])
         return self.stages
 
@@ -197,32 +227,40 @@ class _StageBuilder:
     def _frame(self, plan: LogicalPlan) -> DataFrame:
         return self.ctx.create_dataframe_from_logical_plan(plan)
 
-    def _leaf(
-        self, table: str, frame: DataFrame, kind: str, output: OutputPartitioning
-    ) -> Stage:
+    def _leaf(self, table: str, frame: DataFrame, kind: str, output: OutputPartitioning) -> Stage:
         groups = self.planner.catalog.file_groups(table, self.tasks)
+        sql, schema = self.planner.unparse(frame, self.ctx)
         return self._add(
             kind=kind,
-            sql=self.planner.unparse(frame),
+            sql=sql,
             task_count=len(groups),
             output=output,
-            schema=plain_schema(frame.schema()),
+            schema=schema,
             file_scan=FileScan(table, tuple(groups)),
         )
 
     def _stage_over(
-        self, upstream: Stage, table_name: str, frame: DataFrame, kind: str, tasks: int
+        self,
+        upstream: Stage,
+        table_name: str,
+        frame: DataFrame,
+        kind: str,
+        tasks: int,
+        ctx: SessionContext,
     ) -> Stage:
+        sql, schema = self.planner.unparse(frame, ctx)
         return self._add(
             kind=kind,
-            sql=self.planner.unparse(frame),
+            sql=sql,
             task_count=tasks,
             output=OutputPartitioning("single"),
-            schema=plain_schema(frame.schema()),
+            schema=schema,
             inputs=(StageInput(table_name, upstream.stage_id),),
         )
 
-    def _merge(self, upstream: Stage, below_cut: list[LogicalPlan], above: list[LogicalPlan]) -> None:
+    def _merge(
+        self, upstream: Stage, below_cut: list[LogicalPlan], above: list[LogicalPlan]
+    ) -> None:
         """A single task re-applying the topmost sort/limit over the gathered task outputs."""
         names = upstream.schema.names
         if len(set(names)) != len(names):
@@ -238,7 +276,9 @@ class _StageBuilder:
         elif sort_node is not None:
             limit_fetch = sort_node.to_variant().get_fetch_val()
         if sort_node is not None:
-            keys = [_order_key(sort_expr, names) for sort_expr in sort_node.to_variant().sort_exprs()]
+            keys = [
+                _order_key(sort_expr, names) for sort_expr in sort_node.to_variant().sort_exprs()
+            ]
             sql += " ORDER BY " + ", ".join(keys)
         if limit_fetch is not None:
             sql += f" LIMIT {limit_fetch}"
@@ -386,13 +426,12 @@ def _sort_expr(raw: object) -> SortExpr:
 
 
 def _order_key(raw: object, names: list[str]) -> str:
-    expr = _wrap(raw.expr())  # type: ignore[attr-defined]
-    variant = expr.to_variant()
-    if type(variant).__name__ != "Column" or variant.name() not in names:
+    column = _as_column(_wrap(raw.expr()))  # type: ignore[attr-defined]
+    if column is None or column[1] not in names:
         raise _NotDistributable("sort key is not an output column")
     direction = "ASC" if raw.ascending() else "DESC"  # type: ignore[attr-defined]
     nulls = "NULLS FIRST" if raw.nulls_first() else "NULLS LAST"  # type: ignore[attr-defined]
-    return f"{quote_identifier(variant.name())} {direction} {nulls}"
+    return f"{quote_identifier(column[1])} {direction} {nulls}"
 
 
 def _wrap_row_selection(node: LogicalPlan, sql: str, schema: pa.Schema) -> tuple[str, pa.Schema]:
@@ -408,10 +447,10 @@ def _wrap_row_selection(node: LogicalPlan, sql: str, schema: pa.Schema) -> tuple
     if kind == "Projection":
         fields = []
         for raw in variant.projections():
-            column = _wrap(raw).to_variant()
-            if type(column).__name__ != "Column" or column.name() not in schema.names:
+            column = _as_column(_wrap(raw))
+            if column is None or column[1] not in schema.names:
                 raise _NotDistributable("computed projection above a sort")
-            fields.append(schema.field(column.name()))
+            fields.append(schema.field(column[1]))
         select = ", ".join(quote_identifier(field.name) for field in fields)
         return f"SELECT {select} FROM ({sql})", pa.schema(fields)
     raise _NotDistributable(f"{kind} above a sort")
@@ -423,22 +462,17 @@ def _split_groups(groups: list[Expr]) -> tuple[str, list[Expr], list[Expr]]:
     Column keys keep their name and qualifier, so expressions above the aggregate that refer
     to ``table.column`` still resolve against the final aggregate's output.
     """
-    qualifiers = set()
-    for expr in groups:
-        variant = expr.to_variant()
-        if type(variant).__name__ == "Column":
-            qualifiers.add(variant.relation())
-    qualifiers.discard(None)
+    columns = [_as_column(expr) for expr in groups]
+    qualifiers = {column[0] for column in columns if column is not None and column[0] is not None}
     if len(qualifiers) > 1:
         raise _NotDistributable("group keys from several relations")
     qualifier = next(iter(qualifiers)) if qualifiers else "__partial"
     partials: list[Expr] = []
     finals: list[Expr] = []
     names: set[str] = set()
-    for index, expr in enumerate(groups):
-        variant = expr.to_variant()
-        if type(variant).__name__ == "Column" and variant.relation() is not None:
-            name = variant.name()
+    for index, (expr, column) in enumerate(zip(groups, columns, strict=True)):
+        if column is not None and column[0] is not None:
+            name = column[1]
             if name in names:
                 raise _NotDistributable("duplicate group key names")
             names.add(name)
@@ -457,11 +491,15 @@ def _split_aggregate(
     variant: object, expr: Expr, index: int, qualifier: str, output_type: pa.DataType
 ) -> tuple[list[Expr], Expr]:
     """The partial aggregates computed per task and the final expression combining them."""
-    aggregate = expr.to_variant()
+    inner = expr
+    if inner.variant_name() == "Alias":
+        inner = _wrap(inner.to_variant().expr())
+    if inner.variant_name() != "AggregateFunction":
+        raise _NotDistributable(f"aggregate {expr.schema_name()} is not a plain aggregate call")
+    aggregate = inner.to_variant()
     name = variant.agg_func_name(expr.expr)  # type: ignore[attr-defined]
     if (
-        type(aggregate).__name__ != "AggregateFunction"
-        or name not in _SPLITTABLE_AGGREGATES
+        name not in _SPLITTABLE_AGGREGATES
         or aggregate.is_distinct()
         or " FILTER (" in expr.schema_name()
         or " ORDER BY " in expr.schema_name()
@@ -488,17 +526,38 @@ def _split_aggregate(
             final = f.coalesce(final, Expr.literal(0)).cast(output_type)
         return [partial_fn(arg).alias(f"__p{index}")], final
     total, count = f.sum(arg).alias(f"__p{index}s"), f.count(arg).alias(f"__p{index}c")
-    wide = pa.decimal128(38, 10) if pa.types.is_decimal(output_type) else pa.float64()
-    final = (f.sum(column("s")).cast(wide) / f.nullif(f.sum(column("c")), Expr.literal(0)).cast(wide))
-    return [total, count], final.cast(output_type)
+    divisor = f.nullif(f.sum(column("c")), Expr.literal(0))
+    if not pa.types.is_decimal(output_type):
+        final = f.sum(column("s")).cast(pa.float64()) / divisor.cast(pa.float64())
+        return [total, count], final.cast(output_type)
+    # DataFusion's decimal avg truncates to the output scale; decimal division truncates too,
+    # so dividing at a finer scale and then truncating to the output scale gives the same digits.
+    scale = output_type.scale
+    quotient = f.sum(column("s")).cast(pa.decimal128(38, scale)) / divisor.cast(
+        pa.decimal128(20, 0)
+    )
+    unit = Expr.literal(pa.scalar(decimal.Decimal(1).scaleb(-scale), pa.decimal128(38, scale)))
+    return [total, count], (quotient - quotient % unit).cast(output_type)
 
 
 def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_pylist([], schema=schema)
 
 
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    for prefix in ("DataFusion error: ", "Error during planning: ", "SQL error: "):
-        text = text.replace(prefix, "")
-    return text[:500]
+def _check_root_schema(produced: pa.Schema, expected: pa.Schema) -> None:
+    """The root stage must produce the query's columns in order (names may be spelled apart)."""
+    if len(produced) != len(expected):
+        raise _NotDistributable("distributed plan produces a different number of columns")
+    for got, want in zip(produced, expected, strict=True):
+        if got.type != want.type:
+            raise _NotDistributable(
+                f"distributed plan produces {got.name}: {got.type} where {want.name}: {want.type}"
+            )
+
+
+def _describe_input(plan: LogicalPlan) -> str:
+    """The first node below row-wise operators, for fallback reasons: 'Join', 'Aggregate'..."""
+    node = plan
+    while _kind(node) in _ROW_WISE:
+        node = node.inputs()[0]
+    return _kind(node)

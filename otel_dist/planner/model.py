@@ -70,7 +70,9 @@ class DistributedPlan:
         for stage in reversed(self.stages):
             reads = ", ".join(f"{i.table_name}<-stage {i.stage_id}" for i in stage.inputs)
             scan = f" scan={stage.file_scan.table_name}" if stage.file_scan else ""
-            fallback = f" [single-task fallback: {stage.fallback_reason}]" if stage.is_fallback else ""
+            fallback = (
+                f" [single-task fallback: {stage.fallback_reason}]" if stage.is_fallback else ""
+            )
             lines.append(
                 f"Stage {stage.stage_id} ── {stage.kind}, tasks={stage.task_count}, "
                 f"output={stage.output.describe()}{scan}{' reads=' + reads if reads else ''}"

@@ -7,6 +7,7 @@ exhaust memory. Readers block, with a bounded wait, until the next batch or the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -161,7 +162,5 @@ class Bucket:
         if self._spill_file is not None:
             os.close(self._spill_file)
             self._spill_file = None
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._spill_path)
-            except FileNotFoundError:
-                pass

@@ -71,7 +71,9 @@ class WorkerServer(flight.FlightServerBase):
             (ACTION_HEALTH, "Liveness and load"),
         ]
 
-    def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
+    def do_action(
+        self, context: flight.ServerCallContext, action: flight.Action
+    ) -> Iterator[bytes]:
         body = action.body.to_pybytes() if action.body is not None else b""
         try:
             if action.type == ACTION_SUBMIT_TASK:
@@ -137,7 +139,9 @@ class WorkerServer(flight.FlightServerBase):
 
     # ---- data ----------------------------------------------------------------------------
 
-    def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
+    def do_get(
+        self, context: flight.ServerCallContext, ticket: flight.Ticket
+    ) -> flight.FlightDataStream:
         try:
             request = BucketTicket.from_bytes(ticket.ticket)
         except ProtocolError as error:
@@ -173,7 +177,11 @@ class WorkerServer(flight.FlightServerBase):
         while not self._stopping.wait(min(30.0, self.config.query_ttl_s / 4)):
             now = time.monotonic()
             with self._lock:
-                expired = [q for q, seen in self._query_seen.items() if now - seen > self.config.query_ttl_s]
+                expired = [
+                    q
+                    for q, seen in self._query_seen.items()
+                    if now - seen > self.config.query_ttl_s
+                ]
             for query_id in expired:
                 log.info("releasing expired query %s", query_id)
                 self.release_query(query_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import shutil
 import tempfile
 import threading
@@ -15,9 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.dataset as ds
 from datafusion import SessionContext
 
+from otel_dist.errors import one_line
 from otel_dist.exchange.clients import call_options, client_for
 from otel_dist.exchange.router import StreamStats, TelemetrySink, route
 from otel_dist.protocol import BucketSource, BucketTicket, TaskInput, TaskSpec
@@ -27,6 +28,7 @@ from otel_dist.worker.buckets import Bucket, MemoryBudget
 log = logging.getLogger(__name__)
 
 HASH_SEED = 0x6F74656C
+_UPSTREAM_FAILURE = re.compile(r"^stage \d+ task \d+ on \S+ failed: ")
 
 
 class TaskCancelled(RuntimeError):
@@ -79,7 +81,9 @@ class Task:
         schema = self.spec.output_schema()
         tag = f"{self.spec.query_id}-{self.spec.stage_id}-{self.spec.task_index}"
         self.buckets = [
-            Bucket(schema, self.settings.budget, os.path.join(self.settings.spill_dir, f"{tag}-{b}"))
+            Bucket(
+                schema, self.settings.budget, os.path.join(self.settings.spill_dir, f"{tag}-{b}")
+            )
             for b in range(self.spec.output.buckets)
         ]
         self._scratch = tempfile.mkdtemp(prefix=f"task-{tag}-", dir=self.settings.spill_dir)
@@ -126,9 +130,15 @@ class Task:
             self.state = "finished"
         except Exception as error:
             self.state = "cancelled" if self._cancel.is_set() else "failed"
+            message = one_line(error)
+            # An upstream task's failure is the root cause: pass it on rather than wrap it.
             self.error = (
-                f"stage {self.spec.stage_id} task {self.spec.task_index} on "
-                f"{self.settings.worker_url} failed: {_one_line(error)}"
+                message
+                if _UPSTREAM_FAILURE.match(message)
+                else (
+                    f"stage {self.spec.stage_id} task {self.spec.task_index} on "
+                    f"{self.settings.worker_url} failed: {message}"
+                )
             )
             if self.state == "failed":
                 log.warning("%s", self.error)
@@ -162,9 +172,19 @@ class Task:
                 os.symlink(path, os.path.join(folder, f"{index:05d}-{os.path.basename(path)}"))
             ctx.register_parquet(task_input.table_name, folder)
             return
+        # DataFusion's Python API has no streaming table provider: upstream buckets are read
+        # concurrently as they are produced, then handed to DataFusion as in-memory partitions.
         schema = task_input.schema()
-        reader = pa.RecordBatchReader.from_batches(schema, self._read_sources(task_input, schema))
-        ctx.register_dataset(task_input.table_name, ds.dataset(reader))
+        batches = list(self._read_sources(task_input, schema))
+        partitions: list[list[pa.RecordBatch]] = [
+            [] for _ in range(self.settings.target_partitions)
+        ]
+        for index, batch in enumerate(batches):
+            partitions[index % len(partitions)].append(batch)
+        partitions = [p for p in partitions if p] or [
+            [pa.RecordBatch.from_pylist([], schema=schema)]
+        ]
+        ctx.register_record_batches(task_input.table_name, partitions)
 
     def _read_sources(self, task_input: TaskInput, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
         """Merge the upstream buckets into one stream, reading them concurrently."""
@@ -233,13 +253,11 @@ def read_bucket(
     yield from route(reader, on_telemetry, stats)
 
 
-def hash_partition(batch: pa.RecordBatch, keys: tuple[str, ...], buckets: int) -> list[pa.RecordBatch]:
+def hash_partition(
+    batch: pa.RecordBatch, keys: tuple[str, ...], buckets: int
+) -> list[pa.RecordBatch]:
     """Split a batch into ``buckets`` parts by a stable hash of its key columns."""
     frame = pl.from_arrow(pa.Table.from_batches([batch.select(list(keys))]))
     assert isinstance(frame, pl.DataFrame)
     assignment = (frame.hash_rows(seed=HASH_SEED) % buckets).to_numpy()
     return [batch.take(pa.array(np.flatnonzero(assignment == b))) for b in range(buckets)]
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:500] or type(error).__name__

@@ -1,0 +1,24 @@
+"""Turning exceptions from DataFusion, Arrow and gRPC into one-line messages for people."""
+
+from __future__ import annotations
+
+_NOISE_PREFIXES = (
+    "DataFusion error: ",
+    "Error during planning: ",
+    "SQL error: ",
+    "Execution error: ",
+    "External error: ",
+    "ArrowError(",
+)
+_DETAIL_MARKERS = (". Detail:", " Detail:", "gRPC client debug context", "Client context:")
+
+
+def one_line(error: BaseException, limit: int = 500) -> str:
+    """The first meaningful line of an error, without gRPC debug context or engine prefixes."""
+    text = str(error).strip()
+    for marker in _DETAIL_MARKERS:
+        text = text.split(marker)[0]
+    text = " ".join(text.split())
+    for prefix in _NOISE_PREFIXES:
+        text = text.replace(prefix, "")
+    return text[:limit] or type(error).__name__

@@ -1,0 +1,81 @@
+"""Single-table shapes the engine distributes, checked against single-node DataFusion, and
+checks that they really run as multi-task stages rather than the single-task fallback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from otel_dist import tpch
+from otel_dist.coordinator.local import LocalCluster
+from tests.oracle import assert_same_rows, has_order_by, single_node
+
+SHAPES = {
+    "grouped_aggregates": (
+        "select l_returnflag, l_linestatus, sum(l_quantity) q, avg(l_discount) d, min(l_tax) mn,"
+        " max(l_shipdate) mx, count(*) c, count(l_comment) cc from lineitem"
+        " group by l_returnflag, l_linestatus"
+    ),
+    "group_by_expression": (
+        "select extract(year from o_orderdate) y, count(*) c, avg(o_totalprice) p from orders"
+        " group by extract(year from o_orderdate) order by y"
+    ),
+    "having_order_limit": (
+        "select o_custkey, count(*) n, sum(o_totalprice) t from orders group by o_custkey"
+        " having count(*) > 15 order by t desc, o_custkey limit 7"
+    ),
+    "global_aggregate": "select count(*), sum(l_extendedprice), avg(l_quantity) from lineitem",
+    "global_aggregate_empty_input": (
+        "select count(*) c, sum(l_quantity) s, avg(l_quantity) a from lineitem where l_quantity < 0"
+    ),
+    "float_average": "select avg(cast(l_quantity as double)) a, sum(cast(l_tax as double)) t from lineitem",
+    "filtered_scan": "select o_orderkey, o_totalprice from orders where o_totalprice > 450000",
+    "top_k": "select o_orderkey, o_totalprice from orders order by o_totalprice desc, o_orderkey limit 5",
+    "top_k_offset": (
+        "select c_custkey, c_name from customer order by c_custkey desc limit 4 offset 3"
+    ),
+    "order_by_hidden_column": "select c_name from customer order by c_acctbal desc, c_custkey limit 3",
+    "count_distinct_falls_back": "select count(distinct l_suppkey) from lineitem",
+    "grouped_nulls": (
+        "select case when o_orderkey % 3 = 0 then null else o_orderstatus end s, count(*) c"
+        " from orders group by 1"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_shape_matches_single_node(cluster: LocalCluster, tpch_dir: Path, name: str) -> None:
+    sql = SHAPES[name]
+    assert_same_rows(cluster.sql(sql), single_node(tpch_dir, sql), ordered=has_order_by(sql))
+
+
+def test_limit_without_order_returns_requested_row_count(cluster: LocalCluster) -> None:
+    assert cluster.sql("select l_orderkey from lineitem limit 17").num_rows == 17
+
+
+@pytest.mark.parametrize("number", [1, 6])
+def test_single_table_aggregates_have_multi_task_stages(cluster: LocalCluster, number: int) -> None:
+    plan = cluster.plan(tpch.query(number))
+    assert plan.strategy == "two-phase aggregate"
+    leaf = plan.stages[0]
+    assert leaf.file_scan is not None and leaf.file_scan.table_name == "lineitem"
+    assert leaf.task_count > 1, "the scan and partial aggregate must run in several tasks"
+    assert not any(stage.is_fallback for stage in plan.stages)
+
+
+def test_grouped_aggregate_shuffles_into_parallel_final_tasks(cluster: LocalCluster) -> None:
+    plan = cluster.plan(tpch.query(1))
+    partial, final = plan.stages[0], plan.stages[1]
+    assert partial.output.kind == "hash"
+    assert partial.output.keys == ("l_returnflag", "l_linestatus")
+    assert final.task_count == partial.output.buckets == 3
+
+
+def test_fallback_is_marked_with_its_reason(cluster: LocalCluster) -> None:
+    plan = cluster.plan(SHAPES["count_distinct_falls_back"])
+    assert plan.strategy == "fallback"
+    assert plan.root.task_count == 1
+    # DataFusion rewrites COUNT(DISTINCT) into an aggregate over an aggregate.
+    assert "aggregate over Aggregate" in (plan.root.fallback_reason or "")
+    assert all(stage.task_count > 1 for stage in plan.stages[:-1])
