@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+_PARSER_ERROR = re.compile(r'^ParserError\("(.*)"\)$')
 _NOISE_PREFIXES = (
     "DataFusion error: ",
     "Error during planning: ",
@@ -21,4 +24,7 @@ def one_line(error: BaseException, limit: int = 500) -> str:
     text = " ".join(text.split())
     for prefix in _NOISE_PREFIXES:
         text = text.replace(prefix, "")
+    parser = _PARSER_ERROR.match(text)
+    if parser:
+        text = f"SQL syntax error: {parser.group(1)}"
     return text[:limit] or type(error).__name__
