@@ -22,7 +22,7 @@ from opentelemetry.trace import Link, Status, StatusCode
 
 from otel_dist.testing.otlp_receiver import (
     OtlpReceiver,
-    ReceivedSpan,
+    SpanRecord,
     read_otlp_json_lines,
 )
 
@@ -78,7 +78,7 @@ def test_receives_parent_and_child_spans(receiver: OtlpReceiver) -> None:
     _export_parent_and_child(receiver.endpoint)
 
     spans = receiver.wait_for_spans(lambda spans: len(spans) >= 2, timeout=5)
-    by_name: dict[str, ReceivedSpan] = {span.name: span for span in spans}
+    by_name: dict[str, SpanRecord] = {span.name: span for span in spans}
     assert set(by_name) == {"parent", "child"}
     parent, child = by_name["parent"], by_name["child"]
 

@@ -22,12 +22,9 @@ answering). Exports rejected by the injected failure are never stored; they are 
 
 from __future__ import annotations
 
-import base64
-import json
-import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,27 +32,29 @@ from types import TracebackType
 from typing import Any, Final, Literal, NoReturn, TypeVar, get_args
 
 import grpc
-from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import (
     metrics_service_pb2,
     metrics_service_pb2_grpc,
 )
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
+
+from otel_dist.telemetry.otlp import (
+    SpanRecord,
+    decode_attributes,
+    read_otlp_json_lines,
+    span_records,
+    trace_request_to_otlp_json,
+)
 
 __all__ = [
     "ExportTraceServiceRequest",
     "OtlpReceiver",
     "ReceivedMetric",
-    "ReceivedSpan",
     "ReceiverMode",
-    "decode_any_value",
-    "decode_attributes",
+    "SpanRecord",
     "read_otlp_json_lines",
-    "trace_request_from_otlp_json",
-    "trace_request_to_otlp_json",
 ]
 
 ExportTraceServiceRequest = trace_service_pb2.ExportTraceServiceRequest
@@ -69,38 +68,12 @@ _HOST: Final = "127.0.0.1"
 _MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
 _DEFAULT_STOP_GRACE_SECONDS: Final = 1.0
 
-# Fields of Span and Span.Link that OTLP/JSON encodes as lowercase hex instead of base64.
-_SPAN_ID_KEYS: Final = ("traceId", "spanId", "parentSpanId")
-_LINK_ID_KEYS: Final = ("traceId", "spanId")
-
 _T = TypeVar("_T")
 
 
 # --------------------------------------------------------------------------------------------
 # Plain data
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReceivedSpan:
-    """One span as received, decoded from OTLP into plain Python values.
-
-    Ids are lowercase hex (``trace_id`` 32 chars, ``span_id`` 16 chars); ``parent_span_id``
-    is ``""`` for a root span. ``attributes`` and ``resource`` hold decoded ``AnyValue``s
-    (see ``decode_any_value``). ``status_code`` is the ``Status.StatusCode`` integer
-    (0 unset, 1 ok, 2 error); ``events`` are the event names in order.
-    """
-
-    name: str
-    trace_id: str
-    span_id: str
-    parent_span_id: str
-    start_ns: int
-    end_ns: int
-    attributes: dict[str, object]
-    resource: dict[str, object]
-    status_code: int
-    events: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -115,109 +88,6 @@ class ReceivedMetric:
     metric: Metric
     resource: dict[str, object]
     scope_name: str
-
-
-# --------------------------------------------------------------------------------------------
-# AnyValue decoding
-# --------------------------------------------------------------------------------------------
-
-
-def decode_any_value(value: AnyValue) -> object:
-    """Decode an OTLP ``AnyValue`` to Python.
-
-    string/bool/int/double map to ``str``/``bool``/``int``/``float``, arrays to tuples,
-    key-value lists to dicts, bytes to ``bytes`` and an empty value to ``None``.
-    """
-    kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "int_value":
-        return value.int_value
-    if kind == "double_value":
-        return value.double_value
-    if kind == "array_value":
-        return tuple(decode_any_value(item) for item in value.array_value.values)
-    if kind == "kvlist_value":
-        return decode_attributes(value.kvlist_value.values)
-    if kind == "bytes_value":
-        return value.bytes_value
-    return None
-
-
-def decode_attributes(attributes: Iterable[KeyValue]) -> dict[str, object]:
-    """Decode repeated OTLP ``KeyValue``s to a dict (a later duplicate key wins)."""
-    return {kv.key: decode_any_value(kv.value) for kv in attributes}
-
-
-# --------------------------------------------------------------------------------------------
-# OTLP/JSON (file exporter format)
-# --------------------------------------------------------------------------------------------
-
-
-def _b64_to_hex(value: str) -> str:
-    return base64.b64decode(value).hex()
-
-
-def _hex_to_b64(value: str) -> str:
-    return base64.b64encode(bytes.fromhex(value)).decode("ascii")
-
-
-def _convert_ids(request_dict: dict[str, Any], convert: Callable[[str], str]) -> None:
-    """Apply ``convert`` in place to every span/link id in a camelCase trace request dict."""
-    for resource_spans in request_dict.get("resourceSpans", ()):
-        for scope_spans in resource_spans.get("scopeSpans", ()):
-            for span in scope_spans.get("spans", ()):
-                for key in _SPAN_ID_KEYS:
-                    if key in span:
-                        span[key] = convert(span[key])
-                for link in span.get("links", ()):
-                    for key in _LINK_ID_KEYS:
-                        if key in link:
-                            link[key] = convert(link[key])
-
-
-def trace_request_to_otlp_json(request: ExportTraceServiceRequest) -> str:
-    """Encode one trace request as a single line of OTLP/JSON (no trailing newline).
-
-    Differences from plain proto3 JSON, per the OTLP/JSON spec: trace and span ids are
-    lowercase hex strings instead of base64, and enums are integers. Keys are lowerCamelCase
-    and 64-bit integers are strings (both as proto3 JSON does it, both allowed by OTLP).
-    """
-    request_dict = json_format.MessageToDict(request, use_integers_for_enums=True)
-    _convert_ids(request_dict, _b64_to_hex)
-    return json.dumps(request_dict, separators=(",", ":"), ensure_ascii=False)
-
-
-def trace_request_from_otlp_json(line: str) -> ExportTraceServiceRequest:
-    """Parse one line of OTLP/JSON (hex ids) back into an ``ExportTraceServiceRequest``.
-
-    Unknown fields are ignored, as the OTLP/JSON spec requires of receivers. Raises
-    ``ValueError`` for malformed JSON, ids that are not hex, or invalid field values.
-    """
-    request_dict = json.loads(line)
-    if not isinstance(request_dict, dict):
-        raise ValueError(f"expected a JSON object, got {type(request_dict).__name__}")
-    _convert_ids(request_dict, _hex_to_b64)
-    request = ExportTraceServiceRequest()
-    json_format.ParseDict(request_dict, request, ignore_unknown_fields=True)
-    return request
-
-
-def read_otlp_json_lines(path: str | os.PathLike[str]) -> list[ExportTraceServiceRequest]:
-    """Read a file written by ``OtlpReceiver.write_otlp_json`` (or a Collector ``file``
-    exporter for traces): one ``ExportTraceServiceRequest`` per non-blank line."""
-    requests: list[ExportTraceServiceRequest] = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                requests.append(trace_request_from_otlp_json(line))
-            except (ValueError, json_format.ParseError) as error:
-                raise ValueError(f"{path}:{line_number}: invalid OTLP/JSON: {error}") from error
-    return requests
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,31 +322,11 @@ class OtlpReceiver:
 
     # -- decoded views -----------------------------------------------------------------------
 
-    def spans(self) -> list[ReceivedSpan]:
+    def spans(self) -> list[SpanRecord]:
         """Every received span, flattened (resource_spans → scope_spans → spans)."""
         with self._cond:
             stored = list(self._traces)
-        result: list[ReceivedSpan] = []
-        for request in stored:
-            for resource_spans in request.resource_spans:
-                resource = decode_attributes(resource_spans.resource.attributes)
-                for scope_spans in resource_spans.scope_spans:
-                    for span in scope_spans.spans:
-                        result.append(
-                            ReceivedSpan(
-                                name=span.name,
-                                trace_id=span.trace_id.hex(),
-                                span_id=span.span_id.hex(),
-                                parent_span_id=span.parent_span_id.hex(),
-                                start_ns=span.start_time_unix_nano,
-                                end_ns=span.end_time_unix_nano,
-                                attributes=decode_attributes(span.attributes),
-                                resource=dict(resource),
-                                status_code=int(span.status.code),
-                                events=tuple(event.name for event in span.events),
-                            )
-                        )
-        return result
+        return span_records(stored)
 
     def metrics(self) -> list[ReceivedMetric]:
         """Every received ``Metric`` proto (a copy) with its resource attributes and scope
@@ -536,8 +386,8 @@ class OtlpReceiver:
                     self._cond.wait(remaining)
 
     def wait_for_spans(
-        self, predicate: Callable[[list[ReceivedSpan]], bool], timeout: float = 10.0
-    ) -> list[ReceivedSpan]:
+        self, predicate: Callable[[list[SpanRecord]], bool], timeout: float = 10.0
+    ) -> list[SpanRecord]:
         """Block until ``predicate(self.spans())`` is true and return those spans.
 
         The predicate runs without the receiver lock held, after each stored export.
@@ -571,7 +421,7 @@ def _describe_names(kind: str, names: list[str], limit: int = 20) -> str:
     return f"{len(names)} {kind} received: [{shown}{more}]"
 
 
-def _describe_spans(spans: list[ReceivedSpan]) -> str:
+def _describe_spans(spans: list[SpanRecord]) -> str:
     return _describe_names("span(s)", [span.name for span in spans])
 
 
