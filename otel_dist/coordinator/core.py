@@ -1,4 +1,5 @@
-"""The coordinator: plans a query, submits its tasks to workers, reads the root stage's output."""
+"""The coordinator: plans a query, submits its tasks to workers, reads the root stage's output,
+and collects every task's telemetry (in-band, then by fetching what did not arrive)."""
 
 from __future__ import annotations
 
@@ -8,20 +9,27 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.flight as flight
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otel_dist.coordinator.scheduler import assign, task_specs
 from otel_dist.errors import one_line
 from otel_dist.exchange.clients import call_options, client_for
+from otel_dist.exchange.reader import read_bucket, read_record
 from otel_dist.exchange.router import StreamStats
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.distribute import Planner, PlannerOptions
 from otel_dist.planner.model import DistributedPlan
 from otel_dist.protocol import (
     ACTION_CANCEL_QUERY,
+    ACTION_GET_TASK_TELEMETRY,
     ACTION_HEALTH,
     ACTION_RELEASE_QUERY,
     ACTION_SUBMIT_TASK,
@@ -30,13 +38,23 @@ from otel_dist.protocol import (
     encode_json,
 )
 from otel_dist.session import conform, plain_schema
-from otel_dist.worker.task import read_bucket
+from otel_dist.telemetry import conventions as c
+from otel_dist.telemetry.collector import SpanCollector
+from otel_dist.telemetry.envelope import TaskRef
+from otel_dist.telemetry.otlp import SpanRecord
+from otel_dist.telemetry.redaction import operation_name, redact_sql
+from otel_dist.telemetry.setup import Telemetry, TelemetryConfig
+from otel_dist.telemetry.task_spans import ReadRecord, record_read_span
 
 log = logging.getLogger(__name__)
 
 
 class QueryError(RuntimeError):
     """A query failed; the message names the cause (stage, task, worker, table...)."""
+
+    def __init__(self, message: str, telemetry: QueryTelemetry | None = None) -> None:
+        super().__init__(message)
+        self.telemetry = telemetry
 
 
 class WorkerUnreachable(QueryError):
@@ -53,33 +71,66 @@ class CoordinatorConfig:
     target_partitions: int = 2
     rpc_timeout_s: float = 10.0
     query_timeout_s: float = 600.0
+    telemetry_fetch_timeout_s: float = 15.0
+
+
+@dataclass
+class QueryTelemetry:
+    """Every span collected for one query, and how complete the collection is."""
+
+    query_id: str
+    trace_id: str
+    spans: list[SpanRecord]
+    planned_tasks: set[TaskRef]
+    in_band_tasks: set[TaskRef]
+    fetched_tasks: set[TaskRef] = field(default_factory=set)
+    lost_tasks: set[TaskRef] = field(default_factory=set)
+    malformed_messages: int = 0
+    truncated_messages: int = 0
+    final_message_bytes: int = 0
 
 
 @dataclass
 class QueryResult:
-    """A finished query: its data and how it ran."""
+    """A finished query: its data, its plan, and its telemetry."""
 
     query_id: str
     table: pa.Table
     plan: DistributedPlan
     started_ns: int
     ended_ns: int
+    telemetry: QueryTelemetry | None = None
 
     @property
     def duration_ns(self) -> int:
         return self.ended_ns - self.started_ns
 
 
+@dataclass
+class _Run:
+    """The state of one query while it runs."""
+
+    query_id: str
+    sql: str
+    collector: SpanCollector
+    query_span: trace.Span
+    plan: DistributedPlan | None = None
+    placement: dict[tuple[int, int], str] = field(default_factory=dict)
+    stage_spans: dict[int, trace.Span] = field(default_factory=dict)
+    reads: list[ReadRecord] = field(default_factory=list)
+
+
 class Coordinator:
     """Runs SQL over a static list of workers."""
 
-    def __init__(self, config: CoordinatorConfig) -> None:
+    def __init__(self, config: CoordinatorConfig, telemetry: Telemetry | None = None) -> None:
         if not config.workers:
             raise QueryError("no worker URLs given")
         self.config = config
         self.catalog = Catalog.from_folder(config.data)
         tasks = config.tasks_per_stage or len(config.workers)
         self.planner = Planner(self.catalog, PlannerOptions(tasks, config.target_partitions))
+        self.telemetry = telemetry or Telemetry(TelemetryConfig.from_env("otel-dist-coordinator"))
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="coordinator")
 
     def check_workers(self) -> None:
@@ -93,26 +144,160 @@ class Coordinator:
     def execute(self, sql: str) -> QueryResult:
         started = time.time_ns()
         query_id = uuid.uuid4().hex
-        plan = self.plan(sql)
-        placement = assign(plan, list(self.config.workers))
-        specs = task_specs(plan, query_id, placement)
+        text = redact_sql(sql) if self.telemetry.config.redact_sql else sql
+        query_span = self.telemetry.tracer.start_span(
+            c.SPAN_QUERY,
+            start_time=started,
+            attributes={
+                c.QUERY_ID: query_id,
+                c.DB_QUERY_TEXT: text,
+                c.DB_OPERATION_NAME: operation_name(sql),
+            },
+        )
+        run = _Run(query_id, sql, SpanCollector(query_id), query_span)
+        failure: BaseException | None = None
+        table: pa.Table | None = None
         try:
+            run.plan = self.plan(sql)
+            query_span.set_attribute(c.QUERY_STRATEGY, run.plan.strategy)
+            run.placement = assign(run.plan, list(self.config.workers))
+            self._start_stage_spans(run)
+            specs = task_specs(run.plan, query_id, run.placement, self._stage_contexts(run))
             self._submit(specs)
-            table = self._read_root(plan, query_id, placement)
-        except BaseException:
+            table = self._read_root(run)
+            query_span.set_attribute(c.QUERY_ROWS, table.num_rows)
+        except BaseException as error:
+            failure = error
             self._broadcast(query_id, ACTION_CANCEL_QUERY)
-            raise
-        finally:
-            self._broadcast(query_id, ACTION_RELEASE_QUERY)
-        return QueryResult(query_id, table, plan, started, time.time_ns())
+        telemetry = self._finish_telemetry(run, failure)
+        self._broadcast(query_id, ACTION_RELEASE_QUERY)
+        if failure is not None:
+            if isinstance(failure, QueryError):
+                failure.telemetry = telemetry
+                raise failure
+            if isinstance(failure, Exception) and not isinstance(failure, ValueError):
+                raise QueryError(one_line(failure), telemetry) from failure
+            raise failure
+        assert run.plan is not None and table is not None
+        return QueryResult(query_id, table, run.plan, started, time.time_ns(), telemetry)
 
     def sql(self, sql: str) -> pa.Table:
         return self.execute(sql).table
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.telemetry.shutdown()
 
-    # ---- internals -----------------------------------------------------------------------
+    # ---- spans ---------------------------------------------------------------------------
+
+    def _start_stage_spans(self, run: _Run) -> None:
+        """One span per stage, nested the way data flows: a stage under the stage reading it."""
+        assert run.plan is not None
+        for stage in reversed(run.plan.stages):
+            consumers = run.plan.consumers(stage.stage_id)
+            parent = run.stage_spans[consumers[0].stage_id] if consumers else run.query_span
+            attributes: dict[str, object] = {
+                c.QUERY_ID: run.query_id,
+                c.STAGE_ID: stage.stage_id,
+                c.STAGE_TASK_COUNT: stage.task_count,
+                c.STAGE_PARTITIONING: stage.output.describe(),
+                c.STAGE_KIND: stage.kind,
+                c.STAGE_INPUTS: [i.stage_id for i in stage.inputs],
+                c.STAGE_SQL: redact_sql(stage.sql)
+                if self.telemetry.config.redact_sql
+                else stage.sql,
+            }
+            if stage.fallback_reason:
+                attributes[c.STAGE_FALLBACK] = stage.fallback_reason
+            run.stage_spans[stage.stage_id] = self.telemetry.tracer.start_span(
+                c.SPAN_STAGE,
+                context=trace.set_span_in_context(parent),
+                attributes=attributes,  # type: ignore[arg-type]
+            )
+
+    def _stage_contexts(self, run: _Run) -> dict[int, dict[str, str]]:
+        contexts: dict[int, dict[str, str]] = {}
+        for stage_id, span in run.stage_spans.items():
+            carrier: dict[str, str] = {}
+            TraceContextTextMapPropagator().inject(carrier, trace.set_span_in_context(span))
+            contexts[stage_id] = carrier
+        return contexts
+
+    def _finish_telemetry(self, run: _Run, failure: BaseException | None) -> QueryTelemetry | None:
+        """Fetch what did not arrive in-band, end the coordinator's spans, gather everything."""
+        if not self.telemetry.enabled:
+            run.query_span.end()
+            return None
+        planned = _planned_tasks(run.plan)
+        in_band = run.collector.tasks()
+        fetched, lost = self._fetch_missing(run, planned - in_band)
+        task_ends: dict[int, int] = {}
+        for span in run.collector.spans():
+            if span.name == c.SPAN_TASK:
+                stage_id = int(span.attributes.get(c.STAGE_ID, -1))  # type: ignore[arg-type]
+                task_ends[stage_id] = max(task_ends.get(stage_id, 0), span.end_ns)
+        own: list[ReadableSpan] = []
+        root_span = run.stage_spans.get(run.plan.root.stage_id) if run.plan else None
+        common = {c.QUERY_ID: run.query_id}
+        for read in run.reads:
+            parent = trace.set_span_in_context(root_span or run.query_span)
+            own.append(record_read_span(self.telemetry.tracer, parent, read, common))
+        ended = time.time_ns()
+        for stage_id, span in run.stage_spans.items():
+            if failure is not None:
+                span.set_status(Status(StatusCode.ERROR, one_line(failure)))
+            span.end(end_time=task_ends.get(stage_id) or ended)
+            own.append(span)  # type: ignore[arg-type]
+        if failure is not None:
+            run.query_span.set_status(Status(StatusCode.ERROR, one_line(failure)))
+            run.query_span.add_event("failed", {"exception.message": one_line(failure)})
+        run.query_span.end(end_time=ended)
+        own.append(run.query_span)  # type: ignore[arg-type]
+        run.collector.add_own_request(encode_spans(own))
+        return QueryTelemetry(
+            query_id=run.query_id,
+            trace_id=format(run.query_span.get_span_context().trace_id, "032x"),
+            spans=run.collector.spans(),
+            planned_tasks=planned,
+            in_band_tasks=in_band,
+            fetched_tasks=fetched,
+            lost_tasks=lost,
+            malformed_messages=run.collector.malformed,
+            truncated_messages=run.collector.truncated,
+            final_message_bytes=run.collector.message_bytes,
+        )
+
+    def _fetch_missing(self, run: _Run, missing: set[TaskRef]) -> tuple[set[TaskRef], set[TaskRef]]:
+        """Ask the workers that ran them for the telemetry of tasks not received in-band."""
+        if not missing:
+            return set(), set()
+
+        def fetch(task: TaskRef) -> bool:
+            url = run.placement[(task.stage_id, task.task_index)]
+            body = encode_json(
+                {"query_id": run.query_id, "stage_id": task.stage_id, "task_index": task.task_index}
+            )
+            try:
+                payload = self._action(
+                    url, ACTION_GET_TASK_TELEMETRY, body, self.config.telemetry_fetch_timeout_s
+                )
+            except QueryError as error:
+                log.info("telemetry of task %s of %s not fetched: %s", task, run.query_id, error)
+                return False
+            run.collector.add_message(payload)
+            return task in run.collector.tasks()
+
+        futures = {task: self._pool.submit(fetch, task) for task in missing}
+        fetched: set[TaskRef] = set()
+        for task, future in futures.items():
+            try:
+                if future.result(timeout=self.config.telemetry_fetch_timeout_s + 5):
+                    fetched.add(task)
+            except Exception:
+                log.info("telemetry fetch of task %s failed", task, exc_info=True)
+        return fetched, missing - fetched
+
+    # ---- data ----------------------------------------------------------------------------
 
     def _submit(self, specs: list[TaskSpec]) -> None:
         futures = [
@@ -122,19 +307,15 @@ class Coordinator:
         for future in futures:
             future.result(timeout=self.config.rpc_timeout_s * 2)
 
-    def _read_root(
-        self, plan: DistributedPlan, query_id: str, placement: dict[tuple[int, int], str]
-    ) -> pa.Table:
-        root = plan.root
+    def _read_root(self, run: _Run) -> pa.Table:
+        assert run.plan is not None
+        root = run.plan.root
         deadline = time.monotonic() + self.config.query_timeout_s
         sources = [
-            BucketSource(placement[(root.stage_id, t)], root.stage_id, t, 0)
+            BucketSource(run.placement[(root.stage_id, t)], root.stage_id, t, 0)
             for t in range(root.task_count)
         ]
-        futures = [
-            self._pool.submit(self._read_source, source, query_id, root.schema)
-            for source in sources
-        ]
+        futures = [self._pool.submit(self._read_source, run, source) for source in sources]
         batches: list[pa.RecordBatch] = []
         for future in futures:
             remaining = max(0.0, deadline - time.monotonic())
@@ -142,29 +323,37 @@ class Coordinator:
                 batches.extend(future.result(timeout=remaining))
             except TimeoutError:
                 raise QueryError(
-                    f"query {query_id} timed out after {self.config.query_timeout_s:.0f}s"
+                    f"query {run.query_id} timed out after {self.config.query_timeout_s:.0f}s"
                 ) from None
-        output = plain_schema(plan.output_schema)
-        table = pa.Table.from_batches([conform(b, output) for b in batches], schema=output)
-        return table
+        output = plain_schema(run.plan.output_schema)
+        return pa.Table.from_batches([conform(b, output) for b in batches], schema=output)
 
-    def _read_source(
-        self, source: BucketSource, query_id: str, schema: pa.Schema
-    ) -> list[pa.RecordBatch]:
+    def _read_source(self, run: _Run, source: BucketSource) -> list[pa.RecordBatch]:
+        stats = StreamStats()
+        started = time.time_ns()
         try:
             return list(
-                read_bucket(source, query_id, self.config.query_timeout_s, None, StreamStats())
+                read_bucket(
+                    source,
+                    run.query_id,
+                    self.config.query_timeout_s,
+                    run.collector.add_message,
+                    stats,
+                )
             )
         except flight.FlightUnavailableError:
             raise WorkerUnreachable(f"worker {source.worker_url} is unreachable") from None
         except flight.FlightError as error:
             raise QueryError(one_line(error)) from None
+        finally:
+            run.reads.append(read_record(source, stats, started, time.time_ns()))
 
-    def _action(self, url: str, action: str, body: bytes) -> bytes:
+    def _action(self, url: str, action: str, body: bytes, timeout_s: float | None = None) -> bytes:
         client = client_for(url)
         try:
             results = client.do_action(
-                flight.Action(action, body), options=call_options(self.config.rpc_timeout_s)
+                flight.Action(action, body),
+                options=call_options(timeout_s or self.config.rpc_timeout_s),
             )
             return b"".join(r.body.to_pybytes() for r in results)
         except (flight.FlightUnavailableError, flight.FlightTimedOutError):
@@ -189,3 +378,9 @@ class Coordinator:
 
     def health(self) -> list[dict[str, object]]:
         return [json.loads(self._action(url, ACTION_HEALTH, b"")) for url in self.config.workers]
+
+
+def _planned_tasks(plan: DistributedPlan | None) -> set[TaskRef]:
+    if plan is None:
+        return set()
+    return {TaskRef(s.stage_id, t) for s in plan.stages for t in range(s.task_count)}

@@ -34,9 +34,10 @@ def task_specs(
     plan: DistributedPlan,
     query_id: str,
     placement: dict[tuple[int, int], str],
-    trace_context: dict[str, str] | None = None,
+    trace_contexts: dict[int, dict[str, str]] | None = None,
 ) -> list[TaskSpec]:
-    """Every task of the plan as a spec, upstream stages first."""
+    """Every task of the plan as a spec, upstream stages first, each with its stage's
+    W3C trace context so the task span becomes a child of the stage span."""
     specs: list[TaskSpec] = []
     for stage in plan.stages:
         for task_index in range(stage.task_count):
@@ -52,7 +53,7 @@ def task_specs(
                     output_schema_ipc=encode_schema(stage.schema),
                     worker_url=placement[(stage.stage_id, task_index)],
                     partitions=partitions_of(stage, task_index),
-                    trace_context=dict(trace_context or {}),
+                    trace_context=dict((trace_contexts or {}).get(stage.stage_id, {})),
                 )
             )
     return specs

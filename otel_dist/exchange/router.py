@@ -9,6 +9,7 @@ fails never affects the data: the failure is counted and logged.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -30,7 +31,9 @@ class StreamStats:
     telemetry_messages: int = 0
     telemetry_bytes: int = 0
     telemetry_failures: int = 0
+    started_ns: int = 0
     first_batch_ns: int | None = None
+    blocked_ns: int = 0
 
 
 def route(
@@ -40,11 +43,15 @@ def route(
 ) -> Iterator[pa.RecordBatch]:
     """Yield the stream's data batches; hand telemetry messages to ``on_telemetry``."""
     stats = stats if stats is not None else StreamStats()
+    stats.started_ns = stats.started_ns or time.time_ns()
     while True:
+        waited = time.perf_counter_ns()
         try:
             chunk = reader.read_chunk()
         except StopIteration:
             return
+        finally:
+            stats.blocked_ns += time.perf_counter_ns() - waited
         data, metadata = chunk.data, chunk.app_metadata
         if metadata is not None and (data is None or data.num_rows == 0):
             payload = metadata.to_pybytes()
@@ -59,6 +66,8 @@ def route(
             continue
         if data is None or data.num_rows == 0:
             continue
+        if stats.first_batch_ns is None:
+            stats.first_batch_ns = time.time_ns() - stats.started_ns
         stats.rows += data.num_rows
         stats.batches += 1
         stats.bytes += data.nbytes

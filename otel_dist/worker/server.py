@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.flight as flight
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otel_dist.protocol import (
     ACTION_CANCEL_QUERY,
+    ACTION_GET_TASK_TELEMETRY,
     ACTION_HEALTH,
     ACTION_RELEASE_QUERY,
     ACTION_SUBMIT_TASK,
@@ -26,7 +28,11 @@ from otel_dist.protocol import (
     TaskSpec,
     decode_json_object,
 )
-from otel_dist.worker.buckets import BucketError, MemoryBudget
+from otel_dist.telemetry import envelope
+from otel_dist.telemetry.cache import TelemetryCache
+from otel_dist.telemetry.envelope import Envelope, TaskRef
+from otel_dist.telemetry.setup import Telemetry, TelemetryConfig
+from otel_dist.worker.buckets import Bucket, BucketError, MemoryBudget
 from otel_dist.worker.task import Task, TaskSettings
 
 log = logging.getLogger(__name__)
@@ -43,16 +49,20 @@ class WorkerConfig:
     read_timeout_s: float = 300.0
     task_wait_s: float = 30.0
     query_ttl_s: float = 900.0
+    telemetry_wait_s: float = 10.0
+    telemetry_cache_entries: int = 10_000
     spill_dir: str | None = None
 
 
 class WorkerServer(flight.FlightServerBase):
     """Runs tasks submitted by a coordinator and serves their buckets to any reader."""
 
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(self, config: WorkerConfig, telemetry: Telemetry | None = None) -> None:
         super().__init__(location=f"grpc://{config.host}:{config.port}")
         self.config = config
         self.url = f"grpc://{config.host}:{self.port}"
+        self.telemetry = telemetry or Telemetry(TelemetryConfig.from_env("otel-dist-worker"))
+        self.telemetry_cache = TelemetryCache(config.telemetry_cache_entries, config.query_ttl_s)
         self.budget = MemoryBudget(config.memory_budget_bytes)
         self._spill_root = tempfile.mkdtemp(prefix="otel-dist-worker-", dir=config.spill_dir)
         self._tasks: dict[TaskKey, Task] = {}
@@ -69,6 +79,10 @@ class WorkerServer(flight.FlightServerBase):
             (ACTION_CANCEL_QUERY, "Cancel a query's tasks ({query_id})"),
             (ACTION_RELEASE_QUERY, "Drop a query's tasks and buffers ({query_id})"),
             (ACTION_HEALTH, "Liveness and load"),
+            (
+                ACTION_GET_TASK_TELEMETRY,
+                "A finished task's spans ({query_id, stage_id, task_index})",
+            ),
         ]
 
     def do_action(
@@ -87,6 +101,8 @@ class WorkerServer(flight.FlightServerBase):
                 return iter([b"{}"])
             if action.type == ACTION_HEALTH:
                 return iter([json.dumps(self.health()).encode()])
+            if action.type == ACTION_GET_TASK_TELEMETRY:
+                return iter([self.task_telemetry(body)])
         except ProtocolError as error:
             raise flight.FlightServerError(f"invalid argument: {error}") from None
         raise flight.FlightServerError(f"invalid argument: unknown action {action.type!r}")
@@ -98,6 +114,8 @@ class WorkerServer(flight.FlightServerBase):
             read_timeout_s=self.config.read_timeout_s,
             spill_dir=self._spill_root,
             budget=self.budget,
+            telemetry=self.telemetry,
+            telemetry_cache=self.telemetry_cache,
         )
         task = Task(spec, settings)
         with self._lock:
@@ -120,6 +138,32 @@ class WorkerServer(flight.FlightServerBase):
             self._query_seen.pop(query_id, None)
         for task in tasks:
             task.close()
+
+    def task_telemetry(self, body: bytes) -> bytes:
+        """The envelope of one task's own spans, waiting (bounded) for a task still running."""
+        request = decode_json_object(body, "telemetry request")
+        query_id, stage_id, task_index = (
+            request.get("query_id"),
+            request.get("stage_id"),
+            request.get("task_index"),
+        )
+        if not isinstance(query_id, str) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in (stage_id, task_index)
+        ):
+            raise ProtocolError("telemetry request needs query_id, stage_id and task_index")
+        task_ref = TaskRef(stage_id, task_index)
+        with self._lock:
+            task = self._tasks.get(TaskKey(query_id, stage_id, task_index))
+        if task is not None:
+            task.wait(self.config.telemetry_wait_s)
+        payload = self.telemetry_cache.get(query_id, task_ref)
+        if payload is None:
+            raise flight.FlightServerError(
+                f"not found: no telemetry for task {task_ref} of {query_id}"
+            )
+        spans = ExportTraceServiceRequest()
+        spans.ParseFromString(payload)
+        return envelope.encode(Envelope(query_id, (task_ref,), spans))
 
     def health(self) -> dict[str, object]:
         with self._lock:
@@ -152,13 +196,19 @@ class WorkerServer(flight.FlightServerBase):
                 f"invalid argument: bucket {request.bucket} out of range for {request.task_key}"
             )
         bucket = task.buckets[request.bucket]
-        return flight.GeneratorStream(bucket.schema, self._serve(bucket))
+        return flight.GeneratorStream(bucket.schema, self._serve(task, bucket))
 
-    def _serve(self, bucket) -> Iterator[pa.RecordBatch]:  # type: ignore[no-untyped-def]
+    def _serve(
+        self, task: Task, bucket: Bucket
+    ) -> Iterator[pa.RecordBatch | tuple[pa.RecordBatch, pa.Buffer]]:
+        """The bucket's batches, then the task's telemetry as a zero-row final message."""
         try:
             yield from bucket.read(self.config.read_timeout_s)
         except BucketError as error:
             raise flight.FlightServerError(str(error)) from None
+        if task.final_message is not None:
+            empty = pa.RecordBatch.from_pylist([], schema=bucket.schema)
+            yield empty, pa.py_buffer(task.final_message)
 
     def _wait_for_task(self, key: TaskKey) -> Task:
         deadline = time.monotonic() + self.config.task_wait_s
@@ -193,6 +243,7 @@ class WorkerServer(flight.FlightServerBase):
         for query_id in queries:
             self.release_query(query_id)
         shutil.rmtree(self._spill_root, ignore_errors=True)
+        self.telemetry.shutdown()
 
 
 def _query_id(body: bytes) -> str:

@@ -1,4 +1,5 @@
-"""One task on a worker: register its inputs, run its SQL with DataFusion, fill its buckets."""
+"""One task on a worker: register its inputs, run its SQL with DataFusion, fill its buckets,
+then record its spans and the final telemetry message its bucket streams end with."""
 
 from __future__ import annotations
 
@@ -10,25 +11,38 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 from datafusion import SessionContext
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otel_dist.errors import one_line
-from otel_dist.exchange.clients import call_options, client_for
-from otel_dist.exchange.router import StreamStats, TelemetrySink, route
-from otel_dist.protocol import BucketSource, BucketTicket, TaskInput, TaskSpec
+from otel_dist.exchange.reader import read_bucket, read_record
+from otel_dist.exchange.router import StreamStats
+from otel_dist.protocol import BucketSource, TaskInput, TaskSpec
 from otel_dist.session import conform, new_session
+from otel_dist.telemetry.cache import TelemetryCache
+from otel_dist.telemetry.collector import SpanCollector
+from otel_dist.telemetry.envelope import TaskRef
+from otel_dist.telemetry.setup import Telemetry
+from otel_dist.telemetry.task_spans import (
+    OperatorMetrics,
+    ReadRecord,
+    TaskRecord,
+    operator_metrics,
+    record_task_spans,
+)
 from otel_dist.worker.buckets import Bucket, MemoryBudget
 
 log = logging.getLogger(__name__)
 
 HASH_SEED = 0x6F74656C
-_UPSTREAM_FAILURE = re.compile(r"^stage \d+ task \d+ on \S+ failed: ")
+_UPSTREAM_FAILURE = re.compile(r"^stage \d+ task \d+ on \S+ (failed|was cancelled)")
 
 
 class TaskCancelled(RuntimeError):
@@ -37,13 +51,15 @@ class TaskCancelled(RuntimeError):
 
 @dataclass
 class TaskSettings:
-    """Worker-wide settings a task runs with."""
+    """Worker-wide settings and services a task runs with."""
 
     worker_url: str
     target_partitions: int
     read_timeout_s: float
     spill_dir: str
     budget: MemoryBudget
+    telemetry: Telemetry
+    telemetry_cache: TelemetryCache
 
 
 @dataclass
@@ -55,6 +71,9 @@ class InputRead:
     started_ns: int
     ended_ns: int = 0
 
+    def record(self) -> ReadRecord:
+        return read_record(self.source, self.stats, self.started_ns, self.ended_ns)
+
 
 @dataclass
 class Task:
@@ -62,7 +81,6 @@ class Task:
 
     spec: TaskSpec
     settings: TaskSettings
-    on_telemetry: TelemetrySink | None = None
     buckets: list[Bucket] = field(default_factory=list)
     state: str = "pending"
     error: str | None = None
@@ -71,13 +89,13 @@ class Task:
     rows_out: int = 0
     bytes_out: int = 0
     input_reads: list[InputRead] = field(default_factory=list)
-    ctx: SessionContext | None = None
-    physical_plan: object | None = None
-    on_finish: list[Callable[[Task], None]] = field(default_factory=list)
+    final_message: bytes | None = None
 
     def __post_init__(self) -> None:
         self._cancel = threading.Event()
         self._done = threading.Event()
+        self._emit_lock = threading.Lock()
+        self.collector = SpanCollector(self.spec.query_id)
         schema = self.spec.output_schema()
         tag = f"{self.spec.query_id}-{self.spec.stage_id}-{self.spec.task_index}"
         self.buckets = [
@@ -87,6 +105,11 @@ class Task:
             for b in range(self.spec.output.buckets)
         ]
         self._scratch = tempfile.mkdtemp(prefix=f"task-{tag}-", dir=self.settings.spill_dir)
+        self._plan: object | None = None
+
+    @property
+    def ref(self) -> TaskRef:
+        return TaskRef(self.spec.stage_id, self.spec.task_index)
 
     def start(self) -> None:
         threading.Thread(target=self._run, name=f"task-{self.spec.key}", daemon=True).start()
@@ -107,62 +130,93 @@ class Task:
             bucket.close()
         shutil.rmtree(self._scratch, ignore_errors=True)
 
+    # ---- execution -----------------------------------------------------------------------
+
     def _run(self) -> None:
         self.state = "running"
         self.started_ns = time.time_ns()
         try:
             ctx = new_session(self.settings.target_partitions)
-            self.ctx = ctx
             for task_input in self.spec.inputs:
                 self._register(ctx, task_input)
-            frame = ctx.sql(self.spec.sql)
-            self.physical_plan = frame.execution_plan()
-            stream = frame.execute_stream()
-            schema = self.spec.output_schema()
-            for raw in stream:
-                if self._cancel.is_set():
-                    raise TaskCancelled("cancelled")
-                batch = conform(raw.to_pyarrow(), schema)
-                if batch.num_rows:
-                    self._emit(batch)
-            for bucket in self.buckets:
-                bucket.finish()
+            plan = ctx.sql(self.spec.sql).execution_plan()
+            self._plan = plan
+            self._execute(ctx, plan)
             self.state = "finished"
         except Exception as error:
             self.state = "cancelled" if self._cancel.is_set() else "failed"
             message = one_line(error)
             # An upstream task's failure is the root cause: pass it on rather than wrap it.
-            self.error = (
-                message
-                if _UPSTREAM_FAILURE.match(message)
-                else (
+            if _UPSTREAM_FAILURE.match(message):
+                self.error = message
+            else:
+                verb = "was cancelled" if self.state == "cancelled" else "failed"
+                self.error = (
                     f"stage {self.spec.stage_id} task {self.spec.task_index} on "
-                    f"{self.settings.worker_url} failed: {message}"
+                    f"{self.settings.worker_url} {verb}: {message}"
                 )
-            )
             if self.state == "failed":
                 log.warning("%s", self.error)
-            for bucket in self.buckets:
-                bucket.fail(self.error)
-        finally:
-            self.ended_ns = time.time_ns()
-            self._done.set()
-            for callback in self.on_finish:
-                try:
-                    callback(self)
-                except Exception:
-                    log.warning("task finish callback failed", exc_info=True)
+        self.ended_ns = time.time_ns()
+        self._record_telemetry()
+        for bucket in self.buckets:
+            if self.state == "finished":
+                bucket.finish()
+            else:
+                bucket.fail(self.error or self.state)
+        self._done.set()
+
+    def _execute(self, ctx: SessionContext, plan: object) -> None:
+        """Run every output partition of the physical plan, concurrently, into the buckets."""
+        partitions = plan.partition_count  # type: ignore[attr-defined]
+        if partitions == 1:
+            self._drain(ctx, plan, 0)
+            return
+        errors: list[BaseException] = []
+        threads = [
+            threading.Thread(target=self._drain_guarded, args=(ctx, plan, p, errors), daemon=True)
+            for p in range(partitions)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+
+    def _drain_guarded(
+        self, ctx: SessionContext, plan: object, partition: int, errors: list[BaseException]
+    ) -> None:
+        try:
+            self._drain(ctx, plan, partition)
+        except BaseException as error:
+            errors.append(error)
+            self._cancel.set()
+
+    def _drain(self, ctx: SessionContext, plan: object, partition: int) -> None:
+        schema = self.spec.output_schema()
+        for raw in ctx.execute(plan, partition):  # type: ignore[arg-type]
+            if self._cancel.is_set():
+                raise TaskCancelled("cancelled")
+            batch = conform(raw.to_pyarrow(), schema)
+            if batch.num_rows:
+                self._emit(batch)
 
     def _emit(self, batch: pa.RecordBatch) -> None:
-        self.rows_out += batch.num_rows
-        self.bytes_out += batch.nbytes
         output = self.spec.output
-        if output.kind != "hash" or output.buckets == 1:
-            self.buckets[0].append(batch)
-            return
-        for bucket_index, part in enumerate(hash_partition(batch, output.keys, output.buckets)):
-            if part.num_rows:
-                self.buckets[bucket_index].append(part)
+        parts = (
+            [batch]
+            if output.kind != "hash" or output.buckets == 1
+            else hash_partition(batch, output.keys, output.buckets)
+        )
+        with self._emit_lock:
+            self.rows_out += batch.num_rows
+            self.bytes_out += batch.nbytes
+            for bucket, part in zip(self.buckets, parts, strict=False):
+                if part.num_rows:
+                    bucket.append(part)
+
+    # ---- inputs --------------------------------------------------------------------------
 
     def _register(self, ctx: SessionContext, task_input: TaskInput) -> None:
         if not task_input.is_stage_input:
@@ -176,11 +230,8 @@ class Task:
         # concurrently as they are produced, then handed to DataFusion as in-memory partitions.
         schema = task_input.schema()
         batches = list(self._read_sources(task_input, schema))
-        partitions: list[list[pa.RecordBatch]] = [
-            [] for _ in range(self.settings.target_partitions)
-        ]
-        for index, batch in enumerate(batches):
-            partitions[index % len(partitions)].append(batch)
+        width = self.settings.target_partitions
+        partitions: list[list[pa.RecordBatch]] = [batches[i::width] for i in range(width)]
         partitions = [p for p in partitions if p] or [
             [pa.RecordBatch.from_pylist([], schema=schema)]
         ]
@@ -199,7 +250,7 @@ class Task:
                     source,
                     self.spec.query_id,
                     self.settings.read_timeout_s,
-                    self.on_telemetry,
+                    self.collector.add_message,
                     read.stats,
                     self.spec.trace_context,
                 ):
@@ -226,6 +277,43 @@ class Task:
             else:
                 yield item
 
+    # ---- telemetry -----------------------------------------------------------------------
+
+    def _record_telemetry(self) -> None:
+        """Spans, cache entry and final message; a failure here never affects the data."""
+        telemetry = self.settings.telemetry
+        if not telemetry.enabled:
+            return
+        try:
+            operators: OperatorMetrics | None = None
+            if self._plan is not None:
+                operators = operator_metrics(self._plan)
+            record = TaskRecord(
+                query_id=self.spec.query_id,
+                stage_id=self.spec.stage_id,
+                task_index=self.spec.task_index,
+                partitions=self.spec.partitions,
+                worker_url=self.settings.worker_url,
+                status=self.state,
+                error=self.error,
+                started_ns=self.started_ns,
+                ended_ns=self.ended_ns,
+                output_rows=self.rows_out,
+                output_bytes=self.bytes_out,
+                reads=[read.record() for read in self.input_reads],
+            )
+            parent = TraceContextTextMapPropagator().extract(self.spec.trace_context)
+            spans = record_task_spans(telemetry.tracer, parent, record, operators)
+            if not spans:
+                return
+            own = encode_spans(spans)
+            self.settings.telemetry_cache.put(self.spec.query_id, self.ref, own.SerializeToString())
+            self.final_message = self.collector.forwarding_envelope(
+                self.ref, own, telemetry.config.envelope_limit_bytes
+            )
+        except Exception:
+            log.warning("telemetry of %s could not be recorded", self.spec.key, exc_info=True)
+
 
 def _put(target: queue.Queue, item: object, cancel: threading.Event) -> None:
     while not cancel.is_set():
@@ -234,23 +322,6 @@ def _put(target: queue.Queue, item: object, cancel: threading.Event) -> None:
             return
         except queue.Full:
             continue
-
-
-def read_bucket(
-    source: BucketSource,
-    query_id: str,
-    timeout_s: float,
-    on_telemetry: TelemetrySink | None,
-    stats: StreamStats,
-    headers: dict[str, str] | None = None,
-) -> Iterator[pa.RecordBatch]:
-    """Stream one upstream bucket through the router."""
-    ticket = BucketTicket(query_id, source.stage_id, source.task_index, source.bucket)
-    client = client_for(source.worker_url)
-    reader = client.do_get(
-        pa.flight.Ticket(ticket.to_bytes()), options=call_options(timeout_s, headers)
-    )
-    yield from route(reader, on_telemetry, stats)
 
 
 def hash_partition(

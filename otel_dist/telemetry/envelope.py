@@ -1,0 +1,87 @@
+"""The in-band telemetry envelope carried in the final Flight message of a bucket stream.
+
+Layout: 4 magic bytes ``ODT\\x01`` (otel_dist telemetry, version 1), a 4-byte big-endian header
+length, a JSON header naming the query and the tasks whose spans follow, then an OTLP
+``ExportTraceServiceRequest`` in protobuf. Decoding validates every part and raises
+``EnvelopeError`` with a one-line reason; it never returns half-parsed data.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+MAGIC = b"ODT\x01"
+VERSION = 1
+MAX_HEADER_BYTES = 1 << 20
+_LENGTH = struct.Struct(">I")
+
+
+class EnvelopeError(ValueError):
+    """Bytes that are not a valid telemetry envelope."""
+
+
+@dataclass(frozen=True, order=True)
+class TaskRef:
+    """A task of a query, as telemetry names it."""
+
+    stage_id: int
+    task_index: int
+
+    def __str__(self) -> str:
+        return f"{self.stage_id}/{self.task_index}"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Telemetry of one or more tasks of one query."""
+
+    query_id: str
+    tasks: tuple[TaskRef, ...]
+    request: ExportTraceServiceRequest
+    truncated: bool = False
+
+
+def encode(envelope: Envelope) -> bytes:
+    header = json.dumps(
+        {
+            "v": VERSION,
+            "query_id": envelope.query_id,
+            "tasks": [[t.stage_id, t.task_index] for t in envelope.tasks],
+            "truncated": envelope.truncated,
+        },
+        separators=(",", ":"),
+    ).encode()
+    return MAGIC + _LENGTH.pack(len(header)) + header + envelope.request.SerializeToString()
+
+
+def decode(data: bytes) -> Envelope:
+    if len(data) < len(MAGIC) + _LENGTH.size or not data.startswith(MAGIC):
+        raise EnvelopeError("not an otel_dist telemetry envelope (bad magic)")
+    (header_length,) = _LENGTH.unpack_from(data, len(MAGIC))
+    start = len(MAGIC) + _LENGTH.size
+    if header_length > MAX_HEADER_BYTES or start + header_length > len(data):
+        raise EnvelopeError("telemetry envelope header length out of range")
+    try:
+        header = json.loads(data[start : start + header_length])
+        if not isinstance(header, dict) or header.get("v") != VERSION:
+            raise EnvelopeError("unsupported telemetry envelope version")
+        query_id = header["query_id"]
+        tasks = tuple(TaskRef(int(s), int(t)) for s, t in header["tasks"])
+        truncated = bool(header.get("truncated", False))
+        if not isinstance(query_id, str):
+            raise EnvelopeError("telemetry envelope query id is not a string")
+    except EnvelopeError:
+        raise
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
+        raise EnvelopeError(f"malformed telemetry envelope header: {error}") from None
+    request = ExportTraceServiceRequest()
+    try:
+        request.ParseFromString(data[start + header_length :])
+    except (DecodeError, RuntimeWarning, ValueError) as error:
+        raise EnvelopeError(f"malformed OTLP payload in telemetry envelope: {error}") from None
+    return Envelope(query_id, tasks, request, truncated)

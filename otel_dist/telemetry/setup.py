@@ -1,0 +1,235 @@
+"""Telemetry set-up for one process, from the standard ``OTEL_*`` variables, in one place.
+
+Read once when a coordinator or worker starts (nothing happens at import time):
+
+* ``OTEL_SDK_DISABLED=true`` or ``OTEL_DIST_TELEMETRY=off``: no spans, no in-band telemetry.
+* ``OTEL_TRACES_EXPORTER``: ``otlp``, ``console`` or ``none``. Unset, it is ``otlp`` when an
+  OTLP endpoint is configured and ``none`` otherwise (so the demo does not retry a collector
+  that is not there).
+* ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT``, ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL``
+  (``grpc`` or ``http/protobuf``), ``OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`` and ``_TIMEOUT``.
+* ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``; ``service.instance.id`` is unique per
+  process and ``host.name`` is the machine's.
+* ``OTEL_TRACES_SAMPLER`` and ``OTEL_TRACES_SAMPLER_ARG``. A span the sampler drops is still
+  recorded (so EXPLAIN ANALYZE always works) but never exported.
+* ``OTEL_DIST_TELEMETRY_MAX_BYTES``: size limit of a task's in-band telemetry message.
+* ``OTEL_DIST_REDACT_SQL=true``: literals in ``db.query.text`` are replaced by ``?``.
+
+Spans are exported by a ``BatchSpanProcessor``: a bounded queue and a background thread, so an
+exporter that is slow or down never blocks a query.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.util.types import Attributes
+
+DEFAULT_ENVELOPE_LIMIT = 1 << 20
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """What one process does with its spans."""
+
+    service_name: str
+    enabled: bool = True
+    traces_exporter: str = "none"
+    protocol: str = "grpc"
+    endpoint: str | None = None
+    headers: str | None = None
+    timeout_s: float = 10.0
+    sampler: str = "parentbased_always_on"
+    sampler_arg: float = 1.0
+    resource_attributes: str = ""
+    envelope_limit_bytes: int = DEFAULT_ENVELOPE_LIMIT
+    redact_sql: bool = False
+
+    @staticmethod
+    def from_env(
+        default_service_name: str, env: Mapping[str, str] | None = None
+    ) -> TelemetryConfig:
+        env = os.environ if env is None else env
+
+        def get(*names: str, default: str = "") -> str:
+            return next((env[n] for n in names if env.get(n)), default)
+
+        disabled = get("OTEL_SDK_DISABLED").lower() in _TRUE or get(
+            "OTEL_DIST_TELEMETRY"
+        ).lower() in {"0", "off", "false", "no"}
+        endpoint = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT") or None
+        protocol = get(
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL", default="grpc"
+        )
+        if (
+            endpoint
+            and protocol.startswith("http")
+            and not get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        ):
+            endpoint = endpoint.rstrip("/") + "/v1/traces"
+        exporter = get("OTEL_TRACES_EXPORTER", default="otlp" if endpoint else "none")
+        resource_attributes = get("OTEL_RESOURCE_ATTRIBUTES")
+        service_name = get("OTEL_SERVICE_NAME") or _parse_pairs(resource_attributes).get(
+            "service.name", default_service_name
+        )
+        return TelemetryConfig(
+            service_name=service_name,
+            enabled=not disabled,
+            traces_exporter=exporter.split(",")[0].strip().lower(),
+            protocol=protocol.lower(),
+            endpoint=endpoint,
+            headers=get("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS") or None,
+            timeout_s=_float(
+                get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"), 10_000
+            )
+            / 1000,
+            sampler=get("OTEL_TRACES_SAMPLER", default="parentbased_always_on").lower(),
+            sampler_arg=_float(get("OTEL_TRACES_SAMPLER_ARG"), 1.0),
+            resource_attributes=resource_attributes,
+            envelope_limit_bytes=int(
+                _float(get("OTEL_DIST_TELEMETRY_MAX_BYTES"), DEFAULT_ENVELOPE_LIMIT)
+            ),
+            redact_sql=get("OTEL_DIST_REDACT_SQL").lower() in _TRUE,
+        )
+
+
+class Telemetry:
+    """A process's tracer provider and tracer, or a no-op pair when telemetry is off."""
+
+    def __init__(
+        self, config: TelemetryConfig, extra_processors: Sequence[SpanProcessor] = ()
+    ) -> None:
+        self.config = config
+        self.instance_id = uuid.uuid4().hex
+        self.provider: TracerProvider | None = None
+        if not config.enabled:
+            self.tracer: trace.Tracer = trace.NoOpTracer()
+            return
+        self.provider = TracerProvider(
+            resource=self._resource(), sampler=RecordDropped(_sampler(config))
+        )
+        exporter = _exporter(config)
+        if exporter is not None:
+            self.provider.add_span_processor(BatchSpanProcessor(exporter))
+        for processor in extra_processors:
+            self.provider.add_span_processor(processor)
+        self.tracer = self.provider.get_tracer("otel_dist")
+
+    @property
+    def enabled(self) -> bool:
+        return self.provider is not None
+
+    def _resource(self) -> Resource:
+        attributes = _parse_pairs(self.config.resource_attributes)
+        attributes["service.name"] = self.config.service_name
+        attributes["service.instance.id"] = self.instance_id
+        attributes.setdefault("host.name", socket.gethostname())
+        attributes.setdefault("process.pid", str(os.getpid()))
+        return Resource(attributes)
+
+    def flush(self, timeout_ms: int = 5000) -> bool:
+        return self.provider.force_flush(timeout_ms) if self.provider is not None else True
+
+    def shutdown(self) -> None:
+        if self.provider is not None:
+            self.provider.shutdown()
+
+
+class RecordDropped(Sampler):
+    """Wraps a sampler so spans it drops are still recorded (for EXPLAIN) but not exported."""
+
+    def __init__(self, inner: Sampler) -> None:
+        self.inner = inner
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: trace.TraceState | None = None,
+    ) -> SamplingResult:
+        result = self.inner.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+        if result.decision == Decision.DROP:
+            return SamplingResult(Decision.RECORD_ONLY, result.attributes, result.trace_state)
+        return result
+
+    def get_description(self) -> str:
+        return f"RecordDropped{{{self.inner.get_description()}}}"
+
+
+def _sampler(config: TelemetryConfig) -> Sampler:
+    name = config.sampler
+    ratio = min(1.0, max(0.0, config.sampler_arg))
+    samplers: dict[str, Sampler] = {
+        "always_on": ALWAYS_ON,
+        "always_off": ALWAYS_OFF,
+        "traceidratio": TraceIdRatioBased(ratio),
+        "parentbased_always_on": ParentBased(ALWAYS_ON),
+        "parentbased_always_off": ParentBased(ALWAYS_OFF),
+        "parentbased_traceidratio": ParentBased(TraceIdRatioBased(ratio)),
+    }
+    return samplers.get(name, ParentBased(ALWAYS_ON))
+
+
+def _exporter(config: TelemetryConfig) -> SpanExporter | None:
+    if config.traces_exporter == "console":
+        return ConsoleSpanExporter(out=sys.stderr)
+    if config.traces_exporter != "otlp":
+        return None
+    headers = _headers(config.headers)
+    if config.protocol.startswith("http"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpSpanExporter,
+        )
+
+        return HttpSpanExporter(endpoint=config.endpoint, headers=headers, timeout=config.timeout_s)
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    endpoint = config.endpoint or "http://localhost:4317"
+    insecure = not endpoint.startswith("https://")
+    return OTLPSpanExporter(
+        endpoint=endpoint, insecure=insecure, headers=headers, timeout=config.timeout_s
+    )
+
+
+def _headers(raw: str | None) -> dict[str, str] | None:
+    return _parse_pairs(raw) if raw else None
+
+
+def _parse_pairs(raw: str) -> dict[str, str]:
+    """``key1=value1,key2=value2`` as the OTEL_* variables write it."""
+    pairs = (item.partition("=") for item in raw.split(","))
+    return {key.strip(): value.strip() for key, _, value in pairs if key.strip() and value}
+
+
+def _float(raw: str, default: float) -> float:
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        return default

@@ -1,0 +1,203 @@
+"""Spans of one finished task on a worker: the task span, one span per DataFusion operator with
+its metrics, and one span per upstream bucket read.
+
+Spans are created when the task ends, with the start and end times that were recorded, so
+building them costs nothing while data flows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import Status, StatusCode
+
+from otel_dist.telemetry import conventions as c
+
+
+@dataclass(frozen=True)
+class ReadRecord:
+    """One upstream bucket read by a task or by the coordinator."""
+
+    endpoint: str
+    stage_id: int
+    task_index: int
+    bucket: int
+    started_ns: int
+    ended_ns: int
+    rows: int
+    batches: int
+    bytes: int
+    first_batch_ns: int | None
+    blocked_ns: int
+    telemetry_bytes: int
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """What a task did, as its spans report it."""
+
+    query_id: str
+    stage_id: int
+    task_index: int
+    partitions: tuple[int, ...]
+    worker_url: str
+    status: str
+    error: str | None
+    started_ns: int
+    ended_ns: int
+    output_rows: int
+    output_bytes: int
+    reads: Sequence[ReadRecord] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class OperatorMetrics:
+    """One operator of an executed physical plan with its metrics summed over partitions."""
+
+    name: str
+    display: str
+    totals: dict[str, int]
+    per_partition: dict[str, list[int]]
+    start_ns: int | None
+    end_ns: int | None
+    children: list[OperatorMetrics]
+
+
+def operator_metrics(plan: object) -> OperatorMetrics:
+    """Read a DataFusion ``ExecutionPlan`` tree (after execution) into plain metrics."""
+    display = plan.display()  # type: ignore[attr-defined]
+    name = display.split(":", 1)[0].strip()
+    totals: dict[str, int] = {}
+    partitions: dict[str, dict[int, int]] = {}
+    starts: list[int] = []
+    ends: list[int] = []
+    metrics_set = plan.metrics()  # type: ignore[attr-defined]
+    for metric in metrics_set.metrics() if metrics_set is not None else ():
+        value = metric.value
+        if isinstance(value, dt.datetime):
+            target = starts if metric.name == "start_timestamp" else ends
+            if metric.name in ("start_timestamp", "end_timestamp"):
+                target.append(_ns(value))
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            continue
+        totals[metric.name] = totals.get(metric.name, 0) + value
+        if metric.partition is not None:
+            by_partition = partitions.setdefault(metric.name, {})
+            by_partition[metric.partition] = by_partition.get(metric.partition, 0) + value
+    per_partition = {
+        name: [values[p] for p in sorted(values)]
+        for name, values in partitions.items()
+        if len(values) > 1
+    }
+    children = [operator_metrics(child) for child in plan.children()]  # type: ignore[attr-defined]
+    return OperatorMetrics(
+        name,
+        display,
+        totals,
+        per_partition,
+        min(starts, default=None),
+        max(ends, default=None),
+        children,
+    )
+
+
+def record_task_spans(
+    tracer: trace.Tracer,
+    parent: Context | None,
+    task: TaskRecord,
+    operators: OperatorMetrics | None,
+) -> list[ReadableSpan]:
+    """Create and end the task's spans; return them (empty when the tracer does not record)."""
+    common = {c.QUERY_ID: task.query_id, c.STAGE_ID: task.stage_id, c.TASK_INDEX: task.task_index}
+    task_span = tracer.start_span(
+        c.SPAN_TASK,
+        context=parent,
+        start_time=task.started_ns,
+        attributes={
+            **common,
+            c.TASK_PARTITIONS: list(task.partitions),
+            c.WORKER_URL: task.worker_url,
+            c.TASK_STATUS: task.status,
+            c.TASK_OUTPUT_ROWS: task.output_rows,
+            c.TASK_OUTPUT_BYTES: task.output_bytes,
+        },
+    )
+    if not task_span.is_recording():
+        task_span.end(end_time=task.ended_ns)
+        return []
+    spans: list[ReadableSpan] = []
+    inside = trace.set_span_in_context(task_span)
+    if operators is not None:
+        _operator_spans(tracer, inside, operators, "0", common, task, spans)
+    for read in task.reads:
+        spans.append(record_read_span(tracer, inside, read, common))
+    if task.status != "finished":
+        task_span.set_attribute(c.TASK_ERROR, task.error or task.status)
+        task_span.set_status(Status(StatusCode.ERROR, task.error or task.status))
+        task_span.add_event(task.status, timestamp=task.ended_ns)
+    task_span.end(end_time=max(task.ended_ns, task.started_ns))
+    spans.append(task_span)  # type: ignore[arg-type]
+    return spans
+
+
+def record_read_span(
+    tracer: trace.Tracer, parent: Context, read: ReadRecord, common: dict[str, object]
+) -> ReadableSpan:
+    attributes = {
+        **common,
+        c.READ_ENDPOINT: read.endpoint,
+        c.READ_STAGE_ID: read.stage_id,
+        c.READ_TASK_INDEX: read.task_index,
+        c.READ_BUCKET: read.bucket,
+        c.READ_ROWS: read.rows,
+        c.READ_BATCHES: read.batches,
+        c.READ_BYTES: read.bytes,
+        c.READ_BLOCKED_NS: read.blocked_ns,
+        c.READ_TELEMETRY_BYTES: read.telemetry_bytes,
+    }
+    if read.first_batch_ns is not None:
+        attributes[c.READ_FIRST_BATCH_NS] = read.first_batch_ns
+    span = tracer.start_span(
+        c.SPAN_READ, context=parent, start_time=read.started_ns, attributes=attributes
+    )  # type: ignore[arg-type]
+    span.end(end_time=max(read.ended_ns, read.started_ns))
+    return span  # type: ignore[return-value]
+
+
+def _operator_spans(
+    tracer: trace.Tracer,
+    parent: Context,
+    operator: OperatorMetrics,
+    path: str,
+    common: dict[str, object],
+    task: TaskRecord,
+    out: list[ReadableSpan],
+) -> None:
+    attributes: dict[str, object] = {
+        **common,
+        c.OPERATOR_NAME: operator.name,
+        c.OPERATOR_DISPLAY: operator.display,
+        c.OPERATOR_PATH: path,
+    }
+    for name, total in operator.totals.items():
+        attributes[c.METRIC_PREFIX + name] = total
+    for name, values in operator.per_partition.items():
+        attributes[c.METRIC_PREFIX + name + c.PARTITIONS_SUFFIX] = values
+    start = operator.start_ns or task.started_ns
+    end = operator.end_ns or task.ended_ns
+    span = tracer.start_span(operator.name, context=parent, start_time=start, attributes=attributes)  # type: ignore[arg-type]
+    inside = trace.set_span_in_context(span)
+    for index, child in enumerate(operator.children):
+        _operator_spans(tracer, inside, child, f"{path}.{index}", common, task, out)
+    span.end(end_time=max(end, start))
+    out.append(span)  # type: ignore[arg-type]
+
+
+def _ns(value: dt.datetime) -> int:
+    return int(value.timestamp() * 1_000_000) * 1000
