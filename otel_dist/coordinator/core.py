@@ -118,6 +118,7 @@ class _Run:
     placement: dict[tuple[int, int], str] = field(default_factory=dict)
     stage_spans: dict[int, trace.Span] = field(default_factory=dict)
     reads: list[ReadRecord] = field(default_factory=list)
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
 
 class Coordinator:
@@ -132,6 +133,8 @@ class Coordinator:
         self.planner = Planner(self.catalog, PlannerOptions(tasks, config.target_partitions))
         self.telemetry = telemetry or Telemetry(TelemetryConfig.from_env("otel-dist-coordinator"))
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="coordinator")
+        self._running: dict[str, _Run] = {}
+        self._running_lock = threading.Lock()
 
     def check_workers(self) -> None:
         """Raise ``WorkerUnreachable`` naming the first worker that does not answer."""
@@ -141,9 +144,20 @@ class Coordinator:
     def plan(self, sql: str) -> DistributedPlan:
         return self.planner.plan(sql)
 
-    def execute(self, sql: str) -> QueryResult:
+    def cancel(self, query_id: str) -> bool:
+        """Cancel a running query on every worker; False when it is not running here."""
+        with self._running_lock:
+            run = self._running.get(query_id)
+        if run is None:
+            return False
+        run.cancelled.set()
+        self._broadcast(query_id, ACTION_CANCEL_QUERY)
+        return True
+
+    def execute(self, sql: str, query_id: str | None = None) -> QueryResult:
+        """Run SQL and return its result; ``query_id`` lets a caller name (and cancel) it."""
         started = time.time_ns()
-        query_id = uuid.uuid4().hex
+        query_id = query_id or uuid.uuid4().hex
         text = redact_sql(sql) if self.telemetry.config.redact_sql else sql
         query_span = self.telemetry.tracer.start_span(
             c.SPAN_QUERY,
@@ -155,6 +169,8 @@ class Coordinator:
             },
         )
         run = _Run(query_id, sql, SpanCollector(query_id), query_span)
+        with self._running_lock:
+            self._running[query_id] = run
         failure: BaseException | None = None
         table: pa.Table | None = None
         try:
@@ -169,8 +185,12 @@ class Coordinator:
         except BaseException as error:
             failure = error
             self._broadcast(query_id, ACTION_CANCEL_QUERY)
+        if run.cancelled.is_set() and failure is not None:
+            failure = QueryError(f"query {query_id} was cancelled")
         telemetry = self._finish_telemetry(run, failure)
         self._broadcast(query_id, ACTION_RELEASE_QUERY)
+        with self._running_lock:
+            self._running.pop(query_id, None)
         if failure is not None:
             if isinstance(failure, QueryError):
                 failure.telemetry = telemetry
@@ -284,7 +304,7 @@ class Coordinator:
             except QueryError as error:
                 log.info("telemetry of task %s of %s not fetched: %s", task, run.query_id, error)
                 return False
-            run.collector.add_message(payload)
+            run.collector.add_message(payload, in_band=False)
             return task in run.collector.tasks()
 
         futures = {task: self._pool.submit(fetch, task) for task in missing}
@@ -331,16 +351,15 @@ class Coordinator:
     def _read_source(self, run: _Run, source: BucketSource) -> list[pa.RecordBatch]:
         stats = StreamStats()
         started = time.time_ns()
+        batches: list[pa.RecordBatch] = []
         try:
-            return list(
-                read_bucket(
-                    source,
-                    run.query_id,
-                    self.config.query_timeout_s,
-                    run.collector.add_message,
-                    stats,
-                )
-            )
+            for batch in read_bucket(
+                source, run.query_id, self.config.query_timeout_s, run.collector.add_message, stats
+            ):
+                if run.cancelled.is_set():
+                    raise QueryError(f"query {run.query_id} was cancelled")
+                batches.append(batch)
+            return batches
         except flight.FlightUnavailableError:
             raise WorkerUnreachable(f"worker {source.worker_url} is unreachable") from None
         except flight.FlightError as error:

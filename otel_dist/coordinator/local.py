@@ -15,6 +15,7 @@ import pyarrow as pa
 from otel_dist.coordinator.core import Coordinator, CoordinatorConfig, QueryResult
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.model import DistributedPlan
+from otel_dist.telemetry.setup import Telemetry, TelemetryConfig
 from otel_dist.worker.process import READY_PREFIX
 
 
@@ -36,6 +37,8 @@ class LocalCluster:
         start_timeout_s: float = 30.0,
         env: dict[str, str] | None = None,
     ) -> None:
+        """``env`` is the environment of the workers and of the coordinator's telemetry
+        settings (the ``OTEL_*`` variables); it defaults to this process's environment."""
         if workers < 1:
             raise ClusterError("a local cluster needs at least one worker")
         Catalog.from_folder(data)  # fail fast on a bad data folder, before starting processes
@@ -80,7 +83,8 @@ class LocalCluster:
                     data=self.data,
                     tasks_per_stage=self.tasks_per_stage,
                     target_partitions=self.target_partitions,
-                )
+                ),
+                Telemetry(TelemetryConfig.from_env("otel-dist-coordinator", self.env)),
             )
         except BaseException:
             self.stop()
@@ -146,8 +150,11 @@ class LocalCluster:
     def sql(self, sql: str) -> pa.Table:
         return self.coordinator.sql(sql)
 
-    def execute(self, sql: str) -> QueryResult:
-        return self.coordinator.execute(sql)
+    def execute(self, sql: str, query_id: str | None = None) -> QueryResult:
+        return self.coordinator.execute(sql, query_id)
+
+    def cancel(self, query_id: str) -> bool:
+        return self.coordinator.cancel(query_id)
 
     def plan(self, sql: str) -> DistributedPlan:
         return self.coordinator.plan(sql)

@@ -38,11 +38,13 @@ class SpanCollector:
 
     # ---- input ---------------------------------------------------------------------------
 
-    def add_message(self, data: bytes) -> None:
-        """Accept a final Flight message; malformed ones are counted and logged, never raised."""
-        with self._lock:
-            self.messages += 1
-            self.message_bytes += len(data)
+    def add_message(self, data: bytes, in_band: bool = True) -> None:
+        """Accept a telemetry envelope (a final Flight message, or a fetched one when not
+        ``in_band``); malformed ones are counted and logged, never raised."""
+        if in_band:
+            with self._lock:
+                self.messages += 1
+                self.message_bytes += len(data)
         try:
             received = envelope_codec.decode(data)
             if received.query_id != self.query_id:
@@ -68,7 +70,7 @@ class SpanCollector:
         self._add_request((), request)
 
     def _add_request(self, tasks: tuple[TaskRef, ...], request: ExportTraceServiceRequest) -> None:
-        known = set(tasks)
+        sole_task = tasks[0] if len(tasks) == 1 else _NO_TASK
         with self._lock:
             for task in tasks:
                 self._spans.setdefault(task, {})
@@ -78,8 +80,8 @@ class SpanCollector:
                     scope = scope_spans.scope.SerializeToString()
                     for span in scope_spans.spans:
                         task = _task_of(span, c.STAGE_ID, c.TASK_INDEX)
-                        if task not in known:
-                            task = _NO_TASK if not known else task
+                        if task == _NO_TASK:
+                            task = sole_task
                         spans = self._spans.setdefault(task, {})
                         if span.span_id not in spans:
                             spans[span.span_id] = (resource, scope, span)
@@ -122,7 +124,7 @@ class SpanCollector:
         merged = ExportTraceServiceRequest()
         included: list[TaskRef] = []
         size = 0
-        truncated = False
+        truncated = self.truncated > 0  # what arrived truncated is forwarded as truncated
         for task, request in chunks:
             chunk_size = request.ByteSize()
             if size + chunk_size > limit_bytes:

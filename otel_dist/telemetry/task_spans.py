@@ -70,7 +70,7 @@ class OperatorMetrics:
 
 def operator_metrics(plan: object) -> OperatorMetrics:
     """Read a DataFusion ``ExecutionPlan`` tree (after execution) into plain metrics."""
-    display = plan.display()  # type: ignore[attr-defined]
+    display = " ".join(plan.display().split())  # type: ignore[attr-defined]
     name = display.split(":", 1)[0].strip()
     totals: dict[str, int] = {}
     partitions: dict[str, dict[int, int]] = {}

@@ -1,0 +1,139 @@
+"""The distributed EXPLAIN ANALYZE tree: a query, its stages nested the way data flows, each
+stage's operators aggregated over its tasks, and every task with its own operator tree.
+
+Durations and times are integer nanoseconds; ``None`` means the value is unknown (its span
+was never received). Task statuses are ``finished``, ``failed``, ``cancelled`` or ``unknown``
+(the stage planned the task but no task span arrived).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+STATUS_UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class MetricStats:
+    """One metric of one operator across the tasks of a stage that reported it."""
+
+    min: int
+    median: int
+    max: int
+    max_task: int
+
+
+@dataclass
+class OperatorNode:
+    """One operator of the physical plan, aligned across tasks by its ``path``.
+
+    In a stage's aggregated tree ``metrics`` are summed over tasks and ``metric_stats`` give
+    the per-task spread; in a task's own tree ``metrics`` are that task's and
+    ``metric_stats`` is empty.
+    """
+
+    name: str
+    display: str
+    path: str
+    metrics: dict[str, int] = field(default_factory=dict)
+    metric_stats: dict[str, MetricStats] = field(default_factory=dict)
+    children: list[OperatorNode] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReadNode:
+    """One upstream bucket read by a task (or by the coordinator for the root stage)."""
+
+    endpoint: str
+    stage_id: int
+    task_index: int
+    bucket: int
+    rows: int
+    batches: int
+    bytes: int
+    duration_ns: int
+    time_to_first_batch_ns: int | None
+    blocked_ns: int
+
+
+@dataclass
+class TaskNode:
+    """One task of a stage. ``metrics`` are the task's totals: ``output_rows`` and
+    ``output_bytes`` from the task span, ``elapsed_compute`` summed over its operators, and
+    ``read_rows``/``read_bytes``/``read_blocked_time`` when it read upstream buckets."""
+
+    task_index: int
+    worker: str | None
+    partitions: tuple[int, ...] | None
+    duration_ns: int | None
+    status: str
+    error: str | None
+    metrics: dict[str, int] = field(default_factory=dict)
+    operators: list[OperatorNode] = field(default_factory=list)
+    reads: list[ReadNode] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int | None:
+        return self.metrics.get("output_rows")
+
+    @property
+    def bytes(self) -> int | None:
+        return self.metrics.get("output_bytes")
+
+
+@dataclass(frozen=True)
+class SkewInfo:
+    """The slowest task of a stage, when it took more than the threshold times the median."""
+
+    task_index: int
+    worker: str | None
+    ratio: float
+    duration_ns: int
+    median_ns: int
+
+
+@dataclass
+class StageNode:
+    """One stage: its tasks, their operators aggregated, and the stages it reads (nested)."""
+
+    stage_id: int
+    task_count: int
+    partitioning: str | None
+    kind: str | None
+    fallback_reason: str | None
+    duration_ns: int | None
+    sql: str | None = None
+    inputs: tuple[int, ...] = ()
+    operators: list[OperatorNode] = field(default_factory=list)
+    tasks: list[TaskNode] = field(default_factory=list)
+    children: list[StageNode] = field(default_factory=list)
+    skew: SkewInfo | None = None
+
+
+@dataclass
+class ExplainTree:
+    """A query's distributed EXPLAIN ANALYZE. ``stages`` are the root stages (normally one);
+    ``reads`` are the coordinator's reads of the root stage's output."""
+
+    query_id: str
+    trace_id: str
+    sql: str
+    duration_ns: int | None
+    status: str
+    error: str | None
+    stages: list[StageNode] = field(default_factory=list)
+    strategy: str | None = None
+    output_rows: int | None = None
+    reads: list[ReadNode] = field(default_factory=list)
+
+    def all_stages(self) -> list[StageNode]:
+        """Every stage, depth first from the roots, each once."""
+        seen: dict[int, StageNode] = {}
+        pending = list(reversed(self.stages))
+        while pending:
+            stage = pending.pop()
+            if stage.stage_id in seen:
+                continue
+            seen[stage.stage_id] = stage
+            pending.extend(reversed(stage.children))
+        return list(seen.values())

@@ -1,0 +1,148 @@
+"""The telemetry envelope codec and the reactive router, on real Flight streams and fuzzed bytes."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+from otel_dist.exchange.router import StreamStats, route
+from otel_dist.telemetry import envelope
+from otel_dist.telemetry.collector import SpanCollector
+from otel_dist.telemetry.envelope import Envelope, EnvelopeError, TaskRef
+
+SCHEMA = pa.schema([("x", pa.int64()), ("s", pa.string())])
+
+
+def _request(span_ids: list[bytes]) -> ExportTraceServiceRequest:
+    spans = [Span(trace_id=b"t" * 16, span_id=i, name="op") for i in span_ids]
+    return ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])]
+    )
+
+
+class _Server(flight.FlightServerBase):
+    """Streams fixed batches with telemetry messages in between and at the end."""
+
+    def __init__(self, messages: list[bytes]) -> None:
+        super().__init__("grpc://127.0.0.1:0")
+        self.messages = messages
+
+    def do_get(
+        self, context: flight.ServerCallContext, ticket: flight.Ticket
+    ) -> flight.FlightDataStream:
+        return flight.GeneratorStream(SCHEMA, self._items())
+
+    def _items(self) -> Iterator[object]:
+        empty = pa.RecordBatch.from_pylist([], schema=SCHEMA)
+        for index in range(5):
+            yield pa.record_batch(
+                [pa.array([index] * 3), pa.array(["a", "b", None])], schema=SCHEMA
+            )
+        for message in self.messages:
+            yield empty, pa.py_buffer(message)
+
+
+@pytest.fixture
+def server_factory() -> Iterator[object]:
+    servers: list[_Server] = []
+
+    def make(messages: list[bytes]) -> flight.FlightStreamReader:
+        server = _Server(messages)
+        servers.append(server)
+        return flight.FlightClient(f"grpc://127.0.0.1:{server.port}").do_get(flight.Ticket(b"t"))
+
+    yield make
+    for server in servers:
+        server.shutdown()
+
+
+def test_router_passes_data_and_hands_telemetry_to_the_sink(server_factory) -> None:  # type: ignore[no-untyped-def]
+    good = envelope.encode(Envelope("q", (TaskRef(1, 0),), _request([b"12345678"])))
+    received: list[bytes] = []
+    stats = StreamStats()
+    batches = list(route(server_factory([good]), received.append, stats))
+    assert [b.num_rows for b in batches] == [3] * 5
+    assert received == [good]
+    assert stats.rows == 15 and stats.telemetry_messages == 1 and stats.first_batch_ns is not None
+
+
+def test_malformed_telemetry_never_alters_data(server_factory) -> None:  # type: ignore[no-untyped-def]
+    collector = SpanCollector("q")
+    reference = list(route(server_factory([]), None))
+    routed = list(
+        route(server_factory([b"garbage", b"ODT\x01\xff\xff\xff\xff"]), collector.add_message)
+    )
+    assert pa.Table.from_batches(routed).equals(pa.Table.from_batches(reference))
+    assert collector.malformed == 2 and collector.tasks() == set()
+
+
+def test_failing_sink_is_counted_not_raised(server_factory) -> None:  # type: ignore[no-untyped-def]
+    def explode(_: bytes) -> None:
+        raise RuntimeError("sink down")
+
+    stats = StreamStats()
+    assert sum(b.num_rows for b in route(server_factory([b"x"]), explode, stats)) == 15
+    assert stats.telemetry_failures == 1
+
+
+def test_collector_merges_duplicates_by_span_id() -> None:
+    collector = SpanCollector("q")
+    first = Envelope("q", (TaskRef(1, 0),), _request([b"aaaaaaaa", b"bbbbbbbb"]))
+    again = Envelope("q", (TaskRef(1, 0),), _request([b"bbbbbbbb", b"cccccccc"]))
+    collector.add_message(envelope.encode(first))
+    collector.add_message(envelope.encode(again))
+    assert collector.span_count() == 3
+    other_query = Envelope("other", (TaskRef(1, 1),), _request([b"dddddddd"]))
+    collector.add_message(envelope.encode(other_query))
+    assert collector.malformed == 1 and collector.tasks() == {TaskRef(1, 0)}
+
+
+def test_forwarding_envelope_respects_its_limit() -> None:
+    collector = SpanCollector("q")
+    for task in range(5):
+        upstream = Envelope("q", (TaskRef(1, task),), _request([bytes([task]) * 8] * 1))
+        collector.add_message(envelope.encode(upstream))
+    own = _request([b"ownspan!"])
+    full = envelope.decode(collector.forwarding_envelope(TaskRef(2, 0), own, 1 << 20))
+    assert not full.truncated and len(full.tasks) == 6
+    cut = envelope.decode(collector.forwarding_envelope(TaskRef(2, 0), own, own.ByteSize() * 3))
+    assert cut.truncated and cut.tasks[0] == TaskRef(2, 0) and len(cut.tasks) < 6
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=512))
+def test_decoding_random_bytes_only_raises_envelope_errors(data: bytes) -> None:
+    with contextlib.suppress(EnvelopeError):
+        envelope.decode(data)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.text(max_size=40),
+    st.lists(st.tuples(st.integers(0, 1000), st.integers(0, 1000)), max_size=8),
+    st.booleans(),
+    st.lists(st.binary(min_size=8, max_size=8), max_size=5),
+)
+def test_envelope_round_trip(
+    query_id: str, tasks: list[tuple[int, int]], truncated: bool, span_ids: list[bytes]
+) -> None:
+    original = Envelope(query_id, tuple(TaskRef(*t) for t in tasks), _request(span_ids), truncated)
+    assert envelope.decode(envelope.encode(original)) == original
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(min_size=1, max_size=64), st.integers(0, 200))
+def test_damaged_envelopes_are_rejected_or_decoded_never_crash(noise: bytes, position: int) -> None:
+    valid = envelope.encode(Envelope("q", (TaskRef(1, 2),), _request([b"12345678"])))
+    position = min(position, len(valid))
+    damaged = valid[:position] + noise + valid[position + len(noise) :]
+    with contextlib.suppress(EnvelopeError):
+        envelope.decode(damaged)
