@@ -7,6 +7,7 @@ OTLP/JSON trace file read later), so both give the same result:
 * ``build.load_trace_file(path)`` -> the spans of an OTLP/JSON file
 * ``text.render_text(tree)`` -> a plain-text report for a terminal or a log
 * ``json_tree.tree_to_dict(tree)`` -> a JSON-serialisable dict
+* ``format``: numbers, durations and sizes for people, shared by the renderers
 """
 
 from __future__ import annotations

@@ -27,9 +27,9 @@ class MetricStats:
 class OperatorNode:
     """One operator of the physical plan, aligned across tasks by its ``path``.
 
-    In a stage's aggregated tree ``metrics`` are summed over tasks and ``metric_stats`` give
-    the per-task spread; in a task's own tree ``metrics`` are that task's and
-    ``metric_stats`` is empty.
+    In a stage's aggregated tree ``metrics`` are summed over ``tasks`` (the tasks that ran
+    this operator) and ``metric_stats`` give the per-task spread; in a task's own tree
+    ``metrics`` are that task's, ``metric_stats`` and ``tasks`` are empty.
     """
 
     name: str
@@ -38,6 +38,7 @@ class OperatorNode:
     metrics: dict[str, int] = field(default_factory=dict)
     metric_stats: dict[str, MetricStats] = field(default_factory=dict)
     children: list[OperatorNode] = field(default_factory=list)
+    tasks: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,244 @@
+"""``otel-dist bench``: the cost of distribution and of telemetry, side by side in one run.
+
+Per TPC-H query, interleaved run by run so drift hits every system alike:
+
+* ``datafusion``: single-node DataFusion on the same files, with the cluster's thread budget;
+* ``otel_dist``: a local cluster with telemetry off;
+* ``otel_dist_traced``: a local cluster with full telemetry (spans, final Flight messages,
+  router, OTLP export to a real OTLP receiver running locally, explain tree built).
+
+Then the Flight router's throughput against a plain ``pyarrow.flight`` read of the same stream,
+and the time to build an explain tree from 10,000 spans. Medians are reported; nothing asserts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.table import Table
+
+from otel_dist import tpch
+from otel_dist.coordinator.local import LocalCluster
+from otel_dist.exchange.router import route
+from otel_dist.planner.catalog import Catalog
+from otel_dist.telemetry import envelope
+from otel_dist.telemetry.envelope import Envelope, TaskRef
+from otel_dist.testing.otlp_receiver import OtlpReceiver
+from otel_dist.tpch.datagen import default_cache_dir, generate
+
+SYSTEMS = ("datafusion", "otel_dist", "otel_dist_traced")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to measure."""
+
+    scale: float
+    workers: int
+    runs: int
+    queries: tuple[int, ...] = tpch.QUERY_NUMBERS
+    target_partitions: int = 2
+    data: Path | None = None
+
+
+def run_bench(options: BenchOptions, console: Console) -> dict[str, object]:
+    data = options.data or generate(options.scale, default_cache_dir(options.scale))
+    timings: dict[int, dict[str, list[float]]] = {
+        q: {system: [] for system in SYSTEMS} for q in options.queries
+    }
+    single_node = Catalog.from_folder(data)
+    budget = options.workers * options.target_partitions
+    with (
+        OtlpReceiver() as receiver,
+        LocalCluster(
+            workers=options.workers,
+            data=data,
+            target_partitions=options.target_partitions,
+            env={**os.environ, "OTEL_DIST_TELEMETRY": "off"},
+        ) as plain,
+        LocalCluster(
+            workers=options.workers,
+            data=data,
+            target_partitions=options.target_partitions,
+            env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint},
+        ) as traced,
+    ):
+        from otel_dist.explain.build import build_tree
+
+        runners: dict[str, Callable[[str], object]] = {
+            "datafusion": lambda sql: single_node.session(budget).sql(sql).to_arrow_table(),
+            "otel_dist": plain.sql,
+            "otel_dist_traced": lambda sql: _traced(traced, sql, build_tree),
+        }
+        for sql in (tpch.query(q) for q in options.queries):  # warm caches and processes
+            for runner in runners.values():
+                runner(sql)
+        for run in range(options.runs):
+            for number in options.queries:
+                sql = tpch.query(number)
+                for system in SYSTEMS:
+                    started = time.perf_counter()
+                    runners[system](sql)
+                    timings[number][system].append(time.perf_counter() - started)
+            console.print(f"run {run + 1}/{options.runs} done", style="dim")
+    queries = {
+        f"q{number:02d}": {system: statistics.median(values) for system, values in by_system.items()}
+        for number, by_system in timings.items()
+    }
+    totals = {system: sum(q[system] for q in queries.values()) for system in SYSTEMS}
+    router = router_throughput(data)
+    explain_ms = explain_build_ms(10_000)
+    report: dict[str, object] = {
+        "machine": _machine(),
+        "scale": options.scale,
+        "workers": options.workers,
+        "runs": options.runs,
+        "queries": queries,
+        "totals": totals,
+        "ratios": {
+            "distributed_vs_datafusion": totals["otel_dist"] / totals["datafusion"],
+            "traced_vs_untraced": totals["otel_dist_traced"] / totals["otel_dist"],
+            "router_vs_raw_flight": router["router_mb_s"] / router["raw_mb_s"],
+        },
+        "router": router,
+        "explain_build_ms_10k_spans": explain_ms,
+    }
+    _print(report, console)
+    return report
+
+
+def _traced(cluster: LocalCluster, sql: str, build_tree: Callable[..., object]) -> object:
+    result = cluster.execute(sql)
+    if result.telemetry is not None:
+        build_tree(result.telemetry.spans, result.query_id)
+    return result
+
+
+class _StreamServer(flight.FlightServerBase):
+    """Serves one table as a Flight stream ending in a telemetry message, like a worker."""
+
+    def __init__(self, table: pa.Table, final_message: bytes) -> None:
+        super().__init__("grpc://127.0.0.1:0")
+        self.table = table
+        self.final_message = final_message
+
+    def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
+        return flight.GeneratorStream(self.table.schema, self._batches())
+
+    def _batches(self) -> Iterator[object]:
+        yield from self.table.to_batches(max_chunksize=65_536)
+        yield pa.RecordBatch.from_pylist([], schema=self.table.schema), pa.py_buffer(self.final_message)
+
+
+def router_throughput(data: Path, repeats: int = 5) -> dict[str, float]:
+    """MB/s of a plain Flight read versus the same stream read through the router."""
+    table = pq.read_table(Path(data) / "lineitem")
+    table = table.cast(pa.schema([f.with_type(pa.string()) if pa.types.is_string_view(f.type) else f for f in table.schema]))
+    message = envelope.encode(Envelope("bench", (TaskRef(1, 0),), _synthetic_request(50)))
+    server = _StreamServer(table, message)
+    client = flight.FlightClient(f"grpc://127.0.0.1:{server.port}")
+    megabytes = table.nbytes / 1e6
+
+    def raw() -> None:
+        reader = client.do_get(flight.Ticket(b"t"))
+        while True:
+            try:
+                reader.read_chunk()
+            except StopIteration:
+                return
+
+    def routed() -> None:
+        for _ in route(client.do_get(flight.Ticket(b"t")), lambda _: None):
+            pass
+
+    try:
+        raw_times, routed_times = [], []
+        for _ in range(repeats):
+            for target, times in ((raw, raw_times), (routed, routed_times)):
+                started = time.perf_counter()
+                target()
+                times.append(time.perf_counter() - started)
+    finally:
+        client.close()
+        server.shutdown()
+    return {
+        "megabytes": megabytes,
+        "raw_mb_s": megabytes / statistics.median(raw_times),
+        "router_mb_s": megabytes / statistics.median(routed_times),
+    }
+
+
+def _synthetic_request(spans: int) -> object:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+    items = [Span(trace_id=b"t" * 16, span_id=i.to_bytes(8, "big"), name="op") for i in range(spans)]
+    return ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=items)])])
+
+
+def explain_build_ms(span_count: int) -> float:
+    """Median milliseconds to build an explain tree from ``span_count`` spans."""
+    from otel_dist.explain.build import build_tree
+    from otel_dist.testing.synthetic_spans import synthetic_query_spans
+
+    spans = synthetic_query_spans(span_count)
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        build_tree(spans)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def _machine() -> dict[str, object]:
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    }
+
+
+def _print(report: dict[str, object], console: Console) -> None:
+    table = Table(title=f"TPC-H SF {report['scale']} · {report['workers']} workers · median of {report['runs']}")
+    table.add_column("query")
+    for system in SYSTEMS:
+        table.add_column(f"{system} (s)", justify="right")
+    table.add_column("dist/df", justify="right")
+    table.add_column("traced/untraced", justify="right")
+    queries: dict[str, dict[str, float]] = report["queries"]  # type: ignore[assignment]
+    totals: dict[str, float] = report["totals"]  # type: ignore[assignment]
+    for name, row in [*queries.items(), ("total", totals)]:
+        table.add_row(
+            name,
+            *(f"{row[s]:.3f}" for s in SYSTEMS),
+            f"{row['otel_dist'] / row['datafusion']:.2f}",
+            f"{row['otel_dist_traced'] / row['otel_dist']:.3f}",
+        )
+    console.print(table)
+    ratios: dict[str, float] = report["ratios"]  # type: ignore[assignment]
+    router: dict[str, float] = report["router"]  # type: ignore[assignment]
+    console.print(
+        f"distributed_vs_datafusion={ratios['distributed_vs_datafusion']:.2f}  "
+        f"traced_vs_untraced={ratios['traced_vs_untraced']:.3f}  "
+        f"router_vs_raw_flight={ratios['router_vs_raw_flight']:.3f} "
+        f"({router['router_mb_s']:.0f} vs {router['raw_mb_s']:.0f} MB/s)  "
+        f"explain build (10,000 spans)={report['explain_build_ms_10k_spans']:.1f} ms"
+    )
+
+
+def write_report(report: dict[str, object], path: Path) -> None:
+    path.write_text(json.dumps(report, indent=2) + "\n")

@@ -1,0 +1,535 @@
+"""Build the distributed EXPLAIN ANALYZE tree from spans, and read spans from a trace file.
+
+Only span names and attributes (``otel_dist.telemetry.conventions``) and span parent links are
+used, so a tree built from the coordinator's live collection equals one built later from an
+OTLP/JSON trace file of the same query.
+
+* Spans are selected by ``otel_dist.query.id``; duplicate span ids are kept once.
+* Stages nest by ``otel_dist.stage.inputs`` (a stage read by several stages is nested under the
+  first one; every reader still lists it in ``inputs``).
+* Operators are aligned across the tasks of a stage by ``otel_dist.operator.path``.
+* A task the stage planned (``otel_dist.stage.task_count``) but whose span never arrived is
+  kept with status ``unknown``; its worker is taken from a read of its output, if any.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import Iterable, Sequence
+
+from otel_dist.errors import one_line
+from otel_dist.explain.model import (
+    STATUS_UNKNOWN,
+    ExplainTree,
+    MetricStats,
+    OperatorNode,
+    ReadNode,
+    SkewInfo,
+    StageNode,
+    TaskNode,
+)
+from otel_dist.telemetry import conventions as c
+from otel_dist.telemetry.otlp import SpanRecord, read_otlp_json_lines, span_records
+
+DEFAULT_SKEW_THRESHOLD = 2.0
+_STATUS_ERROR = 2
+_TaskKey = tuple[int, int]
+_OperatorKey = tuple[tuple[tuple[int, ...], str], ...]
+
+
+def load_trace_file(path: str | os.PathLike[str]) -> list[SpanRecord]:
+    """Every span of an OTLP/JSON trace file (one ``ExportTraceServiceRequest`` per line).
+
+    Raises ``ValueError`` with a one-line message when the file is missing or malformed.
+    """
+    try:
+        requests = read_otlp_json_lines(path)
+    except FileNotFoundError:
+        raise ValueError(f"trace file {os.fspath(path)} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"trace file {os.fspath(path)} is a folder") from None
+    except OSError as error:
+        raise ValueError(f"trace file {os.fspath(path)}: {one_line(error)}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"trace file {os.fspath(path)} is not UTF-8 text") from None
+    except ValueError as error:
+        raise ValueError(one_line(error)) from None
+    except (TypeError, AttributeError, KeyError) as error:
+        raise ValueError(
+            f"trace file {os.fspath(path)} is not OTLP/JSON trace data ({one_line(error)})"
+        ) from None
+    return span_records(requests)
+
+
+def build_tree(
+    spans: Iterable[SpanRecord],
+    query_id: str | None = None,
+    skew_threshold: float = DEFAULT_SKEW_THRESHOLD,
+) -> ExplainTree:
+    """The EXPLAIN ANALYZE tree of one query from its spans.
+
+    ``query_id=None`` requires exactly one query among the spans; otherwise, or when the
+    given query has no spans, ``ValueError`` names the query ids present.
+    """
+    unique = _unique(spans)
+    selected = _select_query(unique, query_id)
+    index = _SpanIndex([s for s in unique if s.attributes.get(c.QUERY_ID) == selected])
+    stages = _stage_nodes(index, skew_threshold)
+    query_span = index.first(c.SPAN_QUERY)
+    return ExplainTree(
+        query_id=selected,
+        trace_id=_trace_id(index, query_span),
+        sql=(_str(query_span.attributes.get(c.DB_QUERY_TEXT)) or "") if query_span else "",
+        duration_ns=_duration(query_span) if query_span else index.extent_ns(),
+        status=_query_status(query_span),
+        error=_error_message(query_span) if query_span else None,
+        stages=_nest(stages),
+        strategy=_str(query_span.attributes.get(c.QUERY_STRATEGY)) if query_span else None,
+        output_rows=_int(query_span.attributes.get(c.QUERY_ROWS)) if query_span else None,
+        reads=[_read_node(s) for s in index.coordinator_reads()],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Span selection and indexing
+# --------------------------------------------------------------------------------------------
+
+
+def _unique(spans: Iterable[SpanRecord]) -> list[SpanRecord]:
+    seen: dict[str, SpanRecord] = {}
+    for span in spans:
+        seen.setdefault(span.span_id, span)
+    return list(seen.values())
+
+
+def _select_query(spans: Sequence[SpanRecord], query_id: str | None) -> str:
+    present = sorted({str(s.attributes[c.QUERY_ID]) for s in spans if c.QUERY_ID in s.attributes})
+    listed = ", ".join(present) or "none"
+    if query_id is not None:
+        if query_id not in present:
+            raise ValueError(f"no spans of query {query_id}; queries present: {listed}")
+        return query_id
+    if not present:
+        raise ValueError(f"no otel_dist spans: no span has the attribute {c.QUERY_ID}")
+    if len(present) != 1:
+        raise ValueError(
+            f"expected the spans of exactly one query, found {len(present)}: {listed}; "
+            "choose one with query_id"
+        )
+    return present[0]
+
+
+class _SpanIndex:
+    """The spans of one query by kind, id and parent."""
+
+    def __init__(self, spans: Sequence[SpanRecord]) -> None:
+        self.spans = spans
+        self.by_id = {s.span_id: s for s in spans}
+        self.children: dict[str, list[SpanRecord]] = {}
+        for span in spans:
+            self.children.setdefault(span.parent_span_id, []).append(span)
+        self.stage_spans = _by_stage(s for s in spans if s.name == c.SPAN_STAGE)
+        self.task_spans = _by_task(s for s in spans if s.name == c.SPAN_TASK)
+        self.endpoints = _task_endpoints(s for s in spans if s.name == c.SPAN_READ)
+
+    def first(self, name: str) -> SpanRecord | None:
+        return next((s for s in self.spans if s.name == name), None)
+
+    def extent_ns(self) -> int | None:
+        if not self.spans:
+            return None
+        return max(s.end_ns for s in self.spans) - min(s.start_ns for s in self.spans)
+
+    def coordinator_reads(self) -> list[SpanRecord]:
+        reads = [
+            s
+            for s in self.spans
+            if s.name == c.SPAN_READ
+            and self.by_id.get(s.parent_span_id, s).name != c.SPAN_TASK
+            and c.TASK_INDEX not in s.attributes
+        ]
+        return sorted(reads, key=_read_order)
+
+
+def _by_stage(spans: Iterable[SpanRecord]) -> dict[int, SpanRecord]:
+    result: dict[int, SpanRecord] = {}
+    for span in spans:
+        stage_id = _int(span.attributes.get(c.STAGE_ID))
+        if stage_id is not None:
+            result.setdefault(stage_id, span)
+    return result
+
+
+def _by_task(spans: Iterable[SpanRecord]) -> dict[_TaskKey, SpanRecord]:
+    """One task span per (stage, task): a finished one if several, else the last to end."""
+    result: dict[_TaskKey, SpanRecord] = {}
+    for span in spans:
+        key = _task_key(span)
+        if key is None:
+            continue
+        current = result.get(key)
+        if current is None or _task_rank(span) > _task_rank(current):
+            result[key] = span
+    return result
+
+
+def _task_rank(span: SpanRecord) -> tuple[bool, int]:
+    return span.attributes.get(c.TASK_STATUS) == "finished", span.end_ns
+
+
+def _task_key(span: SpanRecord) -> _TaskKey | None:
+    stage_id = _int(span.attributes.get(c.STAGE_ID))
+    task_index = _int(span.attributes.get(c.TASK_INDEX))
+    if stage_id is None or task_index is None:
+        return None
+    return stage_id, task_index
+
+
+def _task_endpoints(reads: Iterable[SpanRecord]) -> dict[_TaskKey, str]:
+    """Which worker served each task's output, as seen by the readers of that output."""
+    result: dict[_TaskKey, str] = {}
+    for read in reads:
+        stage_id = _int(read.attributes.get(c.READ_STAGE_ID))
+        task_index = _int(read.attributes.get(c.READ_TASK_INDEX))
+        endpoint = _str(read.attributes.get(c.READ_ENDPOINT))
+        if stage_id is not None and task_index is not None and endpoint:
+            result.setdefault((stage_id, task_index), endpoint)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------
+
+
+def _stage_nodes(index: _SpanIndex, skew_threshold: float) -> dict[int, StageNode]:
+    stage_ids = set(index.stage_spans) | {stage for stage, _ in index.task_spans}
+    return {
+        stage_id: _stage_node(index, stage_id, skew_threshold) for stage_id in sorted(stage_ids)
+    }
+
+
+def _stage_node(index: _SpanIndex, stage_id: int, skew_threshold: float) -> StageNode:
+    span = index.stage_spans.get(stage_id)
+    attributes = span.attributes if span else {}
+    planned = _int(attributes.get(c.STAGE_TASK_COUNT))
+    present = sorted(t for s, t in index.task_spans if s == stage_id)
+    task_indexes = sorted(set(range(planned or 0)) | set(present))
+    tasks = [_task_node(index, stage_id, t) for t in task_indexes]
+    return StageNode(
+        stage_id=stage_id,
+        task_count=planned if planned is not None else len(tasks),
+        partitioning=_str(attributes.get(c.STAGE_PARTITIONING)),
+        kind=_str(attributes.get(c.STAGE_KIND)),
+        fallback_reason=_str(attributes.get(c.STAGE_FALLBACK)),
+        duration_ns=_duration(span) if span else _tasks_extent(index, stage_id),
+        sql=_str(attributes.get(c.STAGE_SQL)),
+        inputs=_stage_inputs(index, span),
+        operators=aggregate_operators(tasks),
+        tasks=tasks,
+        skew=detect_skew(tasks, skew_threshold),
+    )
+
+
+def _stage_inputs(index: _SpanIndex, span: SpanRecord | None) -> tuple[int, ...]:
+    if span is None:
+        return ()
+    declared = span.attributes.get(c.STAGE_INPUTS)
+    if isinstance(declared, tuple | list):
+        return tuple(i for i in (_int(v) for v in declared) if i is not None)
+    nested = (s for s in index.children.get(span.span_id, ()) if s.name == c.SPAN_STAGE)
+    return tuple(
+        sorted(i for i in (_int(s.attributes.get(c.STAGE_ID)) for s in nested) if i is not None)
+    )
+
+
+def _tasks_extent(index: _SpanIndex, stage_id: int) -> int | None:
+    spans = [span for (s, _), span in index.task_spans.items() if s == stage_id]
+    if not spans:
+        return None
+    return max(s.end_ns for s in spans) - min(s.start_ns for s in spans)
+
+
+def _nest(stages: dict[int, StageNode]) -> list[StageNode]:
+    """Root stages (read by no other stage), each with the stages it reads nested under it."""
+    read = {i for stage in stages.values() for i in stage.inputs if i != stage.stage_id}
+    placed: set[int] = set()
+
+    def place(stage: StageNode) -> StageNode:
+        placed.add(stage.stage_id)
+        for input_id in stage.inputs:
+            child = stages.get(input_id)
+            if child is not None and input_id not in placed:
+                stage.children.append(place(child))
+        return stage
+
+    roots = [place(s) for i, s in sorted(stages.items(), reverse=True) if i not in read]
+    roots += [place(s) for i, s in sorted(stages.items(), reverse=True) if i not in placed]
+    return roots
+
+
+def detect_skew(tasks: Sequence[TaskNode], threshold: float) -> SkewInfo | None:
+    """The slowest task when it took more than ``threshold`` times the median task duration."""
+    timed = [(t.duration_ns, t) for t in tasks if t.duration_ns is not None]
+    if len(timed) < 2:
+        return None
+    median = statistics.median(duration for duration, _ in timed)
+    duration, slowest = max(timed, key=lambda item: item[0])
+    if median <= 0 or duration <= threshold * median:
+        return None
+    return SkewInfo(
+        task_index=slowest.task_index,
+        worker=slowest.worker,
+        ratio=round(duration / median, 2),
+        duration_ns=duration,
+        median_ns=round(median),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Tasks
+# --------------------------------------------------------------------------------------------
+
+
+def _task_node(index: _SpanIndex, stage_id: int, task_index: int) -> TaskNode:
+    span = index.task_spans.get((stage_id, task_index))
+    if span is None:
+        return TaskNode(
+            task_index=task_index,
+            worker=index.endpoints.get((stage_id, task_index)),
+            partitions=None,
+            duration_ns=None,
+            status=STATUS_UNKNOWN,
+            error=None,
+        )
+    children = index.children.get(span.span_id, [])
+    operators = _operator_trees(index, children, "")
+    reads = sorted((_read_node(s) for s in children if s.name == c.SPAN_READ), key=_node_order)
+    status = _str(span.attributes.get(c.TASK_STATUS)) or (
+        "failed" if span.status_code == _STATUS_ERROR else "finished"
+    )
+    return TaskNode(
+        task_index=task_index,
+        worker=_str(span.attributes.get(c.WORKER_URL))
+        or index.endpoints.get((stage_id, task_index)),
+        partitions=_int_tuple(span.attributes.get(c.TASK_PARTITIONS)),
+        duration_ns=_duration(span),
+        status=status,
+        error=_task_error(span, status),
+        metrics=_task_metrics(span, operators, reads),
+        operators=operators,
+        reads=reads,
+    )
+
+
+def _task_error(span: SpanRecord, status: str) -> str | None:
+    error = _str(span.attributes.get(c.TASK_ERROR))
+    if error:
+        return error
+    if status != "finished" and span.status_code == _STATUS_ERROR:
+        return span.status_message or None
+    return None
+
+
+def _task_metrics(
+    span: SpanRecord, operators: Sequence[OperatorNode], reads: Sequence[ReadNode]
+) -> dict[str, int]:
+    metrics = {
+        "output_rows": _int(span.attributes.get(c.TASK_OUTPUT_ROWS)) or 0,
+        "output_bytes": _int(span.attributes.get(c.TASK_OUTPUT_BYTES)) or 0,
+        "elapsed_compute": sum(op.metrics.get("elapsed_compute", 0) for op in walk(operators)),
+    }
+    if reads:
+        metrics["read_rows"] = sum(r.rows for r in reads)
+        metrics["read_bytes"] = sum(r.bytes for r in reads)
+        metrics["read_blocked_time"] = sum(r.blocked_ns for r in reads)
+    return metrics
+
+
+def _read_node(span: SpanRecord) -> ReadNode:
+    get = span.attributes.get
+    return ReadNode(
+        endpoint=_str(get(c.READ_ENDPOINT)) or "",
+        stage_id=_int(get(c.READ_STAGE_ID)) or 0,
+        task_index=_int(get(c.READ_TASK_INDEX)) or 0,
+        bucket=_int(get(c.READ_BUCKET)) or 0,
+        rows=_int(get(c.READ_ROWS)) or 0,
+        batches=_int(get(c.READ_BATCHES)) or 0,
+        bytes=_int(get(c.READ_BYTES)) or 0,
+        duration_ns=_duration(span),
+        time_to_first_batch_ns=_int(get(c.READ_FIRST_BATCH_NS)),
+        blocked_ns=_int(get(c.READ_BLOCKED_NS)) or 0,
+    )
+
+
+def _read_order(span: SpanRecord) -> tuple[int, int, int]:
+    return _node_order(_read_node(span))
+
+
+def _node_order(read: ReadNode) -> tuple[int, int, int]:
+    return read.stage_id, read.task_index, read.bucket
+
+
+# --------------------------------------------------------------------------------------------
+# Operators
+# --------------------------------------------------------------------------------------------
+
+
+def _operator_trees(
+    index: _SpanIndex, spans: Sequence[SpanRecord], parent_path: str
+) -> list[OperatorNode]:
+    operators = sorted(
+        (s for s in spans if c.OPERATOR_PATH in s.attributes or c.OPERATOR_NAME in s.attributes),
+        key=lambda s: (path_key(_str(s.attributes.get(c.OPERATOR_PATH)) or ""), s.start_ns),
+    )
+    nodes: list[OperatorNode] = []
+    for position, span in enumerate(operators):
+        fallback_path = f"{parent_path}.{position}" if parent_path else str(position)
+        path = _str(span.attributes.get(c.OPERATOR_PATH)) or fallback_path
+        children = _operator_trees(index, index.children.get(span.span_id, []), path)
+        nodes.append(
+            OperatorNode(
+                name=_str(span.attributes.get(c.OPERATOR_NAME)) or span.name,
+                display=(_str(span.attributes.get(c.OPERATOR_DISPLAY)) or span.name).strip(),
+                path=path,
+                metrics=_operator_metrics(span),
+                children=children,
+            )
+        )
+    return nodes
+
+
+def _operator_metrics(span: SpanRecord) -> dict[str, int]:
+    metrics: dict[str, int] = {}
+    for key, value in span.attributes.items():
+        if not key.startswith(c.METRIC_PREFIX) or key.endswith(c.PARTITIONS_SUFFIX):
+            continue
+        number = _int(value)
+        if number is not None:
+            metrics[key[len(c.METRIC_PREFIX) :]] = number
+    return metrics
+
+
+def aggregate_operators(tasks: Sequence[TaskNode]) -> list[OperatorNode]:
+    """The stage's operator tree, operators aligned across tasks by path and metrics summed.
+
+    Task plans can differ (a task over more files needs no round-robin repartition), so an
+    operator is identified by its path and the names of its ancestors: operators that differ
+    stay apart, each listing the ``tasks`` that ran it.
+    """
+    by_key: dict[_OperatorKey, list[tuple[int, OperatorNode]]] = {}
+    for task in sorted(tasks, key=lambda t: t.task_index):
+        for key, operator in _keyed(task.operators, ()):
+            by_key.setdefault(key, []).append((task.task_index, operator))
+    merged = {key: _merge(entries) for key, entries in by_key.items()}
+
+    def plan_order(key: _OperatorKey) -> tuple[tuple[tuple[int, ...], int, str], ...]:
+        return tuple(
+            (path, merged[key[: i + 1]].tasks[0], name) for i, (path, name) in enumerate(key)
+        )
+
+    roots: list[OperatorNode] = []
+    for key in sorted(merged, key=plan_order):
+        parent = merged.get(key[:-1])
+        (parent.children if parent is not None else roots).append(merged[key])
+    return roots
+
+
+def _keyed(
+    operators: Iterable[OperatorNode], parent: _OperatorKey
+) -> Iterable[tuple[_OperatorKey, OperatorNode]]:
+    for operator in operators:
+        key = (*parent, (path_key(operator.path), operator.name))
+        yield key, operator
+        yield from _keyed(operator.children, key)
+
+
+def _merge(entries: Sequence[tuple[int, OperatorNode]]) -> OperatorNode:
+    first = entries[0][1]
+    per_metric: dict[str, list[tuple[int, int]]] = {}
+    for task_index, operator in entries:
+        for name, value in operator.metrics.items():
+            per_metric.setdefault(name, []).append((task_index, value))
+    return OperatorNode(
+        name=first.name,
+        display=first.display,
+        path=first.path,
+        metrics={name: sum(v for _, v in values) for name, values in per_metric.items()},
+        metric_stats={name: _stats(values) for name, values in per_metric.items()},
+        tasks=tuple(task_index for task_index, _ in entries),
+    )
+
+
+def _stats(values: Sequence[tuple[int, int]]) -> MetricStats:
+    numbers = [v for _, v in values]
+    max_task, max_value = max(values, key=lambda item: item[1])
+    return MetricStats(
+        min=min(numbers),
+        median=round(statistics.median(numbers)),
+        max=max_value,
+        max_task=max_task,
+    )
+
+
+def walk(operators: Iterable[OperatorNode]) -> Iterable[OperatorNode]:
+    """Every operator of the trees, depth first."""
+    pending = list(reversed(list(operators)))
+    while pending:
+        operator = pending.pop()
+        yield operator
+        pending.extend(reversed(operator.children))
+
+
+def path_key(path: str) -> tuple[int, ...]:
+    """``"0.10.2"`` -> ``(0, 10, 2)``, so paths sort in plan order."""
+    return tuple(int(part) if part.isdigit() else -1 for part in path.split(".") if part)
+
+
+# --------------------------------------------------------------------------------------------
+# Query and attribute helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _query_status(span: SpanRecord | None) -> str:
+    if span is None:
+        return STATUS_UNKNOWN
+    return "error" if span.status_code == _STATUS_ERROR else "ok"
+
+
+def _error_message(span: SpanRecord) -> str | None:
+    if span.status_code != _STATUS_ERROR:
+        return None
+    return span.status_message or "failed"
+
+
+def _trace_id(index: _SpanIndex, query_span: SpanRecord | None) -> str:
+    if query_span is not None:
+        return query_span.trace_id
+    return index.spans[0].trace_id if index.spans else ""
+
+
+def _duration(span: SpanRecord) -> int:
+    return max(0, span.end_ns - span.start_ns)
+
+
+def _int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def _int_tuple(value: object) -> tuple[int, ...] | None:
+    if not isinstance(value, tuple | list):
+        return None
+    return tuple(i for i in (_int(v) for v in value) if i is not None)
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
