@@ -315,6 +315,7 @@ def _task_node(index: _SpanIndex, stage_id: int, task_index: int) -> TaskNode:
         or index.endpoints.get((stage_id, task_index)),
         partitions=_int_tuple(span.attributes.get(c.TASK_PARTITIONS)),
         duration_ns=_duration(span),
+        started_ns=span.start_ns,
         status=status,
         error=_task_error(span, status),
         metrics=_task_metrics(span, operators, reads),
@@ -358,6 +359,7 @@ def _read_node(span: SpanRecord) -> ReadNode:
         batches=_int(get(c.READ_BATCHES)) or 0,
         bytes=_int(get(c.READ_BYTES)) or 0,
         duration_ns=_duration(span),
+        started_ns=span.start_ns,
         time_to_first_batch_ns=_int(get(c.READ_FIRST_BATCH_NS)),
         blocked_ns=_int(get(c.READ_BLOCKED_NS)) or 0,
     )

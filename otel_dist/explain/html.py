@@ -11,8 +11,11 @@ import html
 
 from otel_dist.explain.format import format_duration, format_metric, format_number
 from otel_dist.explain.model import ExplainTree, OperatorNode, StageNode, TaskNode
+from otel_dist.explain.text import format_metrics
 
 _PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#9c755f")
+
+_ROW_PX = 24
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330}
@@ -28,10 +31,10 @@ td,th{border-bottom:1px solid #eaeef2;padding:2px 8px;text-align:left;vertical-a
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .op{font-family:ui-monospace,Menlo,monospace;white-space:pre}
 .timeline{position:relative;border:1px solid #d0d7de;border-radius:6px;padding:8px 8px 24px 140px}
-.lane{position:relative;height:26px;border-bottom:1px dashed #eaeef2}
+.lane{position:relative;border-bottom:1px dashed #eaeef2}
 .lane-label{position:absolute;left:-134px;width:128px;font-size:11px;overflow:hidden;
  text-overflow:ellipsis;white-space:nowrap;top:6px}
-.bar{position:absolute;top:3px;height:20px;border-radius:3px;opacity:.9;cursor:pointer;
+.bar{position:absolute;height:20px;border-radius:3px;opacity:.9;cursor:pointer;
  font-size:10px;color:#fff;overflow:hidden;white-space:nowrap;box-sizing:border-box;padding-left:3px}
 .bar.failed,.bar.cancelled{outline:2px solid #cf222e}
 .read{position:absolute;bottom:0;height:4px;background:#1d2330;opacity:.45}
@@ -63,10 +66,10 @@ def render_html(tree: ExplainTree, trace_url_template: str | None = None) -> str
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>otel_dist query {_e(tree.query_id)}</title><style>{_STYLE}</style></head><body>",
         _header(tree, trace_url_template),
-        "<h2>Stages</h2>",
-        *(_stage(stage, colors) for stage in tree.stages),
         "<h2>Timeline</h2>",
         _timeline(tree, colors),
+        "<h2>Stages</h2>",
+        *(_stage(stage, colors) for stage in tree.stages),
         "<div id='tip'></div>",
         f"<script>{_SCRIPT}</script></body></html>",
     ]
@@ -92,7 +95,11 @@ def _header(tree: ExplainTree, trace_url_template: str | None) -> str:
     if tree.output_rows is not None:
         items.append(f"<span>{_e(format_number(tree.output_rows))} rows</span>")
     error = f"<p class='status-error'>{_e(tree.error)}</p>" if tree.error else ""
-    sql = f"<pre class='op'>{_e(tree.sql.strip())}</pre>" if tree.sql else ""
+    sql = (
+        f"<details><summary>SQL</summary><pre class='op'>{_e(tree.sql.strip())}</pre></details>"
+        if tree.sql
+        else ""
+    )
     return f"<h1>Distributed query profile</h1><div class='meta'>{''.join(items)}</div>{error}{sql}"
 
 
@@ -130,9 +137,7 @@ def _stage(stage: StageNode, colors: dict[int, str]) -> str:
 
 
 def _operator_rows(operator: OperatorNode, depth: int) -> str:
-    metrics = ", ".join(
-        f"{name}={format_metric(name, value)}" for name, value in _ordered(operator.metrics)
-    )
+    metrics = format_metrics(operator, with_stats=len(operator.tasks) > 1)
     label = "  " * depth + operator.name
     row = (
         f"<tr><td class='op' title='{_e(operator.display)}'>{_e(label)}</td>"
@@ -172,16 +177,19 @@ def _timeline(tree: ExplainTree, colors: dict[int, str]) -> str:
     workers = sorted({task.worker or "?" for _, task in tasks})
     lanes = []
     for worker in workers:
+        rows = _pack([(s, t) for s, t in tasks if (t.worker or "?") == worker])
         bars = "".join(
-            _bar(stage, task, origin, span, colors[stage.stage_id])
-            for stage, task in tasks
-            if (task.worker or "?") == worker
+            _bar(stage, task, origin, span, colors[stage.stage_id], row)
+            for row, placed in enumerate(rows)
+            for stage, task in placed
         )
         lanes.append(
-            f"<div class='lane'><div class='lane-label' title='{_e(worker)}'>{_e(worker)}</div>{bars}</div>"
+            f"<div class='lane' style='height:{len(rows) * _ROW_PX + 4}px'>"
+            f"<div class='lane-label' title='{_e(worker)}'>{_e(worker)}</div>{bars}</div>"
         )
     ticks = "".join(
-        f"<div class='axis' style='left:calc(140px + (100% - 148px)*{f})'>"
+        f"<div class='axis' style='left:calc(140px + (100% - 148px)*{f});"
+        f"transform:translateX(-{f * 100:.0f}%)'>"
         f"{_e(format_duration(int(span * f)))}</div>"
         for f in (0.0, 0.25, 0.5, 0.75, 1.0)
     )
@@ -192,7 +200,22 @@ def _timeline(tree: ExplainTree, colors: dict[int, str]) -> str:
     return f"<div class='legend'>{legend}</div><div class='timeline'>{''.join(lanes)}{ticks}</div>"
 
 
-def _bar(stage: StageNode, task: TaskNode, origin: int, span: int, color: str) -> str:
+def _pack(tasks: list[tuple[StageNode, TaskNode]]) -> list[list[tuple[StageNode, TaskNode]]]:
+    """Rows of one worker's lane so that bars of tasks running at once do not overlap."""
+    rows: list[list[tuple[StageNode, TaskNode]]] = []
+    ends: list[int] = []
+    for stage, task in sorted(tasks, key=lambda item: item[1].started_ns or 0):
+        start = task.started_ns or 0
+        row = next((i for i, end in enumerate(ends) if end <= start), len(rows))
+        if row == len(rows):
+            rows.append([])
+            ends.append(0)
+        rows[row].append((stage, task))
+        ends[row] = start + (task.duration_ns or 0)
+    return rows
+
+
+def _bar(stage: StageNode, task: TaskNode, origin: int, span: int, color: str, row: int) -> str:
     assert task.started_ns is not None and task.duration_ns is not None
     left = (task.started_ns - origin) / span * 100
     width = max(task.duration_ns / span * 100, 0.3)
@@ -221,6 +244,6 @@ def _bar(stage: StageNode, task: TaskNode, origin: int, span: int, color: str) -
     return (
         f"<div class='bar {status}' data-task='{stage.stage_id}/{task.task_index}' "
         f"data-stage='{stage.stage_id}' data-tip='{_e(chr(10).join(tip))}' "
-        f"style='left:{left:.3f}%;width:{width:.3f}%;background:{color}'>"
+        f"style='left:{left:.3f}%;width:{width:.3f}%;top:{row * _ROW_PX + 3}px;background:{color}'>"
         f"{stage.stage_id}/{task.task_index}{inner}</div>"
     )

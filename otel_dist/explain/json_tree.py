@@ -75,6 +75,7 @@ def task_to_dict(task: TaskNode) -> dict[str, Any]:
         "task_index": task.task_index,
         "worker": task.worker,
         "partitions": None if task.partitions is None else list(task.partitions),
+        "start_ns": task.started_ns,
         "duration_ns": task.duration_ns,
         "status": task.status,
         "error": task.error,

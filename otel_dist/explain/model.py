@@ -55,6 +55,7 @@ class ReadNode:
     duration_ns: int
     time_to_first_batch_ns: int | None
     blocked_ns: int
+    started_ns: int | None = None
 
 
 @dataclass
@@ -72,6 +73,7 @@ class TaskNode:
     metrics: dict[str, int] = field(default_factory=dict)
     operators: list[OperatorNode] = field(default_factory=list)
     reads: list[ReadNode] = field(default_factory=list)
+    started_ns: int | None = None
 
     @property
     def rows(self) -> int | None:
