@@ -93,7 +93,9 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, object]:
                     timings[number][system].append(time.perf_counter() - started)
             console.print(f"run {run + 1}/{options.runs} done", style="dim")
     queries = {
-        f"q{number:02d}": {system: statistics.median(values) for system, values in by_system.items()}
+        f"q{number:02d}": {
+            system: statistics.median(values) for system, values in by_system.items()
+        }
         for number, by_system in timings.items()
     }
     totals = {system: sum(q[system] for q in queries.values()) for system in SYSTEMS}
@@ -133,18 +135,30 @@ class _StreamServer(flight.FlightServerBase):
         self.table = table
         self.final_message = final_message
 
-    def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
+    def do_get(
+        self, context: flight.ServerCallContext, ticket: flight.Ticket
+    ) -> flight.FlightDataStream:
         return flight.GeneratorStream(self.table.schema, self._batches())
 
     def _batches(self) -> Iterator[object]:
         yield from self.table.to_batches(max_chunksize=65_536)
-        yield pa.RecordBatch.from_pylist([], schema=self.table.schema), pa.py_buffer(self.final_message)
+        yield (
+            pa.RecordBatch.from_pylist([], schema=self.table.schema),
+            pa.py_buffer(self.final_message),
+        )
 
 
 def router_throughput(data: Path, repeats: int = 5) -> dict[str, float]:
     """MB/s of a plain Flight read versus the same stream read through the router."""
     table = pq.read_table(Path(data) / "lineitem")
-    table = table.cast(pa.schema([f.with_type(pa.string()) if pa.types.is_string_view(f.type) else f for f in table.schema]))
+    table = table.cast(
+        pa.schema(
+            [
+                f.with_type(pa.string()) if pa.types.is_string_view(f.type) else f
+                for f in table.schema
+            ]
+        )
+    )
     message = envelope.encode(Envelope("bench", (TaskRef(1, 0),), _synthetic_request(50)))
     server = _StreamServer(table, message)
     client = flight.FlightClient(f"grpc://127.0.0.1:{server.port}")
@@ -185,8 +199,12 @@ def _synthetic_request(spans: int) -> object:
     )
     from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-    items = [Span(trace_id=b"t" * 16, span_id=i.to_bytes(8, "big"), name="op") for i in range(spans)]
-    return ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=items)])])
+    items = [
+        Span(trace_id=b"t" * 16, span_id=i.to_bytes(8, "big"), name="op") for i in range(spans)
+    ]
+    return ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=items)])]
+    )
 
 
 def explain_build_ms(span_count: int) -> float:
@@ -213,7 +231,9 @@ def _machine() -> dict[str, object]:
 
 
 def _print(report: dict[str, object], console: Console) -> None:
-    table = Table(title=f"TPC-H SF {report['scale']} · {report['workers']} workers · median of {report['runs']}")
+    table = Table(
+        title=f"TPC-H SF {report['scale']} · {report['workers']} workers · median of {report['runs']}"
+    )
     table.add_column("query")
     for system in SYSTEMS:
         table.add_column(f"{system} (s)", justify="right")

@@ -24,6 +24,10 @@ from otel_dist.planner.distribute import PlanningError
 DEMO_SCALE = 0.1
 DEMO_QUERY = 1
 EXIT_USER_ERROR = 1
+_METRICS_PORT_HELP = (
+    "serve Prometheus /metrics on this port (0: a free one); OTEL_METRICS_EXPORTER also selects "
+    "otlp, prometheus (port OTEL_EXPORTER_PROMETHEUS_PORT, default 9464) or none"
+)
 
 stderr = Console(stderr=True)
 # Off a terminal (pipes, logs, CI) rich would wrap tables at 80 columns; keep rows whole.
@@ -69,6 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("-e", "--execute", dest="sql", required=True, help="SQL to run")
     local.add_argument("--output", type=Path, help="write the result (.parquet, .csv, .json)")
     local.add_argument("--tasks-per-stage", type=int)
+    local.add_argument(
+        "--metrics-ports",
+        nargs="?",
+        const="auto",
+        metavar="PORTS",
+        help="serve Prometheus /metrics from the workers and the coordinator: free ports, or "
+        "comma-separated ports (one per worker, then optionally the coordinator's)",
+    )
     local.set_defaults(run=_local)
 
     worker = commands.add_parser("worker", help="run a worker (Flight server)")
@@ -77,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--memory-budget", type=int, default=1 << 30, help="bytes before spilling")
     worker.add_argument("--target-partitions", type=int, default=2)
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    worker.add_argument("--metrics-port", type=int, help=_METRICS_PORT_HELP)
     worker.set_defaults(run=_worker)
 
     coordinator = commands.add_parser("coordinator", help="run a coordinator (Flight server)")
@@ -85,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     coordinator.add_argument("--workers", required=True, help="comma-separated worker URLs")
     coordinator.add_argument("--data", type=Path, required=True)
     coordinator.add_argument("--tasks-per-stage", type=int)
+    coordinator.add_argument("--metrics-port", type=int, help=_METRICS_PORT_HELP)
     coordinator.set_defaults(run=_coordinator)
 
     query = commands.add_parser("query", help="send SQL to a running coordinator")
@@ -129,8 +143,13 @@ def _local(args: argparse.Namespace) -> int:
 
     _check_output(args.output)
     with LocalCluster(
-        workers=args.workers, data=args.data, tasks_per_stage=args.tasks_per_stage
+        workers=args.workers,
+        data=args.data,
+        tasks_per_stage=args.tasks_per_stage,
+        metrics_ports=_metrics_ports(args.metrics_ports),
     ) as cluster:
+        for url in cluster.metrics_urls:
+            stderr.print(f"metrics: {url}", markup=False, highlight=False)
         table = cluster.sql(args.sql)
     _emit(table, args.output)
     return 0
@@ -145,6 +164,7 @@ def _worker(args: argparse.Namespace) -> int:
         port=args.port,
         memory_budget_bytes=args.memory_budget,
         target_partitions=args.target_partitions,
+        metrics_port=_port(args.metrics_port),
     )
     run_worker(config, parent_pid=args.parent_pid)
     return 0
@@ -153,18 +173,46 @@ def _worker(args: argparse.Namespace) -> int:
 def _coordinator(args: argparse.Namespace) -> int:
     from otel_dist.coordinator.core import Coordinator, CoordinatorConfig
     from otel_dist.coordinator.server import CoordinatorServer
+    from otel_dist.telemetry.metrics import start_process_telemetry
 
     workers = tuple(url.strip() for url in args.workers.split(",") if url.strip())
+    telemetry, metrics = start_process_telemetry(
+        "otel-dist-coordinator", prometheus_port=_port(args.metrics_port), prometheus_host=args.host
+    )
     coordinator = Coordinator(
         CoordinatorConfig(
             workers=workers, data=str(args.data), tasks_per_stage=args.tasks_per_stage
-        )
+        ),
+        telemetry,
+        metrics,
     )
-    coordinator.check_workers()
-    server = CoordinatorServer(coordinator, args.host, args.port)
-    stdout.print(f"otel-dist coordinator listening on {server.url}")
-    server.serve()
+    try:
+        coordinator.check_workers()
+        server = CoordinatorServer(coordinator, args.host, args.port)
+        stdout.print(f"otel-dist coordinator listening on {server.url}")
+        if metrics.prometheus_url:
+            stdout.print(f"otel-dist coordinator metrics on {metrics.prometheus_url}")
+        server.serve()
+    finally:
+        coordinator.close()
     return 0
+
+
+def _port(port: int | None) -> int | None:
+    if port is not None and not 0 <= port <= 65535:
+        raise UserError(f"metrics port must be in 0..65535, got {port}")
+    return port
+
+
+def _metrics_ports(raw: str | None) -> bool | list[int]:
+    if raw is None:
+        return False
+    if raw == "auto":
+        return True
+    try:
+        return [int(part) for part in raw.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--metrics-ports takes comma-separated port numbers, got {raw}") from None
 
 
 def _query(args: argparse.Namespace) -> int:

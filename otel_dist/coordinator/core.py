@@ -41,9 +41,15 @@ from otel_dist.session import conform, plain_schema
 from otel_dist.telemetry import conventions as c
 from otel_dist.telemetry.collector import SpanCollector
 from otel_dist.telemetry.envelope import TaskRef
+from otel_dist.telemetry.metrics import (
+    Metrics,
+    QueryOutcome,
+    add_stage_baggage,
+    start_process_telemetry,
+)
 from otel_dist.telemetry.otlp import SpanRecord
 from otel_dist.telemetry.redaction import operation_name, redact_sql
-from otel_dist.telemetry.setup import Telemetry, TelemetryConfig
+from otel_dist.telemetry.setup import Telemetry
 from otel_dist.telemetry.task_spans import ReadRecord, record_read_span
 
 log = logging.getLogger(__name__)
@@ -124,17 +130,29 @@ class _Run:
 class Coordinator:
     """Runs SQL over a static list of workers."""
 
-    def __init__(self, config: CoordinatorConfig, telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        telemetry: Telemetry | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        """Spans and metrics default to the process environment's settings; a caller passing
+        its own ``telemetry`` and no ``metrics`` gets no metrics."""
         if not config.workers:
             raise QueryError("no worker URLs given")
         self.config = config
         self.catalog = Catalog.from_folder(config.data)
         tasks = config.tasks_per_stage or len(config.workers)
         self.planner = Planner(self.catalog, PlannerOptions(tasks, config.target_partitions))
-        self.telemetry = telemetry or Telemetry(TelemetryConfig.from_env("otel-dist-coordinator"))
+        if telemetry is None:
+            telemetry, default_metrics = start_process_telemetry("otel-dist-coordinator")
+            metrics = metrics or default_metrics
+        self.telemetry = telemetry
+        self.metrics = metrics or Metrics.off()
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="coordinator")
         self._running: dict[str, _Run] = {}
         self._running_lock = threading.Lock()
+        self.query_metrics = self.metrics.coordinator(lambda: len(self._running))
 
     def check_workers(self) -> None:
         """Raise ``WorkerUnreachable`` naming the first worker that does not answer."""
@@ -188,6 +206,7 @@ class Coordinator:
         if run.cancelled.is_set() and failure is not None:
             failure = QueryError(f"query {query_id} was cancelled")
         telemetry = self._finish_telemetry(run, failure)
+        self._record_metrics(run, telemetry, failure, started)
         self._broadcast(query_id, ACTION_RELEASE_QUERY)
         with self._running_lock:
             self._running.pop(query_id, None)
@@ -207,6 +226,7 @@ class Coordinator:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.telemetry.shutdown()
+        self.metrics.shutdown()
 
     # ---- spans ---------------------------------------------------------------------------
 
@@ -240,6 +260,8 @@ class Coordinator:
         for stage_id, span in run.stage_spans.items():
             carrier: dict[str, str] = {}
             TraceContextTextMapPropagator().inject(carrier, trace.set_span_in_context(span))
+            if run.plan is not None:  # lets workers label task metrics by stage kind
+                add_stage_baggage(carrier, run.plan.stage(stage_id).kind)
             contexts[stage_id] = carrier
         return contexts
 
@@ -285,6 +307,31 @@ class Coordinator:
             malformed_messages=run.collector.malformed,
             truncated_messages=run.collector.truncated,
             final_message_bytes=run.collector.message_bytes,
+        )
+
+    def _record_metrics(
+        self,
+        run: _Run,
+        telemetry: QueryTelemetry | None,
+        failure: BaseException | None,
+        started_ns: int,
+    ) -> None:
+        """The query's metrics, once at its end (the duration's exemplar is its trace)."""
+        if not self.query_metrics.enabled:
+            return
+        status = "ok" if failure is None else "cancelled" if run.cancelled.is_set() else "error"
+        self.query_metrics.record_query(
+            QueryOutcome(
+                status=status,
+                duration_s=(time.time_ns() - started_ns) / 1e9,
+                span=run.query_span,
+                stage_kinds={s.stage_id: s.kind for s in run.plan.stages} if run.plan else {},
+                spans=telemetry.spans if telemetry else (),
+                fetched_tasks=len(telemetry.fetched_tasks) if telemetry else 0,
+                lost_tasks=len(telemetry.lost_tasks) if telemetry else 0,
+                malformed_messages=telemetry.malformed_messages if telemetry else 0,
+                truncated_messages=telemetry.truncated_messages if telemetry else 0,
+            )
         )
 
     def _fetch_missing(self, run: _Run, missing: set[TaskRef]) -> tuple[set[TaskRef], set[TaskRef]]:

@@ -7,6 +7,7 @@ import selectors
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -15,8 +16,8 @@ import pyarrow as pa
 from otel_dist.coordinator.core import Coordinator, CoordinatorConfig, QueryResult
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.model import DistributedPlan
-from otel_dist.telemetry.setup import Telemetry, TelemetryConfig
-from otel_dist.worker.process import READY_PREFIX
+from otel_dist.telemetry.metrics import MetricsConfig, start_process_telemetry
+from otel_dist.worker.process import METRICS_PREFIX, READY_PREFIX
 
 
 class ClusterError(RuntimeError):
@@ -36,11 +37,22 @@ class LocalCluster:
         memory_budget_bytes: int | None = None,
         start_timeout_s: float = 30.0,
         env: dict[str, str] | None = None,
+        metrics_ports: bool | Sequence[int] = False,
     ) -> None:
         """``env`` is the environment of the workers and of the coordinator's telemetry
-        settings (the ``OTEL_*`` variables); it defaults to this process's environment."""
+        settings (the ``OTEL_*`` variables); it defaults to this process's environment.
+
+        ``metrics_ports`` serves Prometheus ``/metrics`` from every worker and the coordinator
+        (unless telemetry is off): ``True`` chooses free ports; a sequence gives one port per
+        worker, then optionally the coordinator's (0: a free port). ``metrics_urls`` lists the
+        endpoints once started, the coordinator's first. When ``env`` selects the Prometheus
+        exporter (``OTEL_METRICS_EXPORTER``), free ports are chosen too: processes on one host
+        cannot share ``OTEL_EXPORTER_PROMETHEUS_PORT``."""
         if workers < 1:
             raise ClusterError("a local cluster needs at least one worker")
+        if metrics_ports is False and "prometheus" in MetricsConfig.from_env(env).exporters:
+            metrics_ports = True
+        ports = _metrics_ports(metrics_ports, workers)
         Catalog.from_folder(data)  # fail fast on a bad data folder, before starting processes
         self.worker_count = workers
         self.data = str(Path(data).expanduser().resolve())
@@ -49,8 +61,12 @@ class LocalCluster:
         self.memory_budget_bytes = memory_budget_bytes
         self.start_timeout_s = start_timeout_s
         self.env = env
+        self.worker_metrics_ports = ports[:workers] if ports else None
+        self.coordinator_metrics_port = ports[workers] if ports else None
         self.processes: list[subprocess.Popen[str]] = []
         self.worker_urls: list[str] = []
+        self.worker_metrics_urls: list[str] = []
+        self.coordinator_metrics_url: str | None = None
         self._coordinator: Coordinator | None = None
 
     def __enter__(self) -> LocalCluster:
@@ -73,10 +89,19 @@ class LocalCluster:
 
     def start(self) -> None:
         try:
-            for _ in range(self.worker_count):
-                self.processes.append(self._spawn())
+            for index in range(self.worker_count):
+                self.processes.append(self._spawn(index))
             deadline = time.monotonic() + self.start_timeout_s
-            self.worker_urls = [self._await_ready(p, deadline) for p in self.processes]
+            ready = [self._await_ready(p, deadline) for p in self.processes]
+            self.worker_urls = [url for url, _ in ready]
+            self.worker_metrics_urls = [metrics for _, metrics in ready if metrics]
+            telemetry, metrics = start_process_telemetry(
+                "otel-dist-coordinator",
+                self.env,
+                prometheus_port=self.coordinator_metrics_port,
+                prometheus_host="127.0.0.1",
+            )
+            self.coordinator_metrics_url = metrics.prometheus_url
             self._coordinator = Coordinator(
                 CoordinatorConfig(
                     workers=tuple(self.worker_urls),
@@ -84,13 +109,20 @@ class LocalCluster:
                     tasks_per_stage=self.tasks_per_stage,
                     target_partitions=self.target_partitions,
                 ),
-                Telemetry(TelemetryConfig.from_env("otel-dist-coordinator", self.env)),
+                telemetry,
+                metrics,
             )
         except BaseException:
             self.stop()
             raise
 
-    def _spawn(self) -> subprocess.Popen[str]:
+    @property
+    def metrics_urls(self) -> list[str]:
+        """Every Prometheus ``/metrics`` endpoint of the cluster, the coordinator's first."""
+        coordinator = [self.coordinator_metrics_url] if self.coordinator_metrics_url else []
+        return coordinator + self.worker_metrics_urls
+
+    def _spawn(self, index: int = 0) -> subprocess.Popen[str]:
         command = [
             sys.executable,
             "-m",
@@ -105,14 +137,18 @@ class LocalCluster:
         ]
         if self.memory_budget_bytes is not None:
             command += ["--memory-budget", str(self.memory_budget_bytes)]
+        if self.worker_metrics_ports is not None:
+            command += ["--metrics-port", str(self.worker_metrics_ports[index])]
         env = dict(os.environ if self.env is None else self.env)
         return subprocess.Popen(
             command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env
         )
 
     @staticmethod
-    def _await_ready(process: subprocess.Popen[str], deadline: float) -> str:
+    def _await_ready(process: subprocess.Popen[str], deadline: float) -> tuple[str, str | None]:
+        """The worker's Flight URL and its ``/metrics`` URL (announced first, if served)."""
         assert process.stdout is not None
+        metrics_url: str | None = None
         selector = selectors.DefaultSelector()
         selector.register(process.stdout, selectors.EVENT_READ)
         try:
@@ -125,8 +161,13 @@ class LocalCluster:
                 line = process.stdout.readline()
                 if not line:
                     raise ClusterError(f"a worker process exited with code {process.wait(5)}")
+                if line.startswith(METRICS_PREFIX):
+                    metrics_url = line[len(METRICS_PREFIX) :].strip()
+                    # The ready line follows at once and may already sit in the read buffer,
+                    # where the selector cannot see it: read it without waiting for the pipe.
+                    line = process.stdout.readline()
                 if line.startswith(READY_PREFIX):
-                    return line[len(READY_PREFIX) :].strip()
+                    return line[len(READY_PREFIX) :].strip(), metrics_url
         finally:
             selector.close()
 
@@ -158,3 +199,15 @@ class LocalCluster:
 
     def plan(self, sql: str) -> DistributedPlan:
         return self.coordinator.plan(sql)
+
+
+def _metrics_ports(option: bool | Sequence[int], workers: int) -> list[int] | None:
+    """One port per worker then the coordinator's, from ``LocalCluster(metrics_ports=...)``."""
+    if isinstance(option, bool):
+        return [0] * (workers + 1) if option else None
+    ports = [int(port) for port in option]
+    if len(ports) not in (workers, workers + 1) or any(p < 0 or p > 65535 for p in ports):
+        raise ClusterError(
+            f"metrics_ports needs {workers} or {workers + 1} ports in 0..65535, got {ports}"
+        )
+    return ports + [0] * (workers + 1 - len(ports))

@@ -10,6 +10,7 @@ import threading
 from otel_dist.worker.server import WorkerConfig, WorkerServer
 
 READY_PREFIX = "otel-dist worker listening on "
+METRICS_PREFIX = "otel-dist worker metrics on "
 
 
 def run_worker(config: WorkerConfig, parent_pid: int | None = None) -> None:
@@ -32,6 +33,8 @@ def run_worker(config: WorkerConfig, parent_pid: int | None = None) -> None:
                     shutdown()
 
         threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
+    if server.metrics.prometheus_url:  # announced before the ready line
+        print(f"{METRICS_PREFIX}{server.metrics.prometheus_url}", flush=True)
     print(f"{READY_PREFIX}{server.url}", flush=True)
     sys.stdout.flush()
     try:

@@ -31,7 +31,8 @@ from otel_dist.protocol import (
 from otel_dist.telemetry import envelope
 from otel_dist.telemetry.cache import TelemetryCache
 from otel_dist.telemetry.envelope import Envelope, TaskRef
-from otel_dist.telemetry.setup import Telemetry, TelemetryConfig
+from otel_dist.telemetry.metrics import Metrics, WorkerObservers, start_process_telemetry
+from otel_dist.telemetry.setup import Telemetry
 from otel_dist.worker.buckets import Bucket, BucketError, MemoryBudget
 from otel_dist.worker.task import Task, TaskSettings
 
@@ -52,16 +53,30 @@ class WorkerConfig:
     telemetry_wait_s: float = 10.0
     telemetry_cache_entries: int = 10_000
     spill_dir: str | None = None
+    metrics_port: int | None = None  # Prometheus /metrics (0: a free port); None: env settings
 
 
 class WorkerServer(flight.FlightServerBase):
     """Runs tasks submitted by a coordinator and serves their buckets to any reader."""
 
-    def __init__(self, config: WorkerConfig, telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        telemetry: Telemetry | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        """Spans and metrics default to the process environment's settings; a caller passing
+        its own ``telemetry`` and no ``metrics`` gets no metrics."""
         super().__init__(location=f"grpc://{config.host}:{config.port}")
         self.config = config
         self.url = f"grpc://{config.host}:{self.port}"
-        self.telemetry = telemetry or Telemetry(TelemetryConfig.from_env("otel-dist-worker"))
+        if telemetry is None:
+            telemetry, default_metrics = start_process_telemetry(
+                "otel-dist-worker", prometheus_port=config.metrics_port, prometheus_host=config.host
+            )
+            metrics = metrics or default_metrics
+        self.telemetry = telemetry
+        self.metrics = metrics or Metrics.off()
         self.telemetry_cache = TelemetryCache(config.telemetry_cache_entries, config.query_ttl_s)
         self.budget = MemoryBudget(config.memory_budget_bytes)
         self._spill_root = tempfile.mkdtemp(prefix="otel-dist-worker-", dir=config.spill_dir)
@@ -69,6 +84,14 @@ class WorkerServer(flight.FlightServerBase):
         self._query_seen: dict[str, float] = {}
         self._lock = threading.Condition()
         self._stopping = threading.Event()
+        self.task_metrics = self.metrics.worker(
+            WorkerObservers(
+                active_tasks=self._running_tasks,
+                memory_used_bytes=lambda: self.budget.used_bytes,
+                memory_limit_bytes=lambda: self.budget.limit_bytes,
+                spilled_bytes=lambda: self.budget.spilled_bytes,
+            )
+        )
         threading.Thread(target=self._expire_loop, name="worker-ttl", daemon=True).start()
 
     # ---- actions -------------------------------------------------------------------------
@@ -116,6 +139,7 @@ class WorkerServer(flight.FlightServerBase):
             budget=self.budget,
             telemetry=self.telemetry,
             telemetry_cache=self.telemetry_cache,
+            metrics=self.task_metrics,
         )
         task = Task(spec, settings)
         with self._lock:
@@ -176,6 +200,10 @@ class WorkerServer(flight.FlightServerBase):
                 "memory_used_bytes": self.budget.used_bytes,
                 "spilled_bytes": self.budget.spilled_bytes,
             }
+
+    def _running_tasks(self) -> int:
+        with self._lock:
+            return sum(1 for task in self._tasks.values() if not task.done)
 
     def _tasks_of(self, query_id: str) -> list[Task]:
         with self._lock:
@@ -244,6 +272,7 @@ class WorkerServer(flight.FlightServerBase):
             self.release_query(query_id)
         shutil.rmtree(self._spill_root, ignore_errors=True)
         self.telemetry.shutdown()
+        self.metrics.shutdown()
 
 
 def _query_id(body: bytes) -> str:

@@ -29,6 +29,7 @@ from otel_dist.session import conform, new_session
 from otel_dist.telemetry.cache import TelemetryCache
 from otel_dist.telemetry.collector import SpanCollector
 from otel_dist.telemetry.envelope import TaskRef
+from otel_dist.telemetry.metrics import TaskOutcome, WorkerMetrics, stage_kind_of
 from otel_dist.telemetry.setup import Telemetry
 from otel_dist.telemetry.task_spans import (
     OperatorMetrics,
@@ -60,6 +61,7 @@ class TaskSettings:
     budget: MemoryBudget
     telemetry: Telemetry
     telemetry_cache: TelemetryCache
+    metrics: WorkerMetrics | None = None
 
 
 @dataclass
@@ -106,6 +108,7 @@ class Task:
         ]
         self._scratch = tempfile.mkdtemp(prefix=f"task-{tag}-", dir=self.settings.spill_dir)
         self._plan: object | None = None
+        self._operators: OperatorMetrics | None = None
 
     @property
     def ref(self) -> TaskRef:
@@ -165,6 +168,7 @@ class Task:
             else:
                 bucket.fail(self.error or self.state)
         self._done.set()
+        self._record_metrics()  # after the data is complete: never delays a reader
 
     def _execute(self, ctx: SessionContext, plan: object) -> None:
         """Run every output partition of the physical plan, concurrently, into the buckets."""
@@ -287,7 +291,7 @@ class Task:
         try:
             operators: OperatorMetrics | None = None
             if self._plan is not None:
-                operators = operator_metrics(self._plan)
+                operators = self._operators = operator_metrics(self._plan)
             record = TaskRecord(
                 query_id=self.spec.query_id,
                 stage_id=self.spec.stage_id,
@@ -313,6 +317,29 @@ class Task:
             )
         except Exception:
             log.warning("telemetry of %s could not be recorded", self.spec.key, exc_info=True)
+
+    def _record_metrics(self) -> None:
+        """The task's metrics, once at its end, from what it already counted; never raises."""
+        metrics = self.settings.metrics
+        if metrics is None or not metrics.enabled:
+            return
+        try:
+            outcome = TaskOutcome(
+                stage_kind=stage_kind_of(self.spec.trace_context),
+                status=self.state,
+                duration_s=(self.ended_ns - self.started_ns) / 1e9,
+                output_rows=self.rows_out,
+                output_bytes=self.bytes_out,
+                worker_url=self.settings.worker_url,
+                operators=self._operators,
+                reads=[read.record() for read in self.input_reads],
+                final_message_bytes=len(self.final_message) if self.final_message else None,
+                malformed_messages=self.collector.malformed,
+            )
+        except Exception:
+            log.warning("metrics of %s could not be recorded", self.spec.key, exc_info=True)
+            return
+        metrics.record_task(outcome)
 
 
 def _put(target: queue.Queue, item: object, cancel: threading.Event) -> None:
