@@ -1,4 +1,5 @@
-"""The ``otel-dist`` command line: demo, tpchgen, local, worker, coordinator, query.
+"""The ``otel-dist`` command line: demo, tpchgen, local, worker, coordinator, query, explain,
+bench.
 
 Errors a user can cause (bad SQL, unknown table, bad folder, unreachable worker) end with a
 one-line message on stderr and exit code 1, never a traceback.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from otel_dist.coordinator.core import QueryError
+from otel_dist.errors import one_line
+from otel_dist.logs import configure_logging
 from otel_dist.planner.catalog import CatalogError
 from otel_dist.planner.distribute import PlanningError
 
@@ -41,13 +43,21 @@ class UserError(Exception):
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(getattr(args, "log_format", "text"))
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         stderr.print("otel-dist: interrupted")
         return 130
-    except (UserError, QueryError, PlanningError, CatalogError, RuntimeError, OSError) as error:
+    except (
+        UserError,
+        QueryError,
+        PlanningError,
+        CatalogError,
+        RuntimeError,
+        OSError,
+        ValueError,
+    ) as error:
         message = " ".join(str(error).split()) or type(error).__name__
         stderr.print(f"otel-dist: error: {message}", markup=False, highlight=False, soft_wrap=True)
         return EXIT_USER_ERROR
@@ -73,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("-e", "--execute", dest="sql", required=True, help="SQL to run")
     local.add_argument("--output", type=Path, help="write the result (.parquet, .csv, .json)")
     local.add_argument("--tasks-per-stage", type=int)
+    _explain_options(local)
     local.add_argument(
         "--metrics-ports",
         nargs="?",
@@ -99,6 +110,15 @@ def _parser() -> argparse.ArgumentParser:
     coordinator.add_argument("--data", type=Path, required=True)
     coordinator.add_argument("--tasks-per-stage", type=int)
     coordinator.add_argument("--metrics-port", type=int, help=_METRICS_PORT_HELP)
+    coordinator.add_argument(
+        "--http-port", type=int, help="serve recent queries' profile pages (/queries/<id>)"
+    )
+    coordinator.add_argument(
+        "--explain-log",
+        choices=("off", "slow", "all"),
+        help="log each query's explain tree (default: OTEL_DIST_EXPLAIN_LOG, else all)",
+    )
+    coordinator.add_argument("--log-format", choices=("text", "json"), default="text")
     coordinator.set_defaults(run=_coordinator)
 
     query = commands.add_parser("query", help="send SQL to a running coordinator")
@@ -106,8 +126,38 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("-e", "--execute", dest="sql", required=True)
     query.add_argument("--output", type=Path)
     query.add_argument("--timeout", type=float, default=600.0)
+    _explain_options(query)
     query.set_defaults(run=_query)
+
+    explain = commands.add_parser(
+        "explain", help="the EXPLAIN ANALYZE tree of a query in an OTLP/JSON trace file"
+    )
+    explain.add_argument("--trace", type=Path, required=True, help="OTLP/JSON, one request a line")
+    explain.add_argument("--query-id", help="which query, when the file holds several")
+    explain.add_argument("--json", action="store_true", help="print the tree as JSON")
+    explain.add_argument("--verbose", action="store_true", help="every task's operator tree")
+    explain.add_argument("--html", type=Path, help="also write the profile page to this file")
+    explain.set_defaults(run=_explain)
+
+    bench = commands.add_parser("bench", help="single node vs distributed vs traced, TPC-H")
+    bench.add_argument("--scale", type=float, default=1.0)
+    bench.add_argument("--workers", type=int, default=3)
+    bench.add_argument("--runs", type=int, default=3)
+    bench.add_argument("--json", type=Path, help="write the report as JSON")
+    bench.add_argument("--queries", help="comma-separated TPC-H query numbers (default: all 22)")
+    bench.add_argument("--data", type=Path, help="an existing TPC-H folder (default: generated)")
+    bench.set_defaults(run=_bench)
     return parser
+
+
+def _explain_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--explain-analyze", action="store_true", help="print the distributed EXPLAIN ANALYZE tree"
+    )
+    parser.add_argument("--explain-json", type=Path, help="write the explain tree as JSON")
+    parser.add_argument("--profile-html", type=Path, help="write the query profile page")
+    parser.add_argument("--verbose", action="store_true", help="explain every task's operators")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -119,11 +169,14 @@ def _demo(args: argparse.Namespace) -> int:
     sql = tpch.query(args.query)
     stdout.print(f"[bold]TPC-H Q{args.query}[/bold] at SF {DEMO_SCALE} on {args.workers} workers")
     with LocalCluster(workers=args.workers, data=data) as cluster:
-        result = cluster.execute(sql)
-    _print_table(result.table)
+        analysis = cluster.explain_analyze(sql)
+    assert analysis.table is not None
+    _print_table(analysis.table)
+    stdout.print(analysis.text(), markup=False, highlight=False)
+    tree = analysis.tree
     stdout.print(
-        f"{result.table.num_rows} rows in {result.duration_ns / 1e9:.2f}s, "
-        f"{len(result.plan.stages)} stages, query id {result.query_id}"
+        f"{analysis.table.num_rows} rows in {(tree.duration_ns or 0) / 1e9:.2f}s, "
+        f"{len(tree.all_stages())} stages, query id {tree.query_id}"
     )
     return 0
 
@@ -150,9 +203,35 @@ def _local(args: argparse.Namespace) -> int:
     ) as cluster:
         for url in cluster.metrics_urls:
             stderr.print(f"metrics: {url}", markup=False, highlight=False)
-        table = cluster.sql(args.sql)
-    _emit(table, args.output)
+        if not _wants_explain(args):
+            _emit(cluster.sql(args.sql), args.output)
+            return 0
+        try:
+            analysis = cluster.explain_analyze(args.sql)
+        except QueryError as error:
+            partial = getattr(error, "analysis", None)
+            if partial is not None:
+                _explain_outputs(partial, args, show_tree=True)
+            raise
+    _emit(analysis.table, args.output)
+    _explain_outputs(analysis, args, show_tree=args.explain_analyze)
     return 0
+
+
+def _wants_explain(args: argparse.Namespace) -> bool:
+    return bool(args.explain_analyze or args.explain_json or args.profile_html)
+
+
+def _explain_outputs(analysis: object, args: argparse.Namespace, show_tree: bool) -> None:
+    """Print the tree and write the JSON and HTML files the options ask for."""
+    if show_tree:
+        stdout.print(analysis.text(verbose=args.verbose), markup=False, highlight=False)  # type: ignore[attr-defined]
+    if args.explain_json:
+        args.explain_json.write_text(json.dumps(analysis.to_dict(), indent=1) + "\n")  # type: ignore[attr-defined]
+        stderr.print(f"explain tree written to {args.explain_json}", markup=False)
+    if args.profile_html:
+        args.profile_html.write_text(analysis.html())  # type: ignore[attr-defined]
+        stderr.print(f"profile page written to {args.profile_html}", markup=False)
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -173,9 +252,15 @@ def _worker(args: argparse.Namespace) -> int:
 def _coordinator(args: argparse.Namespace) -> int:
     from otel_dist.coordinator.core import Coordinator, CoordinatorConfig
     from otel_dist.coordinator.server import CoordinatorServer
+    from otel_dist.explain.recent import QueryLog, QueryLogConfig, RecentQueries
+    from otel_dist.explain.statements import trace_url_template
+    from otel_dist.explain.web import QueryPagesServer
     from otel_dist.telemetry.metrics import start_process_telemetry
 
     workers = tuple(url.strip() for url in args.workers.split(",") if url.strip())
+    log_config = QueryLogConfig.from_env("all")
+    if args.explain_log:
+        log_config = QueryLogConfig(args.explain_log, log_config.slow_ms)
     telemetry, metrics = start_process_telemetry(
         "otel-dist-coordinator", prometheus_port=_port(args.metrics_port), prometheus_host=args.host
     )
@@ -186,14 +271,25 @@ def _coordinator(args: argparse.Namespace) -> int:
         telemetry,
         metrics,
     )
+    recent = RecentQueries()
+    coordinator.add_listener(recent)
+    coordinator.add_listener(QueryLog(log_config, trace_url_template()))
+    pages: QueryPagesServer | None = None
     try:
         coordinator.check_workers()
-        server = CoordinatorServer(coordinator, args.host, args.port)
+        server = CoordinatorServer(coordinator, args.host, args.port, recent)
         stdout.print(f"otel-dist coordinator listening on {server.url}")
         if metrics.prometheus_url:
             stdout.print(f"otel-dist coordinator metrics on {metrics.prometheus_url}")
+        if args.http_port is not None:
+            pages = QueryPagesServer(
+                recent, args.host, _port(args.http_port) or 0, trace_url_template()
+            ).start()
+            stdout.print(f"otel-dist coordinator query pages on {pages.url}/queries")
         server.serve()
     finally:
+        if pages is not None:
+            pages.stop()
         coordinator.close()
     return 0
 
@@ -216,20 +312,116 @@ def _metrics_ports(raw: str | None) -> bool | list[int]:
 
 
 def _query(args: argparse.Namespace) -> int:
+    import uuid
+
+    from otel_dist.coordinator.server import ACTION_QUERY_TELEMETRY
+    from otel_dist.exchange.router import route
+    from otel_dist.explain.statements import analysis_of
+    from otel_dist.telemetry.collector import SpanCollector
+
     _check_output(args.output)
+    query_id = uuid.uuid4().hex
+    explain = _wants_explain(args)
+    collector = SpanCollector(query_id)
     client = flight.FlightClient(args.coordinator)
-    ticket = flight.Ticket(json.dumps({"sql": args.sql}).encode())
+    ticket = flight.Ticket(
+        json.dumps({"sql": args.sql, "query_id": query_id, "telemetry": explain}).encode()
+    )
+    options = flight.FlightCallOptions(timeout=args.timeout)
     try:
-        table = client.do_get(
-            ticket, options=flight.FlightCallOptions(timeout=args.timeout)
-        ).read_all()
+        reader = client.do_get(ticket, options=options)
+        table = pa.Table.from_batches(list(route(reader, collector.add_message)), reader.schema)
     except flight.FlightUnavailableError:
         raise UserError(f"coordinator {args.coordinator} is unreachable") from None
     except flight.FlightError as error:
-        raise UserError(str(error).splitlines()[0].split(". Detail:")[0]) from None
+        if explain:
+            _remote_partial_explain(client, query_id, collector, args, ACTION_QUERY_TELEMETRY)
+        raise UserError(one_line(error)) from None
     finally:
         client.close()
     _emit(table, args.output)
+    if explain:
+        spans = collector.spans()
+        telemetry = _RemoteTelemetry(query_id, spans)
+        _explain_outputs(analysis_of(query_id, telemetry, table), args, args.explain_analyze)
+    return 0
+
+
+class _RemoteTelemetry:
+    """The spans of a query run by a remote coordinator, as ``analysis_of`` reads them."""
+
+    def __init__(self, query_id: str, spans: list[object]) -> None:
+        self.query_id = query_id
+        self.spans = spans
+
+
+def _remote_partial_explain(
+    client: flight.FlightClient,
+    query_id: str,
+    collector: object,
+    args: argparse.Namespace,
+    action: str,
+) -> None:
+    """After a failed remote query, fetch and show what ran (best effort, bounded)."""
+    from otel_dist.explain.statements import analysis_of
+
+    try:
+        results = client.do_action(
+            flight.Action(action, json.dumps({"query_id": query_id}).encode()),
+            options=flight.FlightCallOptions(timeout=10),
+        )
+        for result in results:
+            collector.add_message(result.body.to_pybytes(), in_band=False)  # type: ignore[attr-defined]
+        spans = collector.spans()  # type: ignore[attr-defined]
+        if spans:
+            telemetry = _RemoteTelemetry(query_id, spans)
+            _explain_outputs(analysis_of(query_id, telemetry, None), args, show_tree=True)
+    except (flight.FlightError, ValueError):
+        return
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from otel_dist.explain.build import build_tree, load_trace_file
+    from otel_dist.explain.html import render_html
+    from otel_dist.explain.json_tree import tree_to_dict
+    from otel_dist.explain.statements import trace_url_template
+    from otel_dist.explain.text import render_text
+
+    tree = build_tree(load_trace_file(args.trace), args.query_id)
+    if args.json:
+        print(json.dumps(tree_to_dict(tree), indent=1))
+    else:
+        text = render_text(tree, verbose=args.verbose, trace_url_template=trace_url_template())
+        stdout.print(text, markup=False, highlight=False)
+    if args.html:
+        args.html.write_text(render_html(tree, trace_url_template()))
+        stderr.print(f"profile page written to {args.html}", markup=False)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from otel_dist.bench import BenchOptions, run_bench, write_report
+    from otel_dist.tpch import QUERY_NUMBERS
+
+    queries = QUERY_NUMBERS
+    if args.queries:
+        try:
+            queries = tuple(int(q) for q in args.queries.split(",") if q.strip())
+        except ValueError:
+            raise UserError(
+                f"--queries takes comma-separated numbers, got {args.queries}"
+            ) from None
+        unknown = [q for q in queries if q not in QUERY_NUMBERS]
+        if unknown:
+            raise UserError(f"no TPC-H query {unknown[0]}: queries are 1 to 22")
+    if args.scale <= 0 or args.workers < 1 or args.runs < 1:
+        raise UserError("--scale must be positive, --workers and --runs at least 1")
+    report = run_bench(
+        BenchOptions(args.scale, args.workers, args.runs, queries, data=args.data), stdout
+    )
+    if args.json:
+        write_report(report, args.json)
+        stderr.print(f"report written to {args.json}", markup=False)
     return 0
 
 

@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -94,6 +96,21 @@ class QueryTelemetry:
     malformed_messages: int = 0
     truncated_messages: int = 0
     final_message_bytes: int = 0
+    otlp: ExportTraceServiceRequest | None = None
+
+
+@dataclass(frozen=True)
+class FinishedQuery:
+    """What listeners learn of every finished query, successful or not."""
+
+    query_id: str
+    sql: str
+    duration_ns: int
+    error: str | None
+    telemetry: QueryTelemetry | None
+
+
+QueryListener = Callable[[FinishedQuery], None]
 
 
 @dataclass
@@ -152,6 +169,7 @@ class Coordinator:
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="coordinator")
         self._running: dict[str, _Run] = {}
         self._running_lock = threading.Lock()
+        self._listeners: list[QueryListener] = []
         self.query_metrics = self.metrics.coordinator(lambda: len(self._running))
 
     def check_workers(self) -> None:
@@ -171,6 +189,20 @@ class Coordinator:
         run.cancelled.set()
         self._broadcast(query_id, ACTION_CANCEL_QUERY)
         return True
+
+    def add_listener(self, listener: QueryListener) -> None:
+        """Call ``listener`` with every finished query's outcome (explain log, query pages)."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: QueryListener) -> None:
+        self._listeners.remove(listener)
+
+    def _notify(self, outcome: FinishedQuery) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(outcome)
+            except Exception:
+                log.warning("query listener %r failed", listener, exc_info=True)
 
     def execute(self, sql: str, query_id: str | None = None) -> QueryResult:
         """Run SQL and return its result; ``query_id`` lets a caller name (and cancel) it."""
@@ -210,6 +242,15 @@ class Coordinator:
         self._broadcast(query_id, ACTION_RELEASE_QUERY)
         with self._running_lock:
             self._running.pop(query_id, None)
+        self._notify(
+            FinishedQuery(
+                query_id,
+                sql,
+                time.time_ns() - started,
+                None if failure is None else one_line(failure),
+                telemetry,
+            )
+        )
         if failure is not None:
             if isinstance(failure, QueryError):
                 failure.telemetry = telemetry
@@ -307,6 +348,7 @@ class Coordinator:
             malformed_messages=run.collector.malformed,
             truncated_messages=run.collector.truncated,
             final_message_bytes=run.collector.message_bytes,
+            otlp=run.collector.request(),
         )
 
     def _record_metrics(

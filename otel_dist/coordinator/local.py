@@ -14,6 +14,7 @@ from types import TracebackType
 import pyarrow as pa
 
 from otel_dist.coordinator.core import Coordinator, CoordinatorConfig, QueryResult
+from otel_dist.explain.statements import ExplainAnalysis, explain_analyze, run_sql
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.model import DistributedPlan
 from otel_dist.telemetry.metrics import MetricsConfig, start_process_telemetry
@@ -189,7 +190,13 @@ class LocalCluster:
         self.processes = []
 
     def sql(self, sql: str) -> pa.Table:
-        return self.coordinator.sql(sql)
+        """Run a statement: a query, or EXPLAIN [ANALYZE] [VERBOSE] returning its plan text."""
+        return run_sql(self.coordinator, sql)
+
+    def explain_analyze(self, sql: str) -> ExplainAnalysis:
+        """Run ``sql`` and return its distributed EXPLAIN ANALYZE (``.text()``, ``.to_dict()``,
+        ``.html()``, ``.table``); a failed query's error carries ``.analysis``."""
+        return explain_analyze(self.coordinator, sql)
 
     def execute(self, sql: str, query_id: str | None = None) -> QueryResult:
         return self.coordinator.execute(sql, query_id)

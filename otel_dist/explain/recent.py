@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
 from otel_dist.explain.build import build_tree
 from otel_dist.explain.model import ExplainTree
 from otel_dist.explain.text import render_text
@@ -38,6 +40,7 @@ class RecentQuery:
     error: str | None
     trace_id: str
     spans: tuple[SpanRecord, ...]
+    otlp: ExportTraceServiceRequest | None = None
 
     @property
     def status(self) -> str:
@@ -67,6 +70,7 @@ class RecentQueries:
             error=outcome.error,
             trace_id=telemetry.trace_id,
             spans=tuple(telemetry.spans),
+            otlp=telemetry.otlp,
         )
         with self._lock:
             self._queries[entry.query_id] = entry

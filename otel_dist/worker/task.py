@@ -94,7 +94,8 @@ class Task:
     final_message: bytes | None = None
 
     def __post_init__(self) -> None:
-        self._cancel = threading.Event()
+        self._cancel = threading.Event()  # cancelled from outside: the query is being stopped
+        self._abort = threading.Event()  # one partition failed: its siblings stop too
         self._done = threading.Event()
         self._emit_lock = threading.Lock()
         self.collector = SpanCollector(self.spec.query_id)
@@ -186,7 +187,7 @@ class Task:
         for thread in threads:
             thread.join()
         if errors:
-            raise errors[0]
+            raise next((e for e in errors if not isinstance(e, TaskCancelled)), errors[0])
 
     def _drain_guarded(
         self, ctx: SessionContext, plan: object, partition: int, errors: list[BaseException]
@@ -195,13 +196,15 @@ class Task:
             self._drain(ctx, plan, partition)
         except BaseException as error:
             errors.append(error)
-            self._cancel.set()
+            self._abort.set()
 
     def _drain(self, ctx: SessionContext, plan: object, partition: int) -> None:
         schema = self.spec.output_schema()
         for raw in ctx.execute(plan, partition):  # type: ignore[arg-type]
             if self._cancel.is_set():
                 raise TaskCancelled("cancelled")
+            if self._abort.is_set():
+                return
             batch = conform(raw.to_pyarrow(), schema)
             if batch.num_rows:
                 self._emit(batch)
