@@ -23,6 +23,7 @@ ACTION_CANCEL_QUERY = "cancel_query"
 ACTION_HEALTH = "health"
 ACTION_GET_TASK_TELEMETRY = "get_task_telemetry"
 
+ROW_ID_COLUMN = "__rowid"
 MAX_TICKET_BYTES = 64 * 1024
 MAX_TASK_BYTES = 16 * 1024 * 1024
 
@@ -65,6 +66,7 @@ class TaskInput:
     files: tuple[str, ...] = ()
     sources: tuple[BucketSource, ...] = ()
     schema_ipc: str = ""  # base64 Arrow IPC schema of upstream buckets, empty for files
+    row_ids: bool = False  # append ROW_ID_COLUMN, numbering the rows read
 
     @property
     def is_stage_input(self) -> bool:
@@ -122,6 +124,7 @@ class TaskSpec:
                         for s in item.get("sources", ())
                     ),
                     schema_ipc=_str(item.get("schema_ipc", "")),
+                    row_ids=item.get("row_ids", False) is True,
                 )
                 for item in raw["inputs"]
             )

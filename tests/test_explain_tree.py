@@ -76,7 +76,8 @@ def _single_node_scan_rows(tpch_dir: Path, sql: str) -> int:
 
 
 def _leaf_ids(plan: DistributedPlan) -> list[int]:
-    return [stage.stage_id for stage in plan.stages if not stage.inputs]
+    """Stages that scan parquet files (fact stages also read broadcast inputs)."""
+    return [stage.stage_id for stage in plan.stages if stage.file_scan is not None]
 
 
 # --------------------------------------------------------------------------------------------

@@ -84,7 +84,10 @@ def _inputs(
         )
         inputs.append(
             TaskInput(
-                stage_input.table_name, sources=sources, schema_ipc=encode_schema(upstream.schema)
+                stage_input.table_name,
+                sources=sources,
+                schema_ipc=encode_schema(upstream.schema),
+                row_ids=stage_input.row_ids,
             )
         )
     return tuple(inputs)

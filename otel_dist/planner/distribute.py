@@ -30,7 +30,7 @@ from datafusion.unparser import Dialect, Unparser
 from otel_dist.errors import one_line
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.model import DistributedPlan, FileScan, Stage, StageInput
-from otel_dist.protocol import OutputPartitioning
+from otel_dist.protocol import ROW_ID_COLUMN, OutputPartitioning
 from otel_dist.session import new_session, plain_schema
 
 
@@ -44,6 +44,7 @@ class _NotDistributable(Exception):
 
 _ROW_WISE = {"Projection", "Filter", "SubqueryAlias"}
 _UPPER = {"Projection", "Filter", "Sort", "Limit"}
+_GATHER = OutputPartitioning("single")
 _SPLITTABLE_AGGREGATES = {"sum", "count", "min", "max", "avg", "mean"}
 
 
@@ -108,13 +109,16 @@ class Planner:
             strategy = "fallback"
         return DistributedPlan(sql, stages, output_schema, strategy)
 
-    def unparse(self, frame: DataFrame, ctx: SessionContext) -> tuple[str, pa.Schema]:
-        """A frame as SQL, and that SQL's schema as ``ctx`` plans it again.
+    def unparse(
+        self, frame: DataFrame, ctx: SessionContext, prefix: str = ""
+    ) -> tuple[str, pa.Schema]:
+        """A frame as SQL (after ``prefix``, e.g. a WITH clause), and that SQL's schema as
+        ``ctx`` plans it again.
 
         Re-planning catches SQL the unparser gets wrong and gives the column order the
         unparsed SQL really produces (the unparser may reorder aggregate outputs).
         """
-        sql = self._unparser.plan_to_sql(frame.logical_plan())
+        sql = prefix + self._unparser.plan_to_sql(frame.logical_plan())
         try:
             schema = ctx.sql(sql).schema()
         except Exception as error:
@@ -139,86 +143,74 @@ class _StageBuilder:
     # ---- shape recognition -------------------------------------------------------------
 
     def distribute(self, plan: LogicalPlan) -> tuple[list[Stage], str]:
+        if _has_subquery_expressions(plan):
+            raise _NotDistributable("subquery expressions are not distributed yet")
         upper: list[LogicalPlan] = []
         node = plan
-        while _kind(node) in _UPPER | {"SubqueryAlias"} and _kind(node) != "Aggregate":
-            if _kind(node) == "SubqueryAlias" and not upper_is_row_wise_to_scan(node):
-                raise _NotDistributable("subquery alias above an aggregate")
-            if upper_is_row_wise_to_scan(node):
-                break
+        while _kind(node) in _UPPER and _fact_table(self.planner.catalog, node) is None:
             upper.append(node)
             node = node.inputs()[0]
         if _kind(node) == "Aggregate":
-            return self._aggregate(upper, node), "two-phase aggregate"
-        if upper_is_row_wise_to_scan(node):
-            return self._scan(upper, node), "parallel scan"
-        raise _NotDistributable(f"{_kind(node)} is not distributed yet")
+            region = _region(self.planner.catalog, node.inputs()[0])
+            return self._aggregate(upper, node, region), _strategy("two-phase aggregate", region)
+        region = _region(self.planner.catalog, node)
+        return self._scan(upper, region), _strategy("parallel scan", region)
 
     # ---- scans ---------------------------------------------------------------------------
 
-    def _scan(self, upper: list[LogicalPlan], chain: LogicalPlan) -> list[Stage]:
-        table = _scanned_table(chain)
+    def _scan(self, upper: list[LogicalPlan], region: _Region) -> list[Stage]:
         cut = _topmost_order_or_limit(upper)
         if cut is None:
-            frame = self._frame(upper[0] if upper else chain)
-            self._leaf(table, frame, "scan", OutputPartitioning("single"))
+            frame = self._frame(upper[0] if upper else region.root)
+            self._leaf(region, frame, "scan", OutputPartitioning("single"))
             return self.stages
         below_cut = upper[cut:]
-        frame = self._apply_upper(self._frame(chain), below_cut, for_merge=True)
-        leaf = self._leaf(table, frame, "scan + top-k", OutputPartitioning("single"))
+        frame = self._apply_upper(self._frame(region.root), below_cut, for_merge=True)
+        leaf = self._leaf(region, frame, "scan + top-k", OutputPartitioning("single"))
         self._merge(leaf, below_cut, upper[:cut])
         return self.stages
 
     # ---- aggregates ----------------------------------------------------------------------
 
-    def _aggregate(self, upper: list[LogicalPlan], aggregate: LogicalPlan) -> list[Stage]:
-        chain = aggregate.inputs()[0]
-        if not upper_is_row_wise_to_scan(chain):
-            raise _NotDistributable(
-                f"aggregate over {_describe_input(chain)} is not distributed yet"
-            )
-        table = _scanned_table(chain)
+    def _aggregate(
+        self, upper: list[LogicalPlan], aggregate: LogicalPlan, region: _Region
+    ) -> list[Stage]:
         variant = aggregate.to_variant()
         groups = [_wrap(e) for e in variant.group_by_exprs()]
         aggregates = [_wrap(e) for e in variant.aggregate_exprs()]
         original_types = self.ctx.create_dataframe_from_logical_plan(aggregate).schema()
 
-        qualifier, group_partials, group_finals = _split_groups(groups)
+        split = _split_groups(groups)
         partials: list[Expr] = []
         finals: list[Expr] = []
         for index, expr in enumerate(aggregates):
             out_field = original_types.field(len(groups) + index)
-            partial, final = _split_aggregate(variant, expr, index, qualifier, out_field.type)
+            partial, final = _split_aggregate(
+                variant, expr, index, split.partial_table, out_field.type
+            )
             partials.extend(partial)
             finals.append(final.alias(expr.schema_name()))
 
-        partial_frame = self._frame(chain).aggregate(group_partials, partials)
+        partial_frame = self._frame(region.root).aggregate(split.partials, partials)
         buckets = self.tasks if groups else 1
-        partial_schema = plain_schema(partial_frame.schema())
-        key_names = tuple(partial_schema.names[: len(groups)])
+        key_names = tuple(_alias_name(e) for e in split.partials)
         output = (
             OutputPartitioning("hash", buckets, key_names)
             if groups
             else OutputPartitioning("single")
         )
-        leaf = self._leaf(table, partial_frame, "partial aggregate", output)
-        if leaf.schema.names[: len(groups)] != list(key_names) and groups:
-            key_names = tuple(n for n in leaf.schema.names if n in key_names)
-            leaf.output = OutputPartitioning("hash", buckets, key_names)
+        leaf = self._leaf(region, partial_frame, "partial aggregate", output)
 
-        placeholder = new_session()
-        placeholder.register_record_batches(qualifier, [[_empty_batch(partial_schema)]])
-        final_frame = placeholder.table(qualifier).aggregate(group_finals, finals)
+        final_input = _FinalInput.build(split, leaf.schema)
+        final_frame = final_input.frame(split.finals, finals)
         cut = _topmost_order_or_limit(upper)
         if buckets == 1 or cut is None:
             final_frame = self._apply_upper(final_frame, upper, for_merge=False)
-            self._stage_over(leaf, qualifier, final_frame, "final aggregate", buckets, placeholder)
+            self._final_stage(leaf, final_input, final_frame, buckets)
             return self.stages
         below_cut = upper[cut:]
         final_frame = self._apply_upper(final_frame, below_cut, for_merge=True)
-        final = self._stage_over(
-            leaf, qualifier, final_frame, "final aggregate", buckets, placeholder
-        )
+        final = self._final_stage(leaf, final_input, final_frame, buckets)
         self._merge(final, below_cut, upper[:cut])
         return self.stages
 
@@ -227,35 +219,52 @@ class _StageBuilder:
     def _frame(self, plan: LogicalPlan) -> DataFrame:
         return self.ctx.create_dataframe_from_logical_plan(plan)
 
-    def _leaf(self, table: str, frame: DataFrame, kind: str, output: OutputPartitioning) -> Stage:
-        groups = self.planner.catalog.file_groups(table, self.tasks)
+    def _leaf(
+        self, region: _Region, frame: DataFrame, kind: str, output: OutputPartitioning
+    ) -> Stage:
+        """Tasks over the fact table's file groups, each with every other table broadcast."""
+        inputs = tuple(
+            StageInput(table, self._broadcast_scan(table, columns).stage_id)
+            for table, columns in sorted(region.broadcast.items())
+        )
+        groups = self.planner.catalog.file_groups(region.fact, self.tasks)
         sql, schema = self.planner.unparse(frame, self.ctx)
+        if inputs:
+            kind += f" (fact {region.fact}, broadcast {', '.join(sorted(region.broadcast))})"
         return self._add(
             kind=kind,
             sql=sql,
             task_count=len(groups),
             output=output,
             schema=schema,
-            file_scan=FileScan(table, tuple(groups)),
+            file_scan=FileScan(region.fact, tuple(groups)),
+            inputs=inputs,
         )
 
-    def _stage_over(
-        self,
-        upstream: Stage,
-        table_name: str,
-        frame: DataFrame,
-        kind: str,
-        tasks: int,
-        ctx: SessionContext,
+    def _broadcast_scan(self, table: str, columns: list[str]) -> Stage:
+        frame = self.ctx.table(table)
+        if columns:
+            frame = frame.select(*[Expr.column(quote_identifier(c)) for c in columns])
+        projection = ", ".join(quote_identifier(n) for n in frame.schema().names)
+        return self._leaf_sql(
+            table,
+            frame,
+            f"SELECT {projection} FROM {quote_identifier(table)}",
+            kind="broadcast scan",
+            output=OutputPartitioning("broadcast"),
+        )
+
+    def _final_stage(
+        self, upstream: Stage, final_input: _FinalInput, frame: DataFrame, tasks: int
     ) -> Stage:
-        sql, schema = self.planner.unparse(frame, ctx)
+        sql, schema = self.planner.unparse(frame, final_input.ctx, final_input.prefix)
         return self._add(
-            kind=kind,
+            kind="final aggregate",
             sql=sql,
             task_count=tasks,
             output=OutputPartitioning("single"),
             schema=schema,
-            inputs=(StageInput(table_name, upstream.stage_id),),
+            inputs=(StageInput(final_input.input_name, upstream.stage_id, final_input.row_ids),),
         )
 
     def _merge(
@@ -361,34 +370,26 @@ class _StageBuilder:
         )
         return self.stages
 
-    def _leaf_sql(self, table: str, frame: DataFrame, sql: str) -> Stage:
+    def _leaf_sql(
+        self,
+        table: str,
+        frame: DataFrame,
+        sql: str,
+        kind: str = "scan",
+        output: OutputPartitioning = _GATHER,
+    ) -> Stage:
         groups = self.planner.catalog.file_groups(table, self.tasks)
         return self._add(
-            kind="scan",
+            kind=kind,
             sql=sql,
             task_count=len(groups),
-            output=OutputPartitioning("single"),
+            output=output,
             schema=plain_schema(frame.schema()),
             file_scan=FileScan(table, tuple(groups)),
         )
 
 
 # ---- helpers over plan nodes -----------------------------------------------------------
-
-
-def upper_is_row_wise_to_scan(plan: LogicalPlan) -> bool:
-    """True when the plan is a chain of projections, filters and aliases over one table scan."""
-    node = plan
-    while _kind(node) in _ROW_WISE:
-        node = node.inputs()[0]
-    return _kind(node) == "TableScan"
-
-
-def _scanned_table(chain: LogicalPlan) -> str:
-    node = chain
-    while _kind(node) != "TableScan":
-        node = node.inputs()[0]
-    return node.to_variant().table_name()
 
 
 def _scanned_columns(plan: LogicalPlan) -> dict[str, list[str]]:
@@ -456,35 +457,126 @@ def _wrap_row_selection(node: LogicalPlan, sql: str, schema: pa.Schema) -> tuple
     raise _NotDistributable(f"{kind} above a sort")
 
 
-def _split_groups(groups: list[Expr]) -> tuple[str, list[Expr], list[Expr]]:
-    """Partial and final group expressions, and the table name partial results travel under.
+@dataclass
+class _GroupSplit:
+    """Group keys split into the partial aggregate's outputs and the final aggregate's keys.
 
-    Column keys keep their name and qualifier, so expressions above the aggregate that refer
-    to ``table.column`` still resolve against the final aggregate's output.
+    With keys from one relation (or none), partial results travel under that relation's name
+    and keep the column names, so expressions above the aggregate resolve unchanged. With keys
+    from several relations (after a join) every key travels as ``__g<i>`` and the final stage
+    rebuilds one view per relation joined on a row id (see ``_FinalInput``).
     """
+
+    partials: list[Expr]
+    finals: list[Expr]
+    partial_table: str
+    key_columns: list[tuple[int, str, str]]  # (key index, relation, column) of column keys
+    multi: bool
+
+    @property
+    def relations(self) -> list[str]:
+        return sorted({relation for _, relation, _ in self.key_columns})
+
+
+def _split_groups(groups: list[Expr]) -> _GroupSplit:
     columns = [_as_column(expr) for expr in groups]
-    qualifiers = {column[0] for column in columns if column is not None and column[0] is not None}
-    if len(qualifiers) > 1:
-        raise _NotDistributable("group keys from several relations")
-    qualifier = next(iter(qualifiers)) if qualifiers else "__partial"
-    partials: list[Expr] = []
-    finals: list[Expr] = []
-    names: set[str] = set()
+    key_columns = [
+        (index, column[0], column[1])
+        for index, column in enumerate(columns)
+        if column is not None and column[0] is not None
+    ]
+    relations = {relation for _, relation, _ in key_columns}
+    names = [name for _, _, name in key_columns]
+    if len(relations) > 1:
+        if any(
+            len(set(n for _, r, n in key_columns if r == rel))
+            != sum(1 for _, r, _ in key_columns if r == rel)
+            for rel in relations
+        ):
+            raise _NotDistributable("duplicate group key names")
+        partials = [expr.alias(f"__g{index}") for index, expr in enumerate(groups)]
+        keyed = {index for index, _, _ in key_columns}
+        finals = [
+            expr
+            if index in keyed
+            else Expr.column(f"__partial.__g{index}").alias(expr.schema_name())
+            for index, expr in enumerate(groups)
+        ]
+        return _GroupSplit(partials, finals, "__partial", key_columns, multi=True)
+    if len(set(names)) != len(names):
+        raise _NotDistributable("duplicate group key names")
+    qualifier = next(iter(relations)) if relations else "__partial"
+    partials = []
+    finals = []
     for index, (expr, column) in enumerate(zip(groups, columns, strict=True)):
         if column is not None and column[0] is not None:
-            name = column[1]
-            if name in names:
-                raise _NotDistributable("duplicate group key names")
-            names.add(name)
-            partials.append(expr.alias(name))
-            finals.append(Expr.column(f"{quote_identifier(qualifier)}.{quote_identifier(name)}"))
-        else:
-            name = f"__g{index}"
-            partials.append(expr.alias(name))
+            partials.append(expr.alias(column[1]))
             finals.append(
-                Expr.column(f"{quote_identifier(qualifier)}.{name}").alias(expr.schema_name())
+                Expr.column(f"{quote_identifier(qualifier)}.{quote_identifier(column[1])}")
             )
-    return qualifier, partials, finals
+        else:
+            partials.append(expr.alias(f"__g{index}"))
+            finals.append(
+                Expr.column(f"{quote_identifier(qualifier)}.__g{index}").alias(expr.schema_name())
+            )
+    return _GroupSplit(partials, finals, qualifier, key_columns, multi=False)
+
+
+@dataclass
+class _FinalInput:
+    """How the final aggregate stage sees the partial results it reads."""
+
+    ctx: SessionContext
+    input_name: str
+    row_ids: bool
+    prefix: str
+    tables: list[str]
+
+    @staticmethod
+    def build(split: _GroupSplit, partial_schema: pa.Schema) -> _FinalInput:
+        ctx = new_session()
+        if not split.multi:
+            table = split.partial_table
+            ctx.register_record_batches(table, [[_empty_batch(partial_schema)]])
+            return _FinalInput(ctx, table, False, "", [table])
+        rowid = pa.field(ROW_ID_COLUMN, pa.int64())
+        ctx.register_record_batches("__input", [[_empty_batch(partial_schema.append(rowid))]])
+        keyed = {f"__g{index}" for index, _, _ in split.key_columns}
+        views: list[tuple[str, list[tuple[str, str]]]] = [
+            (
+                relation,
+                [(f"__g{i}", name) for i, r, name in split.key_columns if r == relation],
+            )
+            for relation in split.relations
+        ]
+        views.append(("__partial", [(n, n) for n in partial_schema.names if n not in keyed]))
+        ctes = []
+        for view, columns in views:
+            select = ", ".join(
+                f"{quote_identifier(source)} AS {quote_identifier(target)}"
+                for source, target in columns
+            )
+            ctes.append(
+                f"{quote_identifier(view)} AS (SELECT {select}, {quote_identifier(ROW_ID_COLUMN)}"
+                f" FROM {quote_identifier('__input')})"
+            )
+            fields = [partial_schema.field(source).with_name(target) for source, target in columns]
+            ctx.register_record_batches(view, [[_empty_batch(pa.schema([*fields, rowid]))]])
+        prefix = "WITH " + ", ".join(ctes) + " "
+        return _FinalInput(ctx, "__input", True, prefix, [view for view, _ in views])
+
+    def frame(self, group_finals: list[Expr], finals: list[Expr]) -> DataFrame:
+        """The final aggregate, over the partial results (rejoined per relation if needed)."""
+        first = self.tables[0]
+        frame = self.ctx.table(first)
+        for other in self.tables[1:]:
+            frame = frame.join_on(
+                self.ctx.table(other),
+                Expr.column(f"{quote_identifier(first)}.{ROW_ID_COLUMN}")
+                == Expr.column(f"{quote_identifier(other)}.{ROW_ID_COLUMN}"),
+                how="inner",
+            )
+        return frame.aggregate(group_finals, finals)
 
 
 def _split_aggregate(
@@ -561,3 +653,101 @@ def _describe_input(plan: LogicalPlan) -> str:
     while _kind(node) in _ROW_WISE:
         node = node.inputs()[0]
     return _kind(node)
+
+
+@dataclass(frozen=True)
+class _Region:
+    """A subtree that runs once per file group of its fact table, every other table it reads
+    broadcast to each task: correct when the subtree is linear in the fact table (projections,
+    filters, and joins that keep or filter the fact's rows)."""
+
+    root: LogicalPlan
+    fact: str
+    broadcast: dict[str, list[str]]
+
+
+_FACT_SIDES = {
+    "Inner": (True, True),
+    "Left": (True, False),
+    "LeftSemi": (True, False),
+    "LeftAnti": (True, False),
+    "LeftMark": (True, False),
+    "Right": (False, True),
+    "RightSemi": (False, True),
+    "RightAnti": (False, True),
+    "RightMark": (False, True),
+}
+
+
+def _fact_candidates(node: LogicalPlan) -> list[str]:
+    """Tables whose rows can be split across tasks at this node without changing the result."""
+    kind = _kind(node)
+    if kind == "TableScan":
+        return [node.to_variant().table_name()]
+    if kind in _ROW_WISE:
+        return _fact_candidates(node.inputs()[0])
+    if kind == "Join":
+        left, right = node.inputs()
+        use_left, use_right = _FACT_SIDES.get(str(node.to_variant().join_type()), (False, False))
+        return (_fact_candidates(left) if use_left else []) + (
+            _fact_candidates(right) if use_right else []
+        )
+    if kind == "CrossJoin":
+        left, right = node.inputs()
+        return _fact_candidates(left) + _fact_candidates(right)
+    return []
+
+
+def _scan_counts(plan: LogicalPlan) -> dict[str, int]:
+    counts: dict[str, int] = {}
+
+    def visit(node: LogicalPlan) -> None:
+        if _kind(node) == "TableScan":
+            name = node.to_variant().table_name()
+            counts[name] = counts.get(name, 0) + 1
+        for child in node.inputs():
+            visit(child)
+
+    visit(plan)
+    return counts
+
+
+def _fact_table(catalog: Catalog, node: LogicalPlan) -> str | None:
+    """The largest table this node is linear in and scans once, if any."""
+    if _kind(node) not in _ROW_WISE | {"TableScan", "Join", "CrossJoin"}:
+        return None
+    counts = _scan_counts(node)
+    candidates = [
+        table
+        for table in set(_fact_candidates(node))
+        if counts.get(table) == 1 and table in catalog.tables
+    ]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda table: (sum(catalog.tables[table].sizes), table))
+
+
+def _region(catalog: Catalog, node: LogicalPlan) -> _Region:
+    fact = _fact_table(catalog, node)
+    if fact is None:
+        raise _NotDistributable(f"{_describe_input(node)} has no table to split across tasks")
+    broadcast = {table: cols for table, cols in _scanned_columns(node).items() if table != fact}
+    unknown = [table for table in broadcast if table not in catalog.tables]
+    if unknown:
+        raise _NotDistributable(f"table {unknown[0]} is not in the data folder")
+    return _Region(node, fact, broadcast)
+
+
+def _strategy(name: str, region: _Region) -> str:
+    return f"{name} + broadcast join" if region.broadcast else name
+
+
+def _has_subquery_expressions(plan: LogicalPlan) -> bool:
+    return any(
+        "Subquery:" in line and "SubqueryAlias" not in line
+        for line in plan.display_indent().splitlines()
+    )
+
+
+def _alias_name(expr: Expr) -> str:
+    return expr.schema_name()

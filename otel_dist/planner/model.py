@@ -23,6 +23,7 @@ class StageInput:
 
     table_name: str
     stage_id: int
+    row_ids: bool = False
 
 
 @dataclass

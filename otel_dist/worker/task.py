@@ -24,7 +24,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from otel_dist.errors import one_line
 from otel_dist.exchange.reader import read_bucket, read_record
 from otel_dist.exchange.router import StreamStats
-from otel_dist.protocol import BucketSource, TaskInput, TaskSpec
+from otel_dist.protocol import ROW_ID_COLUMN, BucketSource, TaskInput, TaskSpec
 from otel_dist.session import conform, new_session
 from otel_dist.telemetry.cache import TelemetryCache
 from otel_dist.telemetry.collector import SpanCollector
@@ -237,6 +237,8 @@ class Task:
         # concurrently as they are produced, then handed to DataFusion as in-memory partitions.
         schema = task_input.schema()
         batches = list(self._read_sources(task_input, schema))
+        if task_input.row_ids:
+            batches, schema = _with_row_ids(batches, schema)
         width = self.settings.target_partitions
         partitions: list[list[pa.RecordBatch]] = [batches[i::width] for i in range(width)]
         partitions = [p for p in partitions if p] or [
@@ -362,3 +364,17 @@ def hash_partition(
     assert isinstance(frame, pl.DataFrame)
     assignment = (frame.hash_rows(seed=HASH_SEED) % buckets).to_numpy()
     return [batch.take(pa.array(np.flatnonzero(assignment == b))) for b in range(buckets)]
+
+
+def _with_row_ids(
+    batches: list[pa.RecordBatch], schema: pa.Schema
+) -> tuple[list[pa.RecordBatch], pa.Schema]:
+    """Number the rows read, so views of one input can be joined back row by row."""
+    numbered = schema.append(pa.field(ROW_ID_COLUMN, pa.int64(), nullable=False))
+    start = 0
+    result = []
+    for batch in batches:
+        ids = pa.array(np.arange(start, start + batch.num_rows, dtype=np.int64))
+        result.append(pa.RecordBatch.from_arrays([*batch.columns, ids], schema=numbered))
+        start += batch.num_rows
+    return result, numbered
