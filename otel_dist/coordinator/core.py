@@ -49,7 +49,7 @@ from otel_dist.telemetry.metrics import (
     add_stage_baggage,
     start_process_telemetry,
 )
-from otel_dist.telemetry.otlp import SpanRecord
+from otel_dist.telemetry.otlp import SpanRecord, span_records
 from otel_dist.telemetry.redaction import operation_name, redact_sql
 from otel_dist.telemetry.setup import Telemetry
 from otel_dist.telemetry.task_spans import ReadRecord, record_read_span
@@ -314,8 +314,9 @@ class Coordinator:
         planned = _planned_tasks(run.plan)
         in_band = run.collector.tasks()
         fetched, lost = self._fetch_missing(run, planned - in_band)
+        worker_spans = run.collector.spans()
         task_ends: dict[int, int] = {}
-        for span in run.collector.spans():
+        for span in worker_spans:
             if span.name == c.SPAN_TASK:
                 stage_id = int(span.attributes.get(c.STAGE_ID, -1))  # type: ignore[arg-type]
                 task_ends[stage_id] = max(task_ends.get(stage_id, 0), span.end_ns)
@@ -336,11 +337,12 @@ class Coordinator:
             run.query_span.add_event("failed", {"exception.message": one_line(failure)})
         run.query_span.end(end_time=ended)
         own.append(run.query_span)  # type: ignore[arg-type]
-        run.collector.add_own_request(encode_spans(own))
+        own_request = encode_spans(own)
+        run.collector.add_own_request(own_request)
         return QueryTelemetry(
             query_id=run.query_id,
             trace_id=format(run.query_span.get_span_context().trace_id, "032x"),
-            spans=run.collector.spans(),
+            spans=worker_spans + span_records([own_request]),
             planned_tasks=planned,
             in_band_tasks=in_band,
             fetched_tasks=fetched,
