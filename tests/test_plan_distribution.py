@@ -18,7 +18,6 @@ FALLBACK = {
     13: "has no table to split",  # outer join feeding an aggregate of an aggregate
     15: "subquery expressions",
     16: "has no table to split",  # COUNT(DISTINCT) becomes an aggregate of an aggregate
-    18: "distributed plan produces",  # the unparser reorders the final stage's columns
     21: "stage SQL does not re-plan",  # the unparser loses the l2/l3 subquery aliases
     22: "subquery expressions",
 }

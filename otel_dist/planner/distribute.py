@@ -203,6 +203,10 @@ class _StageBuilder:
 
         final_input = _FinalInput.build(split, leaf.schema)
         final_frame = final_input.frame(split.finals, finals)
+        # The unparser writes aggregate calls before group keys; pin the original column order.
+        final_frame = final_frame.select(
+            *[Expr.column(quote_identifier(name)) for name in final_frame.schema().names]
+        )
         cut = _topmost_order_or_limit(upper)
         if buckets == 1 or cut is None:
             final_frame = self._apply_upper(final_frame, upper, for_merge=False)
