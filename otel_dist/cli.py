@@ -2,15 +2,24 @@
 bench.
 
 Errors a user can cause (bad SQL, unknown table, bad folder, unreachable worker) end with a
-one-line message on stderr and exit code 1, never a traceback.
+one-line message on stderr and exit code 1, never a traceback; Ctrl-C ends with exit code 130
+(and ``query`` first cancels its query on the coordinator).
+
+Security options (TLS, token) are the same on every command that talks over Flight; the token
+is read from ``OTEL_DIST_AUTH_TOKEN`` or ``--auth-token-file``, never from the command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -26,6 +35,8 @@ from otel_dist.planner.distribute import PlanningError
 DEMO_SCALE = 0.1
 DEMO_QUERY = 1
 EXIT_USER_ERROR = 1
+MAX_SQL_BYTES_ENV = "OTEL_DIST_MAX_SQL_BYTES"
+MAX_RESULT_BYTES_ENV = "OTEL_DIST_MAX_RESULT_BYTES"
 _METRICS_PORT_HELP = (
     "serve Prometheus /metrics on this port (0: a free one); OTEL_METRICS_EXPORTER also selects "
     "otlp, prometheus (port OTEL_EXPORTER_PROMETHEUS_PORT, default 9464) or none"
@@ -41,7 +52,11 @@ class UserError(Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    try:
+        parser = _parser()
+    except UserError as error:  # a bad default from an environment variable
+        stderr.print(f"otel-dist: error: {error}", markup=False, highlight=False)
+        return EXIT_USER_ERROR
     args = parser.parse_args(argv)
     configure_logging(getattr(args, "log_format", "text"))
     try:
@@ -84,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("--output", type=Path, help="write the result (.parquet, .csv, .json)")
     local.add_argument("--tasks-per-stage", type=int)
     _explain_options(local)
+    _security_options(local, server=True)
+    _coordinator_options(local)
     local.add_argument(
         "--metrics-ports",
         nargs="?",
@@ -101,6 +118,26 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--target-partitions", type=int, default=2)
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     worker.add_argument("--metrics-port", type=int, help=_METRICS_PORT_HELP)
+    worker.add_argument(
+        "--data-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder tasks may read files from (repeatable); without any, tasks may read "
+        "any file the worker can (a warning says so)",
+    )
+    worker.add_argument(
+        "--telemetry-cache-entries",
+        type=int,
+        default=10_000,
+        help="finished tasks' telemetry kept for the coordinator to fetch",
+    )
+    worker.add_argument(
+        "--redact-sql",
+        action="store_true",
+        help="operator spans without literals (as OTEL_DIST_REDACT_SQL=true does)",
+    )
+    _security_options(worker, server=True)
     worker.set_defaults(run=_worker)
 
     coordinator = commands.add_parser("coordinator", help="run a coordinator (Flight server)")
@@ -119,6 +156,8 @@ def _parser() -> argparse.ArgumentParser:
         help="log each query's explain tree (default: OTEL_DIST_EXPLAIN_LOG, else all)",
     )
     coordinator.add_argument("--log-format", choices=("text", "json"), default="text")
+    _security_options(coordinator, server=True)
+    _coordinator_options(coordinator)
     coordinator.set_defaults(run=_coordinator)
 
     query = commands.add_parser("query", help="send SQL to a running coordinator")
@@ -127,6 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--output", type=Path)
     query.add_argument("--timeout", type=float, default=600.0)
     _explain_options(query)
+    _security_options(query, server=False)
     query.set_defaults(run=_query)
 
     explain = commands.add_parser(
@@ -148,6 +188,80 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", type=Path, help="an existing TPC-H folder (default: generated)")
     bench.set_defaults(run=_bench)
     return parser
+
+
+def _security_options(parser: argparse.ArgumentParser, server: bool) -> None:
+    what = "this server's" if server else "the client's (for servers that verify clients)"
+    parser.add_argument("--tls-cert", type=Path, help=f"TLS: {what} certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, help=f"TLS: {what} private key (PEM)")
+    parser.add_argument(
+        "--tls-ca", type=Path, help="TLS: CA certificate(s) to verify servers by (PEM)"
+    )
+    if server:
+        parser.add_argument(
+            "--tls-verify-client",
+            action="store_true",
+            help="TLS: require client certificates signed by --tls-ca",
+        )
+    parser.add_argument(
+        "--auth-token-file",
+        type=Path,
+        help="file holding the shared-secret token (default: OTEL_DIST_AUTH_TOKEN)",
+    )
+
+
+def _security(args: argparse.Namespace) -> Any:
+    from otel_dist.exchange.security import SecurityConfig
+
+    return SecurityConfig.from_options(
+        args.tls_cert,
+        args.tls_key,
+        args.tls_ca,
+        args.auth_token_file,
+        verify_client=getattr(args, "tls_verify_client", False),
+    )
+
+
+def _coordinator_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-sql-bytes",
+        type=int,
+        default=_env_int(MAX_SQL_BYTES_ENV),
+        help=f"refuse longer SQL (default: {MAX_SQL_BYTES_ENV}, else 1 MiB)",
+    )
+    parser.add_argument(
+        "--max-result-bytes",
+        type=int,
+        default=_env_int(MAX_RESULT_BYTES_ENV),
+        help=f"fail queries with larger results (default: {MAX_RESULT_BYTES_ENV}, else 2 GiB)",
+    )
+    parser.add_argument(
+        "--redact-sql",
+        action="store_true",
+        help="replace literals in db.query.text by ? (as OTEL_DIST_REDACT_SQL=true does)",
+    )
+
+
+def _env_int(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise UserError(f"{name} must be a number of bytes, got {raw!r}") from None
+
+
+def _limits(args: argparse.Namespace) -> dict[str, int]:
+    """The coordinator limits given on the command line (or by environment variables)."""
+    limits: dict[str, int] = {}
+    for name in ("max_sql_bytes", "max_result_bytes"):
+        value = getattr(args, name)
+        if value is not None:
+            if value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+            limits[name] = value
+    return limits
 
 
 def _explain_options(parser: argparse.ArgumentParser) -> None:
@@ -200,6 +314,9 @@ def _local(args: argparse.Namespace) -> int:
         data=args.data,
         tasks_per_stage=args.tasks_per_stage,
         metrics_ports=_metrics_ports(args.metrics_ports),
+        security=_security(args),
+        redact_sql=args.redact_sql,
+        **_limits(args),
     ) as cluster:
         for url in cluster.metrics_urls:
             stderr.print(f"metrics: {url}", markup=False, highlight=False)
@@ -238,12 +355,18 @@ def _worker(args: argparse.Namespace) -> int:
     from otel_dist.worker.process import run_worker
     from otel_dist.worker.server import WorkerConfig
 
+    if args.redact_sql:  # read by the worker's telemetry set-up, in this process only
+        os.environ["OTEL_DIST_REDACT_SQL"] = "true"
+
     config = WorkerConfig(
         host=args.host,
         port=args.port,
         memory_budget_bytes=args.memory_budget,
         target_partitions=args.target_partitions,
         metrics_port=_port(args.metrics_port),
+        data_roots=tuple(str(Path(root).expanduser().resolve()) for root in args.data_root),
+        telemetry_cache_entries=max(1, args.telemetry_cache_entries),
+        security=_security(args),
     )
     run_worker(config, parent_pid=args.parent_pid)
     return 0
@@ -261,12 +384,21 @@ def _coordinator(args: argparse.Namespace) -> int:
     log_config = QueryLogConfig.from_env("all")
     if args.explain_log:
         log_config = QueryLogConfig(args.explain_log, log_config.slow_ms)
+    security = _security(args)
+    env = {**os.environ, "OTEL_DIST_REDACT_SQL": "true"} if args.redact_sql else None
     telemetry, metrics = start_process_telemetry(
-        "otel-dist-coordinator", prometheus_port=_port(args.metrics_port), prometheus_host=args.host
+        "otel-dist-coordinator",
+        env,
+        prometheus_port=_port(args.metrics_port),
+        prometheus_host=args.host,
     )
     coordinator = Coordinator(
         CoordinatorConfig(
-            workers=workers, data=str(args.data), tasks_per_stage=args.tasks_per_stage
+            workers=workers,
+            data=str(args.data),
+            tasks_per_stage=args.tasks_per_stage,
+            security=security,
+            **_limits(args),
         ),
         telemetry,
         metrics,
@@ -314,37 +446,85 @@ def _metrics_ports(raw: str | None) -> bool | list[int]:
 def _query(args: argparse.Namespace) -> int:
     import uuid
 
-    from otel_dist.coordinator.server import ACTION_QUERY_TELEMETRY
+    from otel_dist.exchange.clients import REMOTE_ERRORS, new_client
     from otel_dist.exchange.router import route
     from otel_dist.explain.statements import analysis_of
+    from otel_dist.protocol import ACTION_CANCEL_QUERY, ACTION_QUERY_TELEMETRY
     from otel_dist.telemetry.collector import SpanCollector
 
     _check_output(args.output)
     query_id = uuid.uuid4().hex
     explain = _wants_explain(args)
     collector = SpanCollector(query_id)
-    client = flight.FlightClient(args.coordinator)
+    client = new_client(args.coordinator, _security(args))
     ticket = flight.Ticket(
         json.dumps({"sql": args.sql, "query_id": query_id, "telemetry": explain}).encode()
     )
     options = flight.FlightCallOptions(timeout=args.timeout)
-    try:
+
+    def fetch() -> pa.Table:
         reader = client.do_get(ticket, options=options)
-        table = pa.Table.from_batches(list(route(reader, collector.add_message)), reader.schema)
+        return pa.Table.from_batches(list(route(reader, collector.add_message)), reader.schema)
+
+    def cancel() -> None:
+        """On Ctrl-C: ask the coordinator to cancel the query everywhere (bounded, quiet)."""
+        body = json.dumps({"query_id": query_id}).encode()
+        with contextlib.suppress(*REMOTE_ERRORS):
+            list(
+                client.do_action(
+                    flight.Action(ACTION_CANCEL_QUERY, body),
+                    options=flight.FlightCallOptions(timeout=5),
+                )
+            )
+
+    interrupted = False
+    try:
+        table = _interruptible(fetch, cancel)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     except flight.FlightUnavailableError:
         raise UserError(f"coordinator {args.coordinator} is unreachable") from None
-    except flight.FlightError as error:
+    except REMOTE_ERRORS as error:
         if explain:
             _remote_partial_explain(client, query_id, collector, args, ACTION_QUERY_TELEMETRY)
         raise UserError(one_line(error)) from None
     finally:
-        client.close()
+        if not interrupted:  # the interrupted call may still be in the client: leave it
+            client.close()
     _emit(table, args.output)
     if explain:
         spans = collector.spans()
         telemetry = _RemoteTelemetry(query_id, spans)
         _explain_outputs(analysis_of(query_id, telemetry, table), args, args.explain_analyze)
     return 0
+
+
+def _interruptible(work: Callable[[], Any], on_interrupt: Callable[[], None]) -> Any:
+    """Run blocking Flight calls on a helper thread so that Ctrl-C reaches this one (a call
+    blocked inside gRPC would not see it until the query ended); ``on_interrupt`` runs before
+    the ``KeyboardInterrupt`` goes on."""
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as error:
+            outcome["error"] = error
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="query", daemon=True).start()
+    try:
+        while not done.wait(0.1):
+            pass
+    except KeyboardInterrupt:
+        on_interrupt()
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 class _RemoteTelemetry:

@@ -1,8 +1,9 @@
 """The wire protocol between coordinator and workers, defined in one place.
 
 Tasks travel as JSON in a Flight action body; bucket tickets are JSON in a Flight ticket.
-Every decoder validates its input and raises ``ProtocolError`` with a one-line message,
-which servers turn into an INVALID_ARGUMENT-style Flight error.
+Every decoder validates its input and raises ``ProtocolError`` (and nothing else) with a
+one-line message, which servers turn into an INVALID_ARGUMENT gRPC error (``invalid_argument``
+below, next to the other statuses servers answer with).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.flight as flight
 
 PROTOCOL_VERSION = 1
 
@@ -22,10 +24,13 @@ ACTION_RELEASE_QUERY = "release_query"
 ACTION_CANCEL_QUERY = "cancel_query"
 ACTION_HEALTH = "health"
 ACTION_GET_TASK_TELEMETRY = "get_task_telemetry"
+# Flight actions of the coordinator's server (``cancel_query`` too, with a {query_id} body).
+ACTION_QUERY_TELEMETRY = "query_telemetry"
 
 ROW_ID_COLUMN = "__rowid"
 MAX_TICKET_BYTES = 64 * 1024
 MAX_TASK_BYTES = 16 * 1024 * 1024
+MAX_BUCKETS = 10_000
 
 PartitioningKind = Literal["hash", "single", "broadcast"]
 
@@ -105,55 +110,67 @@ class TaskSpec:
 
     @staticmethod
     def from_json(data: bytes) -> TaskSpec:
+        """Decode and validate a task spec; raises ``ProtocolError`` and nothing else."""
         if len(data) > MAX_TASK_BYTES:
             raise ProtocolError(f"task spec of {len(data)} bytes exceeds {MAX_TASK_BYTES}")
         raw = _load_object(data, "task spec")
         try:
-            output = raw["output"]
+            output = _dict(raw["output"])
             inputs = tuple(
                 TaskInput(
-                    table_name=_str(item["table_name"]),
-                    files=tuple(_str(f) for f in item.get("files", ())),
+                    table_name=_table_name(item["table_name"]),
+                    files=tuple(_str(f) for f in _list(item.get("files", []))),
                     sources=tuple(
                         BucketSource(
                             worker_url=_str(s["worker_url"]),
-                            stage_id=_int(s["stage_id"]),
-                            task_index=_int(s["task_index"]),
-                            bucket=_int(s["bucket"]),
+                            stage_id=_index(s["stage_id"]),
+                            task_index=_index(s["task_index"]),
+                            bucket=_index(s["bucket"]),
                         )
-                        for s in item.get("sources", ())
+                        for s in map(_dict, _list(item.get("sources", [])))
                     ),
                     schema_ipc=_str(item.get("schema_ipc", "")),
                     row_ids=item.get("row_ids", False) is True,
                 )
-                for item in raw["inputs"]
+                for item in map(_dict, _list(raw["inputs"]))
             )
             spec = TaskSpec(
                 query_id=_str(raw["query_id"]),
-                stage_id=_int(raw["stage_id"]),
-                task_index=_int(raw["task_index"]),
+                stage_id=_index(raw["stage_id"]),
+                task_index=_index(raw["task_index"]),
                 task_count=_int(raw["task_count"]),
                 sql=_str(raw["sql"]),
                 inputs=inputs,
                 output=OutputPartitioning(
-                    kind=output["kind"],
+                    kind=_str(output["kind"]),  # type: ignore[arg-type]
                     buckets=_int(output["buckets"]),
-                    keys=tuple(_str(k) for k in output["keys"]),
+                    keys=tuple(_str(k) for k in _list(output["keys"])),
                 ),
                 output_schema_ipc=_str(raw["output_schema_ipc"]),
                 worker_url=_str(raw.get("worker_url", "")),
-                partitions=tuple(_int(p) for p in raw.get("partitions", ())),
-                trace_context={_str(k): _str(v) for k, v in raw.get("trace_context", {}).items()},
+                partitions=tuple(_int(p) for p in _list(raw.get("partitions", []))),
+                trace_context={
+                    _str(k): _str(v) for k, v in _dict(raw.get("trace_context", {})).items()
+                },
                 version=_int(raw.get("version", PROTOCOL_VERSION)),
             )
-        except (KeyError, TypeError, AttributeError) as error:
+        except (KeyError, TypeError, ValueError) as error:
             raise ProtocolError(f"malformed task spec: missing or invalid field {error}") from None
         if spec.version != PROTOCOL_VERSION:
             raise ProtocolError(f"unsupported protocol version {spec.version}")
         if spec.output.kind not in ("hash", "single", "broadcast"):
             raise ProtocolError(f"unknown output partitioning {spec.output.kind!r}")
-        if spec.output.buckets < 1 or spec.task_count < 1 or spec.task_index >= spec.task_count:
+        if (
+            not 1 <= spec.output.buckets <= MAX_BUCKETS
+            or not 0 <= spec.task_index < spec.task_count
+        ):
             raise ProtocolError("task spec has an invalid bucket count or task index")
+        if not spec.sql.strip():
+            raise ProtocolError("task spec has no SQL")
+        spec.output_schema()  # a schema that does not decode is refused now, not when run
+        for task_input in spec.inputs:
+            if task_input.is_stage_input:
+                task_input.schema()
         return spec
 
 
@@ -204,6 +221,16 @@ class BucketTicket:
         return ticket
 
 
+def decode_query_id(body: bytes) -> str:
+    """The ``query_id`` of a ``cancel_query``/``release_query`` action body."""
+    if len(body) > MAX_TICKET_BYTES:
+        raise ProtocolError(f"action body of {len(body)} bytes exceeds {MAX_TICKET_BYTES}")
+    query_id = _load_object(body, "action body").get("query_id")
+    if not isinstance(query_id, str) or not query_id:
+        raise ProtocolError("action body needs a string query_id")
+    return query_id
+
+
 def encode_schema(schema: pa.Schema) -> str:
     return base64.b64encode(schema.serialize().to_pybytes()).decode()
 
@@ -211,8 +238,8 @@ def encode_schema(schema: pa.Schema) -> str:
 def decode_schema(data: str) -> pa.Schema:
     try:
         return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(data, validate=True)))
-    except (ValueError, pa.ArrowInvalid) as error:
-        raise ProtocolError(f"malformed schema: {error}") from None
+    except (ValueError, OSError, pa.ArrowException) as error:  # Arrow's IPC errors vary
+        raise ProtocolError(f"malformed schema: {str(error)[:200]}") from None
 
 
 def encode_json(value: dict[str, Any]) -> bytes:
@@ -226,7 +253,7 @@ def decode_json_object(data: bytes, what: str) -> dict[str, Any]:
 def _load_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         raw = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSON, UTF-8 and too-long-integer errors
         raise ProtocolError(f"malformed {what}: not JSON") from None
     if not isinstance(raw, dict):
         raise ProtocolError(f"malformed {what}: not a JSON object")
@@ -243,3 +270,49 @@ def _int(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"expected an integer, got {type(value).__name__}")
     return value
+
+
+def _index(value: object) -> int:
+    index = _int(value)
+    if index < 0:
+        raise ValueError(f"negative index {index}")
+    return index
+
+
+def _list(value: object) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _dict(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {type(value).__name__}")
+    return value
+
+
+def _table_name(value: object) -> str:
+    """A table name, which becomes a folder name on the worker: no path tricks."""
+    name = _str(value)
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ValueError(f"invalid table name {name[:100]!r}")
+    return name
+
+
+# ---- errors as gRPC statuses ---------------------------------------------------------------
+# Raised by servers; Arrow Flight turns each into its gRPC status code.
+
+
+def invalid_argument(message: str) -> Exception:
+    """INVALID_ARGUMENT (clients see ``pyarrow.ArrowInvalid``)."""
+    return pa.ArrowInvalid(f"invalid argument: {message}")
+
+
+def permission_denied(message: str) -> Exception:
+    """PERMISSION_DENIED (clients see ``pyarrow.flight.FlightUnauthorizedError``)."""
+    return flight.FlightUnauthorizedError(f"permission denied: {message}")
+
+
+def not_found(message: str) -> Exception:
+    """A clean ``not found`` error (Flight has no NOT_FOUND status of its own)."""
+    return flight.FlightServerError(f"not found: {message}")

@@ -117,8 +117,21 @@ def test_forwarding_envelope_respects_its_limit() -> None:
     assert cut.truncated and cut.tasks[0] == TaskRef(2, 0) and len(cut.tasks) < 6
 
 
-@settings(max_examples=2000, deadline=None)
-@given(st.binary(max_size=512))
+_VALID = envelope.encode(Envelope("q", (TaskRef(1, 2),), _request([b"12345678"])))
+
+
+@settings(max_examples=10_000, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=64),
+        st.binary(max_size=16).map(lambda noise: _VALID[:8] + noise),  # a header length
+        st.builds(
+            lambda noise, at: _VALID[:at] + noise + _VALID[at + len(noise) :],
+            st.binary(min_size=1, max_size=8),
+            st.integers(0, len(_VALID)),
+        ),
+    )
+)
 def test_decoding_random_bytes_only_raises_envelope_errors(data: bytes) -> None:
     with contextlib.suppress(EnvelopeError):
         envelope.decode(data)

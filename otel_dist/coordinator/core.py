@@ -1,19 +1,29 @@
 """The coordinator: plans a query, submits its tasks to workers, reads the root stage's output,
-and collects every task's telemetry (in-band, then by fetching what did not arrive)."""
+and collects every task's telemetry (in-band, then by fetching what did not arrive).
+
+Faults: tasks are placed on the workers the health monitor (``health.py``) sees up; a worker
+found unreachable while tasks are submitted is left out and the query placed again; a worker
+that goes down while a query runs fails that query at once, with an error naming the stage,
+the task and the worker, and the other workers are told to cancel and drop the query.
+Limits: SQL longer than ``max_sql_bytes`` and results larger than ``max_result_bytes`` are
+refused; only queries run (no DDL, DML or SET statements).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.flight as flight
+from datafusion import SQLOptions
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -21,11 +31,13 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from otel_dist.coordinator.health import ProbeFailed, WorkerHealth
 from otel_dist.coordinator.scheduler import assign, task_specs
 from otel_dist.errors import one_line
-from otel_dist.exchange.clients import call_options, client_for
+from otel_dist.exchange.clients import REMOTE_ERRORS, call_options, client_for
 from otel_dist.exchange.reader import read_bucket, read_record
 from otel_dist.exchange.router import StreamStats
+from otel_dist.exchange.security import NO_SECURITY, SecurityConfig, secure_url
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.distribute import Planner, PlannerOptions
 from otel_dist.planner.model import DistributedPlan
@@ -56,6 +68,12 @@ from otel_dist.telemetry.task_spans import ReadRecord, record_read_span
 
 log = logging.getLogger(__name__)
 
+MAX_UNDELIVERED_RELEASES = 10_000
+DEFAULT_MAX_SQL_BYTES = 1 << 20
+DEFAULT_MAX_RESULT_BYTES = 2 << 30
+_QUERY_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
+_NOT_A_QUERY = re.compile(r"(DDL|DML|Statement) not supported: (.*)")
+
 
 class QueryError(RuntimeError):
     """A query failed; the message names the cause (stage, task, worker, table...)."""
@@ -66,7 +84,16 @@ class QueryError(RuntimeError):
 
 
 class WorkerUnreachable(QueryError):
-    """A worker did not answer."""
+    """A worker did not answer: refused or reset (``timed_out`` False), or too slowly."""
+
+    def __init__(self, message: str, url: str = "", timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.url = url
+        self.timed_out = timed_out
+
+
+class QueryRejected(QueryError):
+    """The statement is refused before it runs: too long, or not a query."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +107,11 @@ class CoordinatorConfig:
     rpc_timeout_s: float = 10.0
     query_timeout_s: float = 600.0
     telemetry_fetch_timeout_s: float = 15.0
+    max_sql_bytes: int = DEFAULT_MAX_SQL_BYTES
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    health_interval_s: float = 1.0  # 0: no background probes (calls still mark workers down)
+    health_timeout_s: float = 2.0
+    security: SecurityConfig = NO_SECURITY
 
 
 @dataclass
@@ -142,10 +174,16 @@ class _Run:
     stage_spans: dict[int, trace.Span] = field(default_factory=dict)
     reads: list[ReadRecord] = field(default_factory=list)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    lost_workers: dict[str, str] = field(default_factory=dict)  # url -> why it went down
+    result_bytes: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def workers(self) -> set[str]:
+        return set(self.placement.values())
 
 
 class Coordinator:
-    """Runs SQL over a static list of workers."""
+    """Runs SQL over a static list of workers, on those of them that are up."""
 
     def __init__(
         self,
@@ -158,9 +196,13 @@ class Coordinator:
         if not config.workers:
             raise QueryError("no worker URLs given")
         self.config = config
+        self.security = config.security
+        self.workers = tuple(secure_url(url, config.security) for url in config.workers)
         self.catalog = Catalog.from_folder(config.data)
         tasks = config.tasks_per_stage or len(config.workers)
         self.planner = Planner(self.catalog, PlannerOptions(tasks, config.target_partitions))
+        self._validator = self.catalog.session(config.target_partitions)
+        self._validator_lock = threading.Lock()
         if telemetry is None:
             telemetry, default_metrics = start_process_telemetry("otel-dist-coordinator")
             metrics = metrics or default_metrics
@@ -171,13 +213,37 @@ class Coordinator:
         self._running_lock = threading.Lock()
         self._listeners: list[QueryListener] = []
         self.query_metrics = self.metrics.coordinator(lambda: len(self._running))
+        self.worker_health = WorkerHealth(
+            self.workers, self._probe, config.health_interval_s, config.health_timeout_s
+        )
+        self.worker_health.add_listener(self._worker_down)
+        self.worker_health.add_up_listener(self._worker_back)
+        self._undelivered: dict[str, dict[str, None]] = {}  # url -> queries to release there
+        self.worker_health.start()
 
     def check_workers(self) -> None:
         """Raise ``WorkerUnreachable`` naming the first worker that does not answer."""
-        for url in self.config.workers:
+        for url in self.workers:
             self._action(url, ACTION_HEALTH, b"")
 
     def plan(self, sql: str) -> DistributedPlan:
+        """The distributed plan of a query; refuses SQL too long or that is not a query."""
+        size = len(sql.encode("utf-8", "replace"))
+        if size > self.config.max_sql_bytes:
+            raise QueryRejected(
+                f"the SQL text of {size} bytes exceeds the limit of "
+                f"{self.config.max_sql_bytes} bytes (max_sql_bytes)"
+            )
+        try:
+            with self._validator_lock:
+                self._validator.sql_with_options(sql, _QUERY_ONLY)
+        except Exception as error:  # other errors are the planner's to report, in its words
+            refused = _NOT_A_QUERY.search(str(error))
+            if refused:
+                raise QueryRejected(
+                    f"only queries can run here: {refused.group(1)} statements are not "
+                    f"allowed ({refused.group(2).strip()[:100]})"
+                ) from None
         return self.planner.plan(sql)
 
     def cancel(self, query_id: str) -> bool:
@@ -187,7 +253,7 @@ class Coordinator:
         if run is None:
             return False
         run.cancelled.set()
-        self._broadcast(query_id, ACTION_CANCEL_QUERY)
+        self._broadcast(query_id, ACTION_CANCEL_QUERY, run.workers())
         return True
 
     def add_listener(self, listener: QueryListener) -> None:
@@ -226,20 +292,18 @@ class Coordinator:
         try:
             run.plan = self.plan(sql)
             query_span.set_attribute(c.QUERY_STRATEGY, run.plan.strategy)
-            run.placement = assign(run.plan, list(self.config.workers))
             self._start_stage_spans(run)
-            specs = task_specs(run.plan, query_id, run.placement, self._stage_contexts(run))
-            self._submit(specs)
+            self._place_and_submit(run)
             table = self._read_root(run)
             query_span.set_attribute(c.QUERY_ROWS, table.num_rows)
         except BaseException as error:
             failure = error
-            self._broadcast(query_id, ACTION_CANCEL_QUERY)
+            self._broadcast(query_id, ACTION_CANCEL_QUERY, run.workers())
         if run.cancelled.is_set() and failure is not None:
             failure = QueryError(f"query {query_id} was cancelled")
         telemetry = self._finish_telemetry(run, failure)
         self._record_metrics(run, telemetry, failure, started)
-        self._broadcast(query_id, ACTION_RELEASE_QUERY)
+        self._broadcast(query_id, ACTION_RELEASE_QUERY, run.workers())
         with self._running_lock:
             self._running.pop(query_id, None)
         self._notify(
@@ -265,9 +329,104 @@ class Coordinator:
         return self.execute(sql).table
 
     def close(self) -> None:
+        self.worker_health.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.telemetry.shutdown()
         self.metrics.shutdown()
+
+    # ---- workers -------------------------------------------------------------------------
+
+    def _probe(self, url: str, timeout_s: float) -> None:
+        """One health probe for the monitor."""
+        try:
+            self._action(url, ACTION_HEALTH, b"", timeout_s)
+        except WorkerUnreachable as error:
+            raise ProbeFailed(str(error), definite=not error.timed_out) from None
+        except QueryError as error:  # it answers, but refuses us (token, TLS): unusable
+            raise ProbeFailed(str(error), definite=True) from None
+
+    def _worker_down(self, url: str, reason: str) -> None:
+        """Fail the running queries that have tasks on a worker that went down."""
+        with self._running_lock:
+            runs = list(self._running.values())
+        for run in runs:
+            with run.lock:
+                run.lost_workers.setdefault(url, reason)
+
+    def _worker_back(self, url: str) -> None:
+        """Release, on a worker that answers again, the queries that ended while it did not."""
+        with self._running_lock:
+            queries = list(self._undelivered.pop(url, {}))
+        if queries:
+            log.info("releasing %d queries on %s, which is back", len(queries), url)
+            self._pool.submit(self._release_all, url, queries)
+
+    def _release_all(self, url: str, queries: list[str]) -> None:
+        for query_id in queries:
+            try:
+                self._action(url, ACTION_RELEASE_QUERY, encode_json({"query_id": query_id}))
+            except QueryError:
+                self._remember_release(url, query_id)
+
+    def _remember_release(self, url: str, query_id: str) -> None:
+        with self._running_lock:
+            pending = self._undelivered.setdefault(url, {})
+            pending[query_id] = None
+            while len(pending) > MAX_UNDELIVERED_RELEASES:  # the worker's TTL does the rest
+                del pending[next(iter(pending))]
+
+    def _check_run(self, run: _Run) -> None:
+        """Raise if the query was cancelled or lost a worker that runs some of its tasks."""
+        if run.cancelled.is_set():
+            raise QueryError(f"query {run.query_id} was cancelled")
+        with run.lock:
+            lost = [(url, why) for url, why in run.lost_workers.items() if url in run.workers()]
+        if lost:
+            url, reason = lost[0]
+            raise WorkerUnreachable(_lost_worker_message(run, url, reason), url)
+
+    def _healthy_workers(self) -> list[str]:
+        """Workers that are up; when none is, every worker is probed once more right now."""
+        healthy = self.worker_health.healthy()
+        if healthy:
+            return healthy
+        list(self._pool.map(self.worker_health.check, self.workers))
+        healthy = self.worker_health.healthy()
+        if not healthy:
+            reasons = "; ".join(f"{s.url}: {s.reason}" for s in self.worker_health.states())
+            raise WorkerUnreachable(f"no worker is reachable ({reasons})")
+        return healthy
+
+    def _place_and_submit(self, run: _Run) -> None:
+        """Place the tasks on healthy workers and submit them; a worker that turns out to be
+        unreachable is left out and the query placed again (nothing has run yet)."""
+        assert run.plan is not None
+        contexts = self._stage_contexts(run)
+        excluded: set[str] = set()
+        while True:
+            workers = [url for url in self._healthy_workers() if url not in excluded]
+            if not workers:
+                raise WorkerUnreachable(
+                    f"no reachable worker left for query {run.query_id} "
+                    f"(unreachable: {', '.join(sorted(excluded))})"
+                )
+            with run.lock:
+                run.placement = assign(run.plan, workers)
+            specs = task_specs(run.plan, run.query_id, run.placement, contexts)
+            try:
+                self._submit(specs)
+                return
+            except WorkerUnreachable as error:
+                if not error.url or error.url in excluded:
+                    raise
+                excluded.add(error.url)
+                log.warning(
+                    "query %s: worker %s unreachable while submitting, placing again: %s",
+                    run.query_id,
+                    error.url,
+                    error,
+                )
+                self._broadcast(run.query_id, ACTION_RELEASE_QUERY, run.workers() - excluded)
 
     # ---- spans ---------------------------------------------------------------------------
 
@@ -385,6 +544,8 @@ class Coordinator:
 
         def fetch(task: TaskRef) -> bool:
             url = run.placement[(task.stage_id, task.task_index)]
+            if not self.worker_health.is_up(url):
+                return False  # its spans went down with it
             body = encode_json(
                 {"query_id": run.query_id, "stage_id": task.stage_id, "task_index": task.task_index}
             )
@@ -411,14 +572,25 @@ class Coordinator:
     # ---- data ----------------------------------------------------------------------------
 
     def _submit(self, specs: list[TaskSpec]) -> None:
+        """Submit every task; wait for all answers (bounded), then raise the first failure,
+        an unreachable worker first, so that no submission is still in flight after it."""
         futures = [
             self._pool.submit(self._action, spec.worker_url, ACTION_SUBMIT_TASK, spec.to_json())
             for spec in specs
         ]
-        for future in futures:
-            future.result(timeout=self.config.rpc_timeout_s * 2)
+        _, pending = wait(futures, timeout=self.config.rpc_timeout_s * 2)
+        if pending:
+            raise QueryError(
+                f"submitting tasks timed out after {self.config.rpc_timeout_s * 2:.0f}s"
+            )
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        unreachable = [e for e in errors if isinstance(e, WorkerUnreachable)]
+        if unreachable or errors:
+            raise (unreachable or errors)[0]  # type: ignore[misc]
 
     def _read_root(self, run: _Run) -> pa.Table:
+        """Read the root stage's buckets, watching for cancellation, lost workers and the
+        query timeout while they arrive."""
         assert run.plan is not None
         root = run.plan.root
         deadline = time.monotonic() + self.config.query_timeout_s
@@ -427,15 +599,21 @@ class Coordinator:
             for t in range(root.task_count)
         ]
         futures = [self._pool.submit(self._read_source, run, source) for source in sources]
-        batches: list[pa.RecordBatch] = []
-        for future in futures:
-            remaining = max(0.0, deadline - time.monotonic())
-            try:
-                batches.extend(future.result(timeout=remaining))
-            except TimeoutError:
+        pending: Iterable[Future[list[pa.RecordBatch]]] = futures
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+            for future in done:
+                error = future.exception()
+                if error is not None:
+                    raise error
+            if not pending:
+                break  # every byte is here: a worker lost now no longer matters
+            self._check_run(run)
+            if pending and time.monotonic() > deadline:
                 raise QueryError(
                     f"query {run.query_id} timed out after {self.config.query_timeout_s:.0f}s"
-                ) from None
+                )
+        batches = [batch for future in futures for batch in future.result()]
         output = plain_schema(run.plan.output_schema)
         return pa.Table.from_batches([conform(b, output) for b in batches], schema=output)
 
@@ -445,49 +623,105 @@ class Coordinator:
         batches: list[pa.RecordBatch] = []
         try:
             for batch in read_bucket(
-                source, run.query_id, self.config.query_timeout_s, run.collector.add_message, stats
+                source,
+                run.query_id,
+                self.config.query_timeout_s,
+                run.collector.add_message,
+                stats,
+                security=self.security,
             ):
                 if run.cancelled.is_set():
                     raise QueryError(f"query {run.query_id} was cancelled")
+                with run.lock:
+                    run.result_bytes += batch.nbytes
+                    too_large = run.result_bytes > self.config.max_result_bytes
+                if too_large:
+                    raise QueryError(
+                        f"query {run.query_id}: the result exceeds the limit of "
+                        f"{self.config.max_result_bytes} bytes (max_result_bytes); "
+                        "add a LIMIT or raise the limit"
+                    )
                 batches.append(batch)
             return batches
         except flight.FlightUnavailableError:
-            raise WorkerUnreachable(f"worker {source.worker_url} is unreachable") from None
-        except flight.FlightError as error:
+            url = source.worker_url
+            self.worker_health.mark_down(url, "unreachable while the query read from it")
+            raise WorkerUnreachable(
+                f"stage {source.stage_id} task {source.task_index} on {url} failed: "
+                f"worker {url} is unreachable",
+                url,
+            ) from None
+        except REMOTE_ERRORS as error:
             raise QueryError(one_line(error)) from None
         finally:
             run.reads.append(read_record(source, stats, started, time.time_ns()))
 
     def _action(self, url: str, action: str, body: bytes, timeout_s: float | None = None) -> bytes:
-        client = client_for(url)
+        client = client_for(url, self.security)
         try:
             results = client.do_action(
                 flight.Action(action, body),
                 options=call_options(timeout_s or self.config.rpc_timeout_s),
             )
             return b"".join(r.body.to_pybytes() for r in results)
-        except (flight.FlightUnavailableError, flight.FlightTimedOutError):
-            raise WorkerUnreachable(f"worker {url} is unreachable") from None
-        except flight.FlightError as error:
+        except flight.FlightUnavailableError as error:
+            # gRPC's message ends with the cause ("... Failed to connect to remote host:
+            # Connection refused"): keep that, not the whole chain.
+            self.worker_health.mark_down(url, one_line(error, 300).rsplit(": ", 1)[-1])
+            raise WorkerUnreachable(f"worker {url} is unreachable", url) from None
+        except flight.FlightTimedOutError:
+            raise WorkerUnreachable(
+                f"worker {url} did not answer {action} in time", url, timed_out=True
+            ) from None
+        except REMOTE_ERRORS as error:
             raise QueryError(f"worker {url}: {one_line(error)}") from None
 
-    def _broadcast(self, query_id: str, action: str) -> None:
-        """Tell every worker about a query's end; failures are logged, never raised."""
+    def _broadcast(self, query_id: str, action: str, urls: Iterable[str]) -> None:
+        """Tell the query's workers about its end; failures are logged, never raised.
+        Workers that are down get a short timeout: they most likely will not answer."""
 
         def send(url: str) -> None:
+            up = self.worker_health.is_up(url)
+            timeout = self.config.rpc_timeout_s if up else self.config.health_timeout_s
             try:
-                self._action(url, action, encode_json({"query_id": query_id}))
+                self._action(url, action, encode_json({"query_id": query_id}), timeout)
             except QueryError as error:
                 log.info("%s for query %s not delivered: %s", action, query_id, error)
+                if action == ACTION_RELEASE_QUERY:  # delivered when the worker is back
+                    self._remember_release(url, query_id)
 
-        threads = [threading.Thread(target=send, args=(url,)) for url in self.config.workers]
+        threads = [threading.Thread(target=send, args=(url,), daemon=True) for url in set(urls)]
+        deadline = time.monotonic() + self.config.rpc_timeout_s + 1
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join(self.config.rpc_timeout_s)
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def health(self) -> list[dict[str, object]]:
-        return [json.loads(self._action(url, ACTION_HEALTH, b"")) for url in self.config.workers]
+        """Every worker's own health report, or why it is unreachable."""
+        reports: list[dict[str, object]] = []
+        for url in self.workers:
+            try:
+                report = json.loads(self._action(url, ACTION_HEALTH, b""))
+                reports.append({**report, "up": True})
+            except QueryError as error:
+                reports.append({"url": url, "up": False, "error": str(error)})
+        return reports
+
+
+def _lost_worker_message(run: _Run, url: str, reason: str) -> str:
+    """Name the lost worker's task nearest the root (the one most likely still running)."""
+    order = (
+        {stage.stage_id: index for index, stage in enumerate(run.plan.stages)} if run.plan else {}
+    )
+    tasks = sorted(
+        (key for key, worker in run.placement.items() if worker == url),
+        key=lambda key: (-order.get(key[0], 0), key[1]),
+    )
+    head = f"stage {tasks[0][0]} task {tasks[0][1]} on {url} failed: " if tasks else ""
+    others = ", ".join(f"stage {s} task {t}" for s, t in tasks[1:4])
+    more = f"; its other tasks: {others}" + (", ..." if len(tasks) > 4 else "") if others else ""
+    return f"{head}worker {url} is unreachable ({reason}){more}"
 
 
 def _planned_tasks(plan: DistributedPlan | None) -> set[TaskRef]:

@@ -1,4 +1,9 @@
-"""A local cluster: N worker processes on 127.0.0.1 and an in-process coordinator."""
+"""A local cluster: N worker processes on 127.0.0.1 and an in-process coordinator.
+
+The workers may read only the cluster's data folder (``--data-root``). With ``security``,
+they serve TLS with its certificate and require its token, which reaches them through their
+environment (``OTEL_DIST_AUTH_TOKEN``), never their command line.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,21 @@ from types import TracebackType
 
 import pyarrow as pa
 
-from otel_dist.coordinator.core import Coordinator, CoordinatorConfig, QueryResult
+from otel_dist.coordinator.core import (
+    DEFAULT_MAX_RESULT_BYTES,
+    DEFAULT_MAX_SQL_BYTES,
+    Coordinator,
+    CoordinatorConfig,
+    QueryResult,
+)
+from otel_dist.exchange.security import (
+    AUTH_TOKEN_ENV,
+    NO_SECURITY,
+    TLS_CA_ENV,
+    TLS_CERT_ENV,
+    TLS_KEY_ENV,
+    SecurityConfig,
+)
 from otel_dist.explain.statements import ExplainAnalysis, explain_analyze, run_sql
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.model import DistributedPlan
@@ -39,6 +58,11 @@ class LocalCluster:
         start_timeout_s: float = 30.0,
         env: dict[str, str] | None = None,
         metrics_ports: bool | Sequence[int] = False,
+        security: SecurityConfig | None = None,
+        max_sql_bytes: int = DEFAULT_MAX_SQL_BYTES,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        redact_sql: bool = False,
+        worker_args: Sequence[str] = (),
     ) -> None:
         """``env`` is the environment of the workers and of the coordinator's telemetry
         settings (the ``OTEL_*`` variables); it defaults to this process's environment.
@@ -48,7 +72,13 @@ class LocalCluster:
         worker, then optionally the coordinator's (0: a free port). ``metrics_urls`` lists the
         endpoints once started, the coordinator's first. When ``env`` selects the Prometheus
         exporter (``OTEL_METRICS_EXPORTER``), free ports are chosen too: processes on one host
-        cannot share ``OTEL_EXPORTER_PROMETHEUS_PORT``."""
+        cannot share ``OTEL_EXPORTER_PROMETHEUS_PORT``.
+
+        ``security`` turns on TLS and/or the shared-secret token between the coordinator and
+        the workers (default: neither). ``max_sql_bytes`` and ``max_result_bytes`` are the
+        coordinator's limits; ``redact_sql`` replaces literals in ``db.query.text`` (as
+        ``OTEL_DIST_REDACT_SQL=true`` does); ``worker_args`` are extra ``otel-dist worker``
+        options."""
         if workers < 1:
             raise ClusterError("a local cluster needs at least one worker")
         if metrics_ports is False and "prometheus" in MetricsConfig.from_env(env).exporters:
@@ -62,6 +92,11 @@ class LocalCluster:
         self.memory_budget_bytes = memory_budget_bytes
         self.start_timeout_s = start_timeout_s
         self.env = env
+        self.security = security or NO_SECURITY
+        self.max_sql_bytes = max_sql_bytes
+        self.max_result_bytes = max_result_bytes
+        self.redact_sql = redact_sql
+        self.worker_args = tuple(worker_args)
         self.worker_metrics_ports = ports[:workers] if ports else None
         self.coordinator_metrics_port = ports[workers] if ports else None
         self.processes: list[subprocess.Popen[str]] = []
@@ -98,7 +133,7 @@ class LocalCluster:
             self.worker_metrics_urls = [metrics for _, metrics in ready if metrics]
             telemetry, metrics = start_process_telemetry(
                 "otel-dist-coordinator",
-                self.env,
+                self._child_env(),
                 prometheus_port=self.coordinator_metrics_port,
                 prometheus_host="127.0.0.1",
             )
@@ -109,6 +144,9 @@ class LocalCluster:
                     data=self.data,
                     tasks_per_stage=self.tasks_per_stage,
                     target_partitions=self.target_partitions,
+                    max_sql_bytes=self.max_sql_bytes,
+                    max_result_bytes=self.max_result_bytes,
+                    security=self.security,
                 ),
                 telemetry,
                 metrics,
@@ -135,15 +173,40 @@ class LocalCluster:
             str(self.target_partitions),
             "--parent-pid",
             str(os.getpid()),
+            "--data-root",
+            self.data,
         ]
+        security = self.security
+        if security.tls_cert and security.tls_key:
+            command += ["--tls-cert", security.tls_cert, "--tls-key", security.tls_key]
+        if security.tls_ca:
+            command += ["--tls-ca", security.tls_ca]
+        if security.verify_client:
+            command.append("--tls-verify-client")
         if self.memory_budget_bytes is not None:
             command += ["--memory-budget", str(self.memory_budget_bytes)]
         if self.worker_metrics_ports is not None:
             command += ["--metrics-port", str(self.worker_metrics_ports[index])]
-        env = dict(os.environ if self.env is None else self.env)
+        command += self.worker_args
         return subprocess.Popen(
-            command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env
+            command,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=self._child_env(),
         )
+
+    def _child_env(self) -> dict[str, str]:
+        """The workers' environment (also the coordinator's telemetry settings): the given
+        one, with this cluster's security and redaction settings in place of any inherited."""
+        env = dict(os.environ if self.env is None else self.env)
+        for name in (AUTH_TOKEN_ENV, TLS_CERT_ENV, TLS_KEY_ENV, TLS_CA_ENV):
+            env.pop(name, None)
+        if self.security.token is not None:
+            env[AUTH_TOKEN_ENV] = self.security.token
+        if self.redact_sql:
+            env["OTEL_DIST_REDACT_SQL"] = "true"
+        return env
 
     @staticmethod
     def _await_ready(process: subprocess.Popen[str], deadline: float) -> tuple[str, str | None]:

@@ -4,30 +4,52 @@
 streams the statement's result (EXPLAIN statements return their plan text). With
 ``telemetry`` the stream ends, like a worker's, with a final message carrying every span of
 the query, so the client can build the EXPLAIN ANALYZE tree. The action
-``query_telemetry {query_id}`` returns the spans of a recent query, failed ones included.
+``query_telemetry {query_id}`` returns the spans of a recent query, failed ones included;
+``cancel_query {query_id}`` cancels a running one.
+
+A client that goes away (disconnects, hits its deadline, is interrupted) cancels its query on
+every worker: the statement runs on a separate thread while the call's handler watches
+``context.is_cancelled()``. Malformed tickets and refused statements are INVALID_ARGUMENT;
+with a token configured, calls without it are UNAUTHENTICATED.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from otel_dist.coordinator.core import Coordinator, QueryError
+from otel_dist.coordinator.core import Coordinator, QueryError, QueryRejected
+from otel_dist.errors import one_line
+from otel_dist.exchange.security import SecurityConfig, server_location, server_options
 from otel_dist.explain.recent import RecentQueries
 from otel_dist.explain.statements import run_sql
 from otel_dist.planner.catalog import CatalogError
 from otel_dist.planner.distribute import PlanningError
-from otel_dist.protocol import ProtocolError, decode_json_object
+from otel_dist.protocol import (
+    ACTION_CANCEL_QUERY,
+    ACTION_QUERY_TELEMETRY,
+    ProtocolError,
+    decode_json_object,
+    decode_query_id,
+    invalid_argument,
+    not_found,
+)
 from otel_dist.telemetry import envelope
 from otel_dist.telemetry.envelope import Envelope
 
 log = logging.getLogger(__name__)
 
-MAX_SQL_BYTES = 1 << 20
-ACTION_QUERY_TELEMETRY = "query_telemetry"
+__all__ = ["ACTION_QUERY_TELEMETRY", "CoordinatorServer"]
+
+WATCH_INTERVAL_S = 0.1
+_TICKET_OVERHEAD = 4096  # the JSON around the SQL text
 
 
 class CoordinatorServer(flight.FlightServerBase):
@@ -39,10 +61,13 @@ class CoordinatorServer(flight.FlightServerBase):
         host: str = "127.0.0.1",
         port: int = 0,
         recent: RecentQueries | None = None,
+        security: SecurityConfig | None = None,
     ) -> None:
-        super().__init__(location=f"grpc://{host}:{port}")
+        """``security`` defaults to the coordinator's own (same certificate and token)."""
+        security = coordinator.security if security is None else security
+        super().__init__(location=server_location(host, port, security), **server_options(security))
         self.coordinator = coordinator
-        self.url = f"grpc://{host}:{self.port}"
+        self.url = server_location(host, self.port, security)
         self.recent = recent or RecentQueries()
         if recent is None:
             coordinator.add_listener(self.recent)
@@ -50,45 +75,119 @@ class CoordinatorServer(flight.FlightServerBase):
     def do_get(
         self, context: flight.ServerCallContext, ticket: flight.Ticket
     ) -> flight.FlightDataStream:
+        query_id = ""
         try:
-            if len(ticket.ticket) > MAX_SQL_BYTES:
-                raise ProtocolError(f"query of {len(ticket.ticket)} bytes exceeds {MAX_SQL_BYTES}")
-            request = decode_json_object(ticket.ticket, "query ticket")
-            sql, query_id = request.get("sql"), request.get("query_id")
-            if not isinstance(sql, str) or not sql.strip():
-                raise ProtocolError("query ticket needs a non-empty 'sql' string")
-            if query_id is not None and not isinstance(query_id, str):
-                raise ProtocolError("query ticket's 'query_id' must be a string")
-            if not request.get("telemetry"):
-                return flight.RecordBatchStream(run_sql(self.coordinator, sql))
-            result = self.coordinator.execute(sql, query_id)
-        except (ProtocolError, PlanningError, CatalogError) as error:
-            raise flight.FlightServerError(f"invalid argument: {error}") from None
+            sql, query_id, telemetry = self._decode_ticket(ticket.ticket)
+            result = self._run_watched(context, sql, query_id, telemetry)
+        except (ProtocolError, PlanningError, CatalogError, QueryRejected) as error:
+            raise invalid_argument(one_line(error)) from None
         except QueryError as error:
             raise flight.FlightServerError(str(error)) from None
+        except flight.FlightError:
+            raise
+        except Exception as error:  # never a Python traceback to the client
+            log.warning("query %s failed", query_id, exc_info=True)
+            raise flight.FlightServerError(one_line(error)) from None
+        if isinstance(result, pa.Table):
+            return flight.GeneratorStream(result.schema, _stream(context, result, None))
         final = (
             envelope.encode(Envelope(result.query_id, (), result.telemetry.otlp))
             if result.telemetry is not None and result.telemetry.otlp is not None
             else None
         )
-        return flight.GeneratorStream(result.table.schema, _with_final(result.table, final))
+        return flight.GeneratorStream(result.table.schema, _stream(context, result.table, final))
+
+    def _decode_ticket(self, data: bytes) -> tuple[str, str, bool]:
+        limit = self.coordinator.config.max_sql_bytes * 6 + _TICKET_OVERHEAD  # JSON escapes
+        if len(data) > limit:
+            raise QueryRejected(
+                f"query ticket of {len(data)} bytes exceeds the SQL limit of "
+                f"{self.coordinator.config.max_sql_bytes} bytes (max_sql_bytes)"
+            )
+        request = decode_json_object(data, "query ticket")
+        sql, query_id = request.get("sql"), request.get("query_id")
+        if not isinstance(sql, str) or not sql.strip():
+            raise ProtocolError("query ticket needs a non-empty 'sql' string")
+        if query_id is not None and (not isinstance(query_id, str) or not query_id):
+            raise ProtocolError("query ticket's 'query_id' must be a non-empty string")
+        return sql, query_id or uuid.uuid4().hex, bool(request.get("telemetry"))
+
+    def _run_watched(
+        self, context: flight.ServerCallContext, sql: str, query_id: str, telemetry: bool
+    ) -> Any:
+        """Run the statement on its own thread; cancel it if the client goes away."""
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+        runner = _Named(self.coordinator, query_id)
+
+        def run() -> None:
+            try:
+                outcome["value"] = (
+                    self.coordinator.execute(sql, query_id) if telemetry else run_sql(runner, sql)
+                )
+            except BaseException as error:
+                outcome["error"] = error
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name=f"query-{query_id[:12]}", daemon=True).start()
+        while not done.wait(WATCH_INTERVAL_S):
+            if context.is_cancelled():
+                log.info("client of query %s went away: cancelling it", query_id)
+                threading.Thread(
+                    target=_cancel_until_done, args=(self.coordinator, query_id, done), daemon=True
+                ).start()
+                raise flight.FlightCancelledError(f"query {query_id} was cancelled by its client")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
 
     def do_action(
         self, context: flight.ServerCallContext, action: flight.Action
     ) -> Iterator[bytes]:
-        if action.type != ACTION_QUERY_TELEMETRY:
-            raise flight.FlightServerError(f"invalid argument: unknown action {action.type!r}")
+        body = action.body.to_pybytes() if action.body is not None else b""
         try:
-            query_id = decode_json_object(action.body.to_pybytes(), "action body").get("query_id")
+            if action.type == ACTION_CANCEL_QUERY:
+                cancelled = self.coordinator.cancel(decode_query_id(body))
+                return iter([json.dumps({"cancelled": cancelled}).encode()])
+            if action.type != ACTION_QUERY_TELEMETRY:
+                raise ProtocolError(f"unknown action {action.type[:100]!r}")
+            query_id = decode_query_id(body)
         except ProtocolError as error:
-            raise flight.FlightServerError(f"invalid argument: {error}") from None
-        query = self.recent.get(query_id) if isinstance(query_id, str) else None
+            raise invalid_argument(str(error)) from None
+        query = self.recent.get(query_id)
         if query is None or query.otlp is None:
-            raise flight.FlightServerError(f"not found: no telemetry for query {query_id}")
+            raise not_found(f"no telemetry for query {query_id[:100]}")
         return iter([envelope.encode(Envelope(query.query_id, (), query.otlp))])
 
 
-def _with_final(table: pa.Table, final: bytes | None) -> Iterator[object]:
-    yield from table.to_batches()
+class _Named:
+    """The coordinator, running every statement under one given query id."""
+
+    def __init__(self, coordinator: Coordinator, query_id: str) -> None:
+        self.coordinator = coordinator
+        self.query_id = query_id
+
+    def execute(self, sql: str, query_id: str | None = None) -> Any:
+        return self.coordinator.execute(sql, query_id or self.query_id)
+
+    def plan(self, sql: str) -> Any:
+        return self.coordinator.plan(sql)
+
+
+def _cancel_until_done(coordinator: Coordinator, query_id: str, done: threading.Event) -> None:
+    """Cancel the query; retried while it is still being planned (not yet cancellable)."""
+    for _ in range(600):  # bounded: a minute at most
+        if coordinator.cancel(query_id) or done.wait(WATCH_INTERVAL_S):
+            return
+
+
+def _stream(
+    context: flight.ServerCallContext, table: pa.Table, final: bytes | None
+) -> Iterator[object]:
+    for batch in table.to_batches():
+        if context.is_cancelled():
+            return
+        yield batch
     if final is not None:
         yield pa.RecordBatch.from_pylist([], schema=table.schema), pa.py_buffer(final)

@@ -1,22 +1,59 @@
-"""One shared ``pyarrow.flight`` client per remote location, with call options in one place."""
+"""One shared ``pyarrow.flight`` client per remote location and security settings, with call
+options and the errors a remote call can raise in one place.
+
+Clients reconnect quickly after their server came back (gRPC's reconnect backoff is capped
+at ``MAX_RECONNECT_BACKOFF_MS`` instead of its default two minutes), so a worker that
+restarts at the same address is usable again within about a second.
+"""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import threading
 
+import pyarrow as pa
 import pyarrow.flight as flight
 
-_clients: dict[str, flight.FlightClient] = {}
+from otel_dist.exchange.security import (
+    NO_SECURITY,
+    SecurityConfig,
+    client_options,
+    secure_url,
+)
+
+INITIAL_RECONNECT_BACKOFF_MS = 200
+MAX_RECONNECT_BACKOFF_MS = 1000
+
+# What a failed remote call raises: Flight errors, and Arrow errors for the gRPC codes Arrow
+# maps to its own statuses (INVALID_ARGUMENT is ``pa.ArrowInvalid``, NOT_FOUND a key error).
+REMOTE_ERRORS: tuple[type[BaseException], ...] = (flight.FlightError, pa.ArrowException)
+
+_clients: dict[tuple[str, SecurityConfig], flight.FlightClient] = {}
 _lock = threading.Lock()
 
 
-def client_for(location: str) -> flight.FlightClient:
+def new_client(location: str, security: SecurityConfig = NO_SECURITY) -> flight.FlightClient:
+    """A new client for a Flight location, with the process's TLS and token settings."""
+    return flight.FlightClient(
+        secure_url(location, security),
+        generic_options=[
+            ("grpc.initial_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
+            ("grpc.min_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
+            ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+        ],
+        **client_options(security),
+    )
+
+
+def client_for(location: str, security: SecurityConfig = NO_SECURITY) -> flight.FlightClient:
     """The process-wide client for a Flight location such as ``grpc://127.0.0.1:50051``."""
+    key = (location, security)
     with _lock:
-        client = _clients.get(location)
+        client = _clients.get(key)
         if client is None:
-            client = flight.FlightClient(location)
-            _clients[location] = client
+            client = new_client(location, security)
+            _clients[key] = client
         return client
 
 
@@ -28,8 +65,19 @@ def call_options(
 
 
 def forget(location: str) -> None:
-    """Drop a cached client, e.g. after its server went away."""
+    """Drop the cached clients of a location (they close once no call uses them)."""
     with _lock:
-        client = _clients.pop(location, None)
-    if client is not None:
-        client.close()
+        for key in [key for key in _clients if key[0] == location]:
+            del _clients[key]
+
+
+@atexit.register
+def close_all() -> None:
+    """Close every cached client while the interpreter is still whole (at exit), rather than
+    leave gRPC channels and Python middleware to be torn down in no particular order."""
+    with _lock:
+        clients = list(_clients.values())
+        _clients.clear()
+    for client in clients:
+        with contextlib.suppress(Exception):
+            client.close()

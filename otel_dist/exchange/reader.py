@@ -10,6 +10,7 @@ import pyarrow.flight as flight
 
 from otel_dist.exchange.clients import call_options, client_for
 from otel_dist.exchange.router import StreamStats, TelemetrySink, route
+from otel_dist.exchange.security import NO_SECURITY, SecurityConfig
 from otel_dist.protocol import BucketSource, BucketTicket
 from otel_dist.telemetry.task_spans import ReadRecord
 
@@ -21,10 +22,11 @@ def read_bucket(
     on_telemetry: TelemetrySink | None,
     stats: StreamStats,
     headers: dict[str, str] | None = None,
+    security: SecurityConfig = NO_SECURITY,
 ) -> Iterator[pa.RecordBatch]:
     """Stream one upstream bucket through the router."""
     ticket = BucketTicket(query_id, source.stage_id, source.task_index, source.bucket)
-    client = client_for(source.worker_url)
+    client = client_for(source.worker_url, security)
     reader = client.do_get(
         flight.Ticket(ticket.to_bytes()), options=call_options(timeout_s, headers)
     )

@@ -73,7 +73,7 @@ from opentelemetry.sdk.resources import Resource
 
 from otel_dist.telemetry import conventions as c
 from otel_dist.telemetry.otlp import SpanRecord
-from otel_dist.telemetry.setup import Telemetry, TelemetryConfig
+from otel_dist.telemetry.setup import SHUTDOWN_TIMEOUT_S, Telemetry, TelemetryConfig, bounded
 from otel_dist.telemetry.span_export import SpanExportStats, instrumented_telemetry
 from otel_dist.telemetry.task_spans import OperatorMetrics, ReadRecord
 
@@ -228,6 +228,7 @@ class Metrics:
         span_stats: SpanExportStats | None = None,
     ) -> None:
         self.config = config
+        self.span_stats = span_stats  # the process's span export counters, if spans export
         self.provider: MeterProvider | None = None
         self.prometheus_url: str | None = None
         self.meter: Meter = NoOpMeter("otel_dist")
@@ -296,13 +297,10 @@ class Metrics:
             log.warning("metrics flush failed", exc_info=True)
             return False
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
         provider, self.provider = self.provider, None
         if provider is not None:
-            try:
-                provider.shutdown()
-            except Exception:
-                log.warning("metrics shutdown failed", exc_info=True)
+            bounded(provider.shutdown, timeout_s, "metrics shutdown")
 
     def _process_instruments(self, span_stats: SpanExportStats | None) -> None:
         self.meter.create_observable_up_down_counter(

@@ -13,19 +13,24 @@ Read once when a coordinator or worker starts (nothing happens at import time):
 * ``OTEL_TRACES_SAMPLER`` and ``OTEL_TRACES_SAMPLER_ARG``. A span the sampler drops is still
   recorded (so EXPLAIN ANALYZE always works) but never exported.
 * ``OTEL_DIST_TELEMETRY_MAX_BYTES``: size limit of a task's in-band telemetry message.
-* ``OTEL_DIST_REDACT_SQL=true``: literals in ``db.query.text`` are replaced by ``?``.
+* ``OTEL_DIST_REDACT_SQL=true`` (or ``--redact-sql``): literals in ``db.query.text`` and in
+  stage SQL are replaced by ``?``, and operator spans show operator names only (DataFusion
+  prints predicate literals in its operator descriptions). Error messages are not redacted.
 
 Spans are exported by a ``BatchSpanProcessor``: a bounded queue and a background thread, so an
-exporter that is slow or down never blocks a query.
+exporter that is slow or down never blocks a query; each export is bounded by the OTLP timeout
+and shutting down waits at most ``SHUTDOWN_TIMEOUT_S`` for what is still queued.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
+import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from opentelemetry import trace
@@ -46,7 +51,31 @@ from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.types import Attributes
 
 DEFAULT_ENVELOPE_LIMIT = 1 << 20
+SHUTDOWN_TIMEOUT_S = 5.0
 _TRUE = {"1", "true", "yes", "on"}
+
+log = logging.getLogger(__name__)
+
+
+def bounded(action: Callable[[], object], timeout_s: float, what: str) -> bool:
+    """Run ``action`` on a daemon thread and wait at most ``timeout_s`` for it (exporters
+    talking to a collector that is down or slow must not hold a process's exit); False
+    when it did not finish in time or raised."""
+    outcome: list[bool] = []
+
+    def run() -> None:
+        try:
+            action()
+            outcome.append(True)
+        except Exception:
+            log.warning("%s failed", what, exc_info=True)
+
+    thread = threading.Thread(target=run, name=what, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        log.warning("%s did not finish within %.0fs; going on without it", what, timeout_s)
+    return bool(outcome)
 
 
 @dataclass(frozen=True)
@@ -151,9 +180,9 @@ class Telemetry:
     def flush(self, timeout_ms: int = 5000) -> bool:
         return self.provider.force_flush(timeout_ms) if self.provider is not None else True
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
         if self.provider is not None:
-            self.provider.shutdown()
+            bounded(self.provider.shutdown, timeout_s, "span export shutdown")
 
 
 class RecordDropped(Sampler):

@@ -7,6 +7,7 @@ building them costs nothing while data flows.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -104,6 +105,16 @@ def operator_metrics(plan: object) -> OperatorMetrics:
         min(starts, default=None),
         max(ends, default=None),
         children,
+    )
+
+
+def without_details(operator: OperatorMetrics) -> OperatorMetrics:
+    """The operator tree with each display reduced to the operator's name: DataFusion shows
+    literals of predicates there (``n_name@1 = SECRET``), so SQL redaction removes them."""
+    return dataclasses.replace(
+        operator,
+        display=operator.name,
+        children=[without_details(child) for child in operator.children],
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -9,19 +10,28 @@ import threading
 
 from otel_dist.worker.server import WorkerConfig, WorkerServer
 
+log = logging.getLogger(__name__)
+
 READY_PREFIX = "otel-dist worker listening on "
 METRICS_PREFIX = "otel-dist worker metrics on "
 
 
 def run_worker(config: WorkerConfig, parent_pid: int | None = None) -> None:
     """Serve until SIGTERM/SIGINT, or until the parent process (if given) goes away."""
+    if not config.data_roots:
+        log.warning("no --data-root given: tasks may read any parquet file this process can read")
     server = WorkerServer(config)
     stop = threading.Event()
 
     def shutdown(*_: object) -> None:
         if not stop.is_set():
             stop.set()
-            threading.Thread(target=server.shutdown, daemon=True).start()
+
+            def stop_serving() -> None:
+                server.begin_shutdown()
+                server.shutdown()
+
+            threading.Thread(target=stop_serving, daemon=True).start()
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)

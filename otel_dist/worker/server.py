@@ -1,4 +1,9 @@
-"""The worker: a Flight server that runs tasks and serves their output buckets via ``do_get``."""
+"""The worker: a Flight server that runs tasks and serves their output buckets via ``do_get``.
+
+It answers malformed input with INVALID_ARGUMENT, refuses tasks that name files outside its
+data roots (``data_roots``; none configured means no restriction, with a warning at start)
+with PERMISSION_DENIED, and with a token configured refuses every call without it.
+"""
 
 from __future__ import annotations
 
@@ -16,17 +21,29 @@ import pyarrow as pa
 import pyarrow.flight as flight
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from otel_dist.errors import one_line
+from otel_dist.exchange.security import (
+    NO_SECURITY,
+    SecurityConfig,
+    server_location,
+    server_options,
+)
 from otel_dist.protocol import (
     ACTION_CANCEL_QUERY,
     ACTION_GET_TASK_TELEMETRY,
     ACTION_HEALTH,
     ACTION_RELEASE_QUERY,
     ACTION_SUBMIT_TASK,
+    MAX_TICKET_BYTES,
     BucketTicket,
     ProtocolError,
     TaskKey,
     TaskSpec,
     decode_json_object,
+    decode_query_id,
+    invalid_argument,
+    not_found,
+    permission_denied,
 )
 from otel_dist.telemetry import envelope
 from otel_dist.telemetry.cache import TelemetryCache
@@ -54,6 +71,8 @@ class WorkerConfig:
     telemetry_cache_entries: int = 10_000
     spill_dir: str | None = None
     metrics_port: int | None = None  # Prometheus /metrics (0: a free port); None: env settings
+    data_roots: tuple[str, ...] = ()  # folders tasks may read; empty: no restriction
+    security: SecurityConfig = NO_SECURITY
 
 
 class WorkerServer(flight.FlightServerBase):
@@ -67,9 +86,13 @@ class WorkerServer(flight.FlightServerBase):
     ) -> None:
         """Spans and metrics default to the process environment's settings; a caller passing
         its own ``telemetry`` and no ``metrics`` gets no metrics."""
-        super().__init__(location=f"grpc://{config.host}:{config.port}")
+        super().__init__(
+            location=server_location(config.host, config.port, config.security),
+            **server_options(config.security),
+        )
         self.config = config
-        self.url = f"grpc://{config.host}:{self.port}"
+        self.url = server_location(config.host, self.port, config.security)
+        self.data_roots = _roots(config.data_roots)
         if telemetry is None:
             telemetry, default_metrics = start_process_telemetry(
                 "otel-dist-worker", prometheus_port=config.metrics_port, prometheus_host=config.host
@@ -111,26 +134,37 @@ class WorkerServer(flight.FlightServerBase):
     def do_action(
         self, context: flight.ServerCallContext, action: flight.Action
     ) -> Iterator[bytes]:
-        body = action.body.to_pybytes() if action.body is not None else b""
         try:
-            if action.type == ACTION_SUBMIT_TASK:
-                self.submit(TaskSpec.from_json(body))
-                return iter([b"{}"])
-            if action.type == ACTION_CANCEL_QUERY:
-                self.cancel_query(_query_id(body))
-                return iter([b"{}"])
-            if action.type == ACTION_RELEASE_QUERY:
-                self.release_query(_query_id(body))
-                return iter([b"{}"])
-            if action.type == ACTION_HEALTH:
-                return iter([json.dumps(self.health()).encode()])
-            if action.type == ACTION_GET_TASK_TELEMETRY:
-                return iter([self.task_telemetry(body)])
+            return iter([self._action(action)])
         except ProtocolError as error:
-            raise flight.FlightServerError(f"invalid argument: {error}") from None
-        raise flight.FlightServerError(f"invalid argument: unknown action {action.type!r}")
+            raise invalid_argument(str(error)) from None
+        except flight.FlightError:
+            raise
+        except Exception as error:  # never a Python traceback to the caller
+            log.warning("action %.40r failed", action.type, exc_info=True)
+            raise flight.FlightServerError(f"internal error: {one_line(error)}") from None
+
+    def _action(self, action: flight.Action) -> bytes:
+        body = action.body.to_pybytes() if action.body is not None else b""
+        if action.type == ACTION_SUBMIT_TASK:
+            self.submit(TaskSpec.from_json(body))
+            return b"{}"
+        if action.type == ACTION_CANCEL_QUERY:
+            self.cancel_query(decode_query_id(body))
+            return b"{}"
+        if action.type == ACTION_RELEASE_QUERY:
+            self.release_query(decode_query_id(body))
+            return b"{}"
+        if action.type == ACTION_HEALTH:
+            return json.dumps(self.health()).encode()
+        if action.type == ACTION_GET_TASK_TELEMETRY:
+            return self.task_telemetry(body)
+        raise ProtocolError(f"unknown action {action.type[:100]!r}")
 
     def submit(self, spec: TaskSpec) -> Task:
+        if self._stopping.is_set():
+            raise flight.FlightUnavailableError("unavailable: the worker is stopping")
+        self._check_paths(spec)
         settings = TaskSettings(
             worker_url=self.url,
             target_partitions=self.config.target_partitions,
@@ -140,6 +174,7 @@ class WorkerServer(flight.FlightServerBase):
             telemetry=self.telemetry,
             telemetry_cache=self.telemetry_cache,
             metrics=self.task_metrics,
+            security=self.config.security,
         )
         task = Task(spec, settings)
         with self._lock:
@@ -150,6 +185,20 @@ class WorkerServer(flight.FlightServerBase):
             self._lock.notify_all()
         task.start()
         return task
+
+    def _check_paths(self, spec: TaskSpec) -> None:
+        """Refuse a task that names a file outside the data roots. Paths are normalised
+        (``..`` removed, relative paths refused); symbolic links inside a root are trusted,
+        since only the operator can place them there."""
+        if not self.data_roots:
+            return
+        for task_input in spec.inputs:
+            for path in task_input.files:
+                if not os.path.isabs(path) or not _inside(os.path.normpath(path), self.data_roots):
+                    raise permission_denied(
+                        f"{spec.key} of query {spec.query_id} names {path[:300]}, "
+                        "outside the worker's data roots"
+                    )
 
     def cancel_query(self, query_id: str) -> None:
         for task in self._tasks_of(query_id):
@@ -165,6 +214,10 @@ class WorkerServer(flight.FlightServerBase):
 
     def task_telemetry(self, body: bytes) -> bytes:
         """The envelope of one task's own spans, waiting (bounded) for a task still running."""
+        if len(body) > MAX_TICKET_BYTES:
+            raise ProtocolError(
+                f"telemetry request of {len(body)} bytes exceeds {MAX_TICKET_BYTES}"
+            )
         request = decode_json_object(body, "telemetry request")
         query_id, stage_id, task_index = (
             request.get("query_id"),
@@ -182,9 +235,7 @@ class WorkerServer(flight.FlightServerBase):
             task.wait(self.config.telemetry_wait_s)
         payload = self.telemetry_cache.get(query_id, task_ref)
         if payload is None:
-            raise flight.FlightServerError(
-                f"not found: no telemetry for task {task_ref} of {query_id}"
-            )
+            raise not_found(f"no telemetry for task {task_ref} of {query_id[:100]}")
         spans = ExportTraceServiceRequest()
         spans.ParseFromString(payload)
         return envelope.encode(Envelope(query_id, (task_ref,), spans))
@@ -197,8 +248,12 @@ class WorkerServer(flight.FlightServerBase):
                 "pid": os.getpid(),
                 "tasks": len(self._tasks),
                 "running_tasks": running,
+                "queries": len(self._query_seen),
                 "memory_used_bytes": self.budget.used_bytes,
                 "spilled_bytes": self.budget.spilled_bytes,
+                "telemetry_cache_entries": len(self.telemetry_cache),
+                "telemetry_cache_limit": self.telemetry_cache.max_entries,
+                "threads": threading.active_count(),
             }
 
     def _running_tasks(self) -> int:
@@ -217,12 +272,10 @@ class WorkerServer(flight.FlightServerBase):
         try:
             request = BucketTicket.from_bytes(ticket.ticket)
         except ProtocolError as error:
-            raise flight.FlightServerError(f"invalid argument: {error}") from None
+            raise invalid_argument(str(error)) from None
         task = self._wait_for_task(request.task_key)
         if request.bucket >= len(task.buckets):
-            raise flight.FlightServerError(
-                f"invalid argument: bucket {request.bucket} out of range for {request.task_key}"
-            )
+            raise invalid_argument(f"bucket {request.bucket} out of range for {request.task_key}")
         bucket = task.buckets[request.bucket]
         return flight.GeneratorStream(bucket.schema, self._serve(task, bucket))
 
@@ -242,10 +295,12 @@ class WorkerServer(flight.FlightServerBase):
         deadline = time.monotonic() + self.config.task_wait_s
         with self._lock:
             while key not in self._tasks:
+                if self._stopping.is_set():
+                    raise flight.FlightUnavailableError("unavailable: the worker is stopping")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise flight.FlightServerError(f"not found: {key} of query {key.query_id}")
-                self._lock.wait(remaining)
+                    raise not_found(f"{key} of query {key.query_id[:100]}")
+                self._lock.wait(min(remaining, 1.0))
             self._query_seen[key.query_id] = time.monotonic()
             return self._tasks[key]
 
@@ -264,19 +319,33 @@ class WorkerServer(flight.FlightServerBase):
                 log.info("releasing expired query %s", query_id)
                 self.release_query(query_id)
 
-    def close_all(self) -> None:
+    def begin_shutdown(self) -> None:
+        """Stop taking work and drop every query, so that calls in progress (readers waiting
+        for data or for a task) end now and ``shutdown()`` does not wait for them."""
         self._stopping.set()
         with self._lock:
-            queries = list(self._query_seen)
+            queries = {key.query_id for key in self._tasks} | set(self._query_seen)
+            self._lock.notify_all()
         for query_id in queries:
             self.release_query(query_id)
+
+    def close_all(self) -> None:
+        self.begin_shutdown()
         shutil.rmtree(self._spill_root, ignore_errors=True)
         self.telemetry.shutdown()
         self.metrics.shutdown()
 
 
-def _query_id(body: bytes) -> str:
-    query_id = decode_json_object(body, "action body").get("query_id")
-    if not isinstance(query_id, str):
-        raise ProtocolError("action body needs a string query_id")
-    return query_id
+def _roots(folders: tuple[str, ...]) -> tuple[str, ...]:
+    """Each data root as given (made absolute) and resolved: the coordinator may name files
+    through either form."""
+    forms = (
+        form
+        for folder in folders
+        for form in (os.path.normpath(os.path.abspath(folder)), os.path.realpath(folder))
+    )
+    return tuple(dict.fromkeys(forms))
+
+
+def _inside(path: str, roots: tuple[str, ...]) -> bool:
+    return any(path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in roots)

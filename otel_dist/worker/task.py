@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from datafusion import SessionContext
+import pyarrow.flight as flight
+from datafusion import SessionContext, SQLOptions
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otel_dist.errors import one_line
 from otel_dist.exchange.reader import read_bucket, read_record
 from otel_dist.exchange.router import StreamStats
+from otel_dist.exchange.security import NO_SECURITY, SecurityConfig
 from otel_dist.protocol import ROW_ID_COLUMN, BucketSource, TaskInput, TaskSpec
 from otel_dist.session import conform, new_session
 from otel_dist.telemetry.cache import TelemetryCache
@@ -37,12 +39,16 @@ from otel_dist.telemetry.task_spans import (
     TaskRecord,
     operator_metrics,
     record_task_spans,
+    without_details,
 )
 from otel_dist.worker.buckets import Bucket, MemoryBudget
 
 log = logging.getLogger(__name__)
 
 HASH_SEED = 0x6F74656C
+# A task runs a query and nothing else: no DDL (CREATE EXTERNAL TABLE ... LOCATION reads any
+# path), no DML (COPY ... TO writes any path), no SET.
+QUERY_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
 _UPSTREAM_FAILURE = re.compile(r"^stage \d+ task \d+ on \S+ (failed|was cancelled)")
 
 
@@ -62,6 +68,7 @@ class TaskSettings:
     telemetry: Telemetry
     telemetry_cache: TelemetryCache
     metrics: WorkerMetrics | None = None
+    security: SecurityConfig = NO_SECURITY
 
 
 @dataclass
@@ -143,7 +150,7 @@ class Task:
             ctx = new_session(self.settings.target_partitions)
             for task_input in self.spec.inputs:
                 self._register(ctx, task_input)
-            plan = ctx.sql(self.spec.sql).execution_plan()
+            plan = ctx.sql_with_options(self.spec.sql, QUERY_ONLY).execution_plan()
             self._plan = plan
             self._execute(ctx, plan)
             self.state = "finished"
@@ -262,9 +269,25 @@ class Task:
                     self.collector.add_message,
                     read.stats,
                     self.spec.trace_context,
+                    self.settings.security,
                 ):
                     _put(merged, conform(batch, schema), self._cancel)
                 _put(merged, None, self._cancel)
+            except (flight.FlightUnavailableError, flight.FlightTimedOutError) as error:
+                # Name the upstream task and its worker: that is where the query failed.
+                reason = (
+                    "is unreachable"
+                    if isinstance(error, flight.FlightUnavailableError)
+                    else ("did not answer in time")
+                )
+                _put(
+                    merged,
+                    RuntimeError(
+                        f"stage {source.stage_id} task {source.task_index} on {source.worker_url} "
+                        f"failed: worker {source.worker_url} {reason}"
+                    ),
+                    self._cancel,
+                )
             except BaseException as error:
                 _put(merged, error, self._cancel)
             finally:
@@ -312,6 +335,8 @@ class Task:
                 reads=[read.record() for read in self.input_reads],
             )
             parent = TraceContextTextMapPropagator().extract(self.spec.trace_context)
+            if operators is not None and telemetry.config.redact_sql:
+                operators = without_details(operators)
             spans = record_task_spans(telemetry.tracer, parent, record, operators)
             if not spans:
                 return

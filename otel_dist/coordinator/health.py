@@ -1,0 +1,178 @@
+"""The coordinator's view of its workers' health, kept current by background probes.
+
+Every worker is probed with the ``health`` action every ``interval_s`` (one daemon thread per
+worker, each probe bounded by ``timeout_s``). A worker is *down* as soon as a probe or any
+other call finds it unreachable (connection refused or reset: a definite answer), or after
+``slow_probes`` probes in a row that time out (a hung process or host); it is *up* again at
+its first answered probe. Queries are placed on workers that are up; a listener hears of
+every worker that goes down so running queries with tasks there can fail at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+class ProbeFailed(Exception):
+    """A probe got no answer; ``definite`` when the worker is certainly not there."""
+
+    def __init__(self, reason: str, definite: bool) -> None:
+        super().__init__(reason)
+        self.definite = definite
+
+
+Probe = Callable[[str, float], None]  # (worker URL, timeout) -> None, or raises ProbeFailed
+DownListener = Callable[[str, str], None]  # (worker URL, reason)
+UpListener = Callable[[str], None]  # (worker URL), when a worker that was down answers again
+
+
+@dataclass
+class WorkerState:
+    """What the coordinator knows of one worker."""
+
+    url: str
+    up: bool = True
+    since: float = 0.0  # time.monotonic() of the last change
+    reason: str = ""  # why it is down
+    slow_probes: int = 0
+    last_probe: float | None = None
+    seen: bool = False  # answered at least once (a worker never reached is not "lost")
+
+
+class WorkerHealth:
+    """Tracks which workers are up; ``healthy()`` lists them in their configured order."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        probe: Probe,
+        interval_s: float = 1.0,
+        timeout_s: float = 2.0,
+        slow_probes: int = 3,
+    ) -> None:
+        self.urls = tuple(urls)
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.slow_probes = slow_probes
+        self._probe = probe
+        now = time.monotonic()
+        self._states = {url: WorkerState(url, since=now) for url in self.urls}
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._listeners: list[DownListener] = []
+        self._up_listeners: list[UpListener] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> WorkerHealth:
+        if self.interval_s > 0 and not self._threads:
+            for url in self.urls:
+                thread = threading.Thread(
+                    target=self._loop, args=(url,), name=f"health-{url}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.timeout_s + 1)
+        self._threads = []
+
+    def add_listener(self, listener: DownListener) -> None:
+        self._listeners.append(listener)
+
+    def add_up_listener(self, listener: UpListener) -> None:
+        self._up_listeners.append(listener)
+
+    def healthy(self) -> list[str]:
+        with self._lock:
+            return [url for url in self.urls if self._states[url].up]
+
+    def is_up(self, url: str) -> bool:
+        with self._lock:
+            state = self._states.get(url)
+            return state is None or state.up
+
+    def states(self) -> list[WorkerState]:
+        with self._lock:
+            return [WorkerState(**vars(self._states[url])) for url in self.urls]
+
+    def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait (bounded) until ``predicate`` holds after some change of state."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(min(remaining, 0.5))
+            return True
+
+    def mark_down(self, url: str, reason: str) -> None:
+        """A call found ``url`` unreachable: down now (its probes bring it back)."""
+        with self._lock:
+            state = self._states.get(url)
+            if state is None or not state.up:
+                return
+            state.up, state.since, state.reason = False, time.monotonic(), reason
+            seen = state.seen
+            self._changed.notify_all()
+        log.log(logging.WARNING if seen else logging.INFO, "worker %s is down: %s", url, reason)
+        for listener in list(self._listeners):
+            try:
+                listener(url, reason)
+            except Exception:
+                log.warning("worker-down listener failed", exc_info=True)
+
+    def mark_up(self, url: str) -> None:
+        with self._lock:
+            state = self._states.get(url)
+            if state is None:
+                return
+            state.slow_probes = 0
+            state.seen = True
+            if state.up:
+                return
+            state.up, state.since, state.reason = True, time.monotonic(), ""
+            self._changed.notify_all()
+        log.warning("worker %s is back", url)
+        for listener in list(self._up_listeners):
+            try:
+                listener(url)
+            except Exception:
+                log.warning("worker-up listener failed", exc_info=True)
+
+    def check(self, url: str) -> bool:
+        """Probe one worker now and update its state; True when it answered."""
+        try:
+            self._probe(url, self.timeout_s)
+        except ProbeFailed as failure:
+            with self._lock:
+                state = self._states[url]
+                state.last_probe = time.monotonic()
+                state.slow_probes = 0 if failure.definite else state.slow_probes + 1
+                down = failure.definite or state.slow_probes >= self.slow_probes
+            if down:
+                self.mark_down(url, str(failure))
+            return False
+        with self._lock:
+            self._states[url].last_probe = time.monotonic()
+        self.mark_up(url)
+        return True
+
+    def _loop(self, url: str) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.check(url)
+            except Exception:  # a probe bug must not end the monitoring
+                log.warning("health probe of %s failed", url, exc_info=True)
+            self._stop.wait(max(0.05, self.interval_s - (time.monotonic() - started)))
