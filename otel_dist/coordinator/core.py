@@ -173,6 +173,7 @@ class _Run:
     placement: dict[tuple[int, int], str] = field(default_factory=dict)
     stage_spans: dict[int, trace.Span] = field(default_factory=dict)
     reads: list[ReadRecord] = field(default_factory=list)
+    read_stats: list[StreamStats] = field(default_factory=list)
     cancelled: threading.Event = field(default_factory=threading.Event)
     lost_workers: dict[str, str] = field(default_factory=dict)  # url -> why it went down
     result_bytes: int = 0
@@ -470,6 +471,9 @@ class Coordinator:
         if not self.telemetry.enabled:
             run.query_span.end()
             return None
+        deadline = time.monotonic() + self.config.telemetry_fetch_timeout_s
+        for stats in run.read_stats:
+            stats.wait_for_telemetry(max(0.0, deadline - time.monotonic()))
         planned = _planned_tasks(run.plan)
         in_band = run.collector.tasks()
         fetched, lost = self._fetch_missing(run, planned - in_band)
@@ -619,6 +623,7 @@ class Coordinator:
 
     def _read_source(self, run: _Run, source: BucketSource) -> list[pa.RecordBatch]:
         stats = StreamStats()
+        run.read_stats.append(stats)
         started = time.time_ns()
         batches: list[pa.RecordBatch] = []
         try:

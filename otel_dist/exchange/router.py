@@ -9,12 +9,15 @@ fails never affects the data: the failure is counted and logged.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.flight as flight
+
+from otel_dist.telemetry.envelope import DATA_END
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,12 @@ class StreamStats:
     started_ns: int = 0
     first_batch_ns: int | None = None
     blocked_ns: int = 0
+    telemetry_drain: threading.Thread | None = None
+
+    def wait_for_telemetry(self, timeout_s: float) -> None:
+        """Wait (bounded) for the stream's telemetry after its data ended."""
+        if self.telemetry_drain is not None:
+            self.telemetry_drain.join(timeout_s)
 
 
 def route(
@@ -55,6 +64,15 @@ def route(
         data, metadata = chunk.data, chunk.app_metadata
         if metadata is not None and (data is None or data.num_rows == 0):
             payload = metadata.to_pybytes()
+            if payload == DATA_END:
+                stats.telemetry_drain = threading.Thread(
+                    target=_drain_telemetry,
+                    args=(reader, on_telemetry, stats),
+                    name="telemetry-drain",
+                    daemon=True,
+                )
+                stats.telemetry_drain.start()
+                return
             stats.telemetry_messages += 1
             stats.telemetry_bytes += len(payload)
             if on_telemetry is not None:
@@ -72,3 +90,15 @@ def route(
         stats.batches += 1
         stats.bytes += data.nbytes
         yield data
+
+
+def _drain_telemetry(
+    reader: flight.FlightStreamReader, on_telemetry: TelemetrySink | None, stats: StreamStats
+) -> None:
+    """Read what follows the data-end marker: telemetry only, never data."""
+    try:
+        for _ in route(reader, on_telemetry, stats):
+            log.warning("data after the data-end marker was ignored")
+    except Exception:
+        stats.telemetry_failures += 1
+        log.info("telemetry after the data ended was not received", exc_info=True)

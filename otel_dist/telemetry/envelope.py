@@ -16,6 +16,9 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 MAGIC = b"ODT\x01"
+# Sent right after a bucket's last data batch, before the (slower) telemetry message, so a
+# reader can stop waiting for data while the telemetry still arrives on the same stream.
+DATA_END = b"ODT\x00END"
 VERSION = 1
 MAX_HEADER_BYTES = 1 << 20
 _LENGTH = struct.Struct(">I")

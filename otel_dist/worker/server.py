@@ -47,7 +47,7 @@ from otel_dist.protocol import (
 )
 from otel_dist.telemetry import envelope
 from otel_dist.telemetry.cache import TelemetryCache
-from otel_dist.telemetry.envelope import Envelope, TaskRef
+from otel_dist.telemetry.envelope import DATA_END, Envelope, TaskRef
 from otel_dist.telemetry.metrics import Metrics, WorkerObservers, start_process_telemetry
 from otel_dist.telemetry.setup import Telemetry
 from otel_dist.worker.buckets import Bucket, BucketError, MemoryBudget
@@ -282,13 +282,18 @@ class WorkerServer(flight.FlightServerBase):
     def _serve(
         self, task: Task, bucket: Bucket
     ) -> Iterator[pa.RecordBatch | tuple[pa.RecordBatch, pa.Buffer]]:
-        """The bucket's batches, then the task's telemetry as a zero-row final message."""
+        """The bucket's batches, a data-end marker, then the task's telemetry as a zero-row
+        final message once it is recorded (which no reader's data waits for)."""
         try:
             yield from bucket.read(self.config.read_timeout_s)
         except BucketError as error:
             raise flight.FlightServerError(str(error)) from None
+        if not self.telemetry.enabled:
+            return
+        empty = pa.RecordBatch.from_pylist([], schema=bucket.schema)
+        yield empty, pa.py_buffer(DATA_END)
+        task.wait(self.config.telemetry_wait_s)
         if task.final_message is not None:
-            empty = pa.RecordBatch.from_pylist([], schema=bucket.schema)
             yield empty, pa.py_buffer(task.final_message)
 
     def _wait_for_task(self, key: TaskKey) -> Task:

@@ -46,6 +46,9 @@ from otel_dist.worker.buckets import Bucket, MemoryBudget
 log = logging.getLogger(__name__)
 
 HASH_SEED = 0x6F74656C
+# How long a finished task waits for its upstream tasks' telemetry before forwarding what it
+# has; what is missing then is fetched by the coordinator.
+UPSTREAM_TELEMETRY_WAIT_S = 5.0
 # A task runs a query and nothing else: no DDL (CREATE EXTERNAL TABLE ... LOCATION reads any
 # path), no DML (COPY ... TO writes any path), no SET.
 QUERY_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
@@ -169,12 +172,12 @@ class Task:
             if self.state == "failed":
                 log.warning("%s", self.error)
         self.ended_ns = time.time_ns()
-        self._record_telemetry()
         for bucket in self.buckets:
             if self.state == "finished":
                 bucket.finish()
             else:
                 bucket.fail(self.error or self.state)
+        self._record_telemetry()
         self._done.set()
         self._record_metrics()  # after the data is complete: never delays a reader
 
@@ -334,6 +337,9 @@ class Task:
                 output_bytes=self.bytes_out,
                 reads=[read.record() for read in self.input_reads],
             )
+            deadline = time.monotonic() + UPSTREAM_TELEMETRY_WAIT_S
+            for read in self.input_reads:
+                read.stats.wait_for_telemetry(max(0.0, deadline - time.monotonic()))
             parent = TraceContextTextMapPropagator().extract(self.spec.trace_context)
             if operators is not None and telemetry.config.redact_sql:
                 operators = without_details(operators)
