@@ -241,3 +241,44 @@ def test_telemetry_off_returns_the_same_rows(tpch_dir: Path) -> None:
         result = quiet.execute(sql)
     assert result.telemetry is None
     assert_same_rows(result.table, single_node(tpch_dir, sql), ordered=False)
+
+
+def test_relay_mode_re_exports_worker_spans_once(tpch_dir: Path) -> None:
+    """Workers that cannot reach a collector; the coordinator relays what they sent in-band."""
+    with OtlpReceiver() as collector:
+        env = _env(OTEL_TRACES_EXPORTER="none")
+        with LocalCluster(workers=2, data=tpch_dir, env=env) as isolated:
+            settings = {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
+                "OTEL_DIST_RELAY": "true",
+            }
+            coordinator = Coordinator(
+                CoordinatorConfig(workers=tuple(isolated.worker_urls), data=str(tpch_dir)),
+                Telemetry(TelemetryConfig.from_env("otel-dist-coordinator", settings)),
+            )
+            try:
+                result = coordinator.execute(tpch.query(6))
+                assert coordinator.relay is not None
+                coordinator.relay.flush()
+                coordinator.telemetry.flush()
+            finally:
+                coordinator.close()
+        assert result.telemetry is not None
+        planned = len(result.telemetry.planned_tasks)
+        spans = _query_spans(collector, result.query_id, len(result.telemetry.spans))
+    tasks = [s for s in spans if s.name == c.SPAN_TASK]
+    assert len(tasks) == planned, "every worker task span arrives, and only once"
+    assert {t.resource["service.name"] for t in tasks} == {"otel-dist-worker"}
+    assert len({s.span_id for s in spans}) == len(spans)
+
+
+def test_without_relay_nothing_is_exported_twice(
+    traced: LocalCluster, receiver: OtlpReceiver
+) -> None:
+    result = traced.execute(tpch.query(6))
+    assert result.telemetry is not None
+    traced.coordinator.telemetry.flush()
+    spans = _query_spans(receiver, result.query_id, len(result.telemetry.spans))
+    time.sleep(0.5)  # let any duplicate arrive
+    spans = [s for s in receiver.spans() if s.attributes.get(c.QUERY_ID) == result.query_id]
+    assert len({s.span_id for s in spans}) == len(spans) == len(result.telemetry.spans)

@@ -63,6 +63,7 @@ from otel_dist.telemetry.metrics import (
 )
 from otel_dist.telemetry.otlp import SpanRecord, span_records
 from otel_dist.telemetry.redaction import operation_name, redact_sql
+from otel_dist.telemetry.relay import SpanRelay
 from otel_dist.telemetry.setup import Telemetry
 from otel_dist.telemetry.task_spans import ReadRecord, record_read_span
 
@@ -209,6 +210,9 @@ class Coordinator:
             metrics = metrics or default_metrics
         self.telemetry = telemetry
         self.metrics = metrics or Metrics.off()
+        self.relay = (
+            SpanRelay(telemetry.config) if telemetry.enabled and telemetry.config.relay else None
+        )
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="coordinator")
         self._running: dict[str, _Run] = {}
         self._running_lock = threading.Lock()
@@ -330,6 +334,8 @@ class Coordinator:
         return self.execute(sql).table
 
     def close(self) -> None:
+        if self.relay is not None:
+            self.relay.shutdown()
         self.worker_health.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.telemetry.shutdown()
@@ -478,6 +484,8 @@ class Coordinator:
         in_band = run.collector.tasks()
         fetched, lost = self._fetch_missing(run, planned - in_band)
         worker_spans = run.collector.spans()
+        if self.relay is not None:
+            self.relay.submit(run.collector.request())
         task_ends: dict[int, int] = {}
         for span in worker_spans:
             if span.name == c.SPAN_TASK:

@@ -94,6 +94,7 @@ class TelemetryConfig:
     resource_attributes: str = ""
     envelope_limit_bytes: int = DEFAULT_ENVELOPE_LIMIT
     redact_sql: bool = False
+    relay: bool = False
 
     @staticmethod
     def from_env(
@@ -140,6 +141,7 @@ class TelemetryConfig:
                 _float(get("OTEL_DIST_TELEMETRY_MAX_BYTES"), DEFAULT_ENVELOPE_LIMIT)
             ),
             redact_sql=get("OTEL_DIST_REDACT_SQL").lower() in _TRUE,
+            relay=get("OTEL_DIST_RELAY").lower() in _TRUE,
         )
 
 

@@ -1,0 +1,104 @@
+"""The worker on its own: buckets read in any order, spilling past the memory budget, and
+queries dropped after their TTL when no coordinator releases them."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.flight as flight
+import pytest
+
+from otel_dist.coordinator.local import LocalCluster
+from otel_dist.coordinator.scheduler import assign, task_specs
+from otel_dist.exchange.router import route
+from otel_dist.planner.catalog import Catalog
+from otel_dist.planner.distribute import Planner, PlannerOptions
+from otel_dist.protocol import ACTION_HEALTH, BucketTicket
+from otel_dist.worker.server import WorkerConfig, WorkerServer
+from tests.oracle import assert_same_rows, single_node
+
+GROUPED = (
+    "select l_orderkey % 97 as k, count(*) as n, sum(l_quantity) as q from lineitem group by 1"
+)
+
+
+@pytest.fixture
+def worker(request: pytest.FixtureRequest) -> Iterator[WorkerServer]:
+    config: WorkerConfig = getattr(request, "param", WorkerConfig())
+    server = WorkerServer(config)
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.close_all()
+        server.shutdown()
+        thread.join(10)
+
+
+def _health(url: str) -> dict[str, object]:
+    client = flight.FlightClient(url)
+    try:
+        return json.loads(
+            next(iter(client.do_action(flight.Action(ACTION_HEALTH, b"")))).body.to_pybytes()
+        )
+    finally:
+        client.close()
+
+
+def _submit_leaf(worker: WorkerServer, data: Path, sql: str, buckets: int) -> list[BucketTicket]:
+    """Plan ``sql`` on one worker and submit its first (partial aggregate) stage only."""
+    plan = Planner(Catalog.from_folder(data), PlannerOptions(buckets)).plan(sql)
+    leaf = plan.stages[0]
+    placement = assign(plan, [worker.url])
+    specs = [s for s in task_specs(plan, "q-worker", placement) if s.stage_id == leaf.stage_id]
+    for spec in specs:
+        worker.submit(spec)
+    return [
+        BucketTicket("q-worker", leaf.stage_id, spec.task_index, bucket)
+        for spec in specs
+        for bucket in range(leaf.output.buckets)
+    ]
+
+
+@pytest.mark.parametrize("worker", [WorkerConfig(memory_budget_bytes=1)], indirect=True)
+def test_buckets_read_in_any_order_never_deadlock(worker: WorkerServer, tpch_dir: Path) -> None:
+    tickets = _submit_leaf(worker, tpch_dir, GROUPED, buckets=3)
+    client = flight.FlightClient(worker.url)
+    rows = 0
+    try:
+        for ticket in sorted(tickets, key=lambda t: (-t.bucket, -t.task_index)):
+            reader = client.do_get(
+                flight.Ticket(ticket.to_bytes()), options=flight.FlightCallOptions(timeout=60)
+            )
+            rows += sum(batch.num_rows for batch in route(reader, None))
+    finally:
+        client.close()
+    assert rows > 0
+    health = _health(worker.url)
+    assert health["spilled_bytes"] > 0, "a one-byte budget spills every batch"  # type: ignore[operator]
+
+
+def test_spilling_cluster_returns_the_same_rows(tpch_dir: Path) -> None:
+    scan = "select l_orderkey, l_linenumber, l_comment from lineitem where l_quantity > 10"
+    with LocalCluster(workers=2, data=tpch_dir, memory_budget_bytes=64 * 1024) as small:
+        table = small.sql(scan)
+        healths = [_health(url) for url in small.worker_urls]
+    assert_same_rows(table, single_node(tpch_dir, scan), ordered=False)
+    assert sum(h["spilled_bytes"] for h in healths) > 0  # type: ignore[misc]
+    assert all(h["memory_used_bytes"] == 0 for h in healths), "released queries free memory"
+
+
+@pytest.mark.parametrize("worker", [WorkerConfig(query_ttl_s=1.0)], indirect=True)
+def test_unreleased_queries_expire_after_their_ttl(worker: WorkerServer, tpch_dir: Path) -> None:
+    _submit_leaf(worker, tpch_dir, GROUPED, buckets=2)
+    assert _health(worker.url)["tasks"] > 0  # type: ignore[operator]
+    deadline = time.monotonic() + 15
+    while _health(worker.url)["tasks"] != 0:
+        assert time.monotonic() < deadline, "the query was never expired"
+        time.sleep(0.2)
+    assert _health(worker.url)["memory_used_bytes"] == 0
