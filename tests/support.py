@@ -3,6 +3,7 @@ worker processes started by hand, process resource readings and Prometheus scrap
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -68,6 +69,28 @@ def start_worker(
             return process, line[len(READY_PREFIX) :].strip()
     stop(process)
     raise AssertionError("worker did not start in time")
+
+
+@contextlib.contextmanager
+def remote_cluster(
+    data: Path, env: dict[str, str] | None = None, timeout: float = 30
+) -> Iterator[tuple[str, str]]:
+    """An ``otel-dist worker`` and an ``otel-dist coordinator`` process over it, as on two
+    hosts; yields the coordinator's URL and the worker's, and stops both."""
+    worker, worker_url = start_worker("--port", "0", env=env, timeout=timeout)
+    coordinator = subprocess.Popen(
+        [*CLI, "coordinator", "--port", "0", "--workers", worker_url, "--data", str(data)],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        assert coordinator.stdout is not None
+        yield coordinator.stdout.readline().split()[-1], worker_url
+    finally:
+        stop(coordinator)
+        stop(worker)
 
 
 def stop(process: subprocess.Popen[str], timeout: float = 10) -> tuple[str, str]:

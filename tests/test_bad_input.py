@@ -3,12 +3,13 @@ no hang and no worker process left behind."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support import remote_cluster
 
 CLI = [sys.executable, "-m", "otel_dist.cli"]
 
@@ -120,24 +121,7 @@ def test_local_prints_q1(tpch_dir: Path) -> None:
 
 def test_worker_coordinator_query_across_processes(tpch_dir: Path) -> None:
     """The multi-host commands, here all on 127.0.0.1."""
-    env = dict(os.environ)
-    processes: list[subprocess.Popen[str]] = []
-    try:
-        worker = subprocess.Popen(
-            [*CLI, "worker", "--port", "0"], stdout=subprocess.PIPE, text=True, env=env
-        )
-        processes.append(worker)
-        assert worker.stdout is not None
-        worker_url = worker.stdout.readline().split()[-1]
-        coordinator = subprocess.Popen(
-            [*CLI, "coordinator", "--port", "0", "--workers", worker_url, "--data", str(tpch_dir)],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        processes.append(coordinator)
-        assert coordinator.stdout is not None
-        coordinator_url = coordinator.stdout.readline().split()[-1]
+    with remote_cluster(tpch_dir) as (coordinator_url, _):
         result = run_cli(
             "query", "--coordinator", coordinator_url, "-e", "select count(*) as n from region"
         )
@@ -145,7 +129,3 @@ def test_worker_coordinator_query_across_processes(tpch_dir: Path) -> None:
         assert "5" in result.stdout
         bad = run_cli("query", "--coordinator", coordinator_url, "-e", "select * from nope")
         assert_one_line_error(bad, "nope")
-    finally:
-        for process in processes:
-            process.terminate()
-            process.wait(timeout=10)

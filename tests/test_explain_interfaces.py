@@ -23,6 +23,7 @@ from otel_dist.explain.statements import explain_analyze
 from otel_dist.explain.web import QueryPagesServer
 from otel_dist.logs import JsonFormatter
 from otel_dist.testing.otlp_receiver import OtlpReceiver
+from tests.support import remote_cluster
 
 CLI = [sys.executable, "-m", "otel_dist.cli"]
 FAILING_SQL = "select l_orderkey / (l_linenumber - l_linenumber) as boom from lineitem"
@@ -146,7 +147,7 @@ def test_local_cli_explain_outputs(tpch_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def remote_coordinator(tpch_dir: Path, tmp_path: Path) -> Iterator[tuple[str, OtlpReceiver]]:
+def remote_coordinator(tpch_dir: Path) -> Iterator[tuple[str, OtlpReceiver]]:
     """A worker and a coordinator as separate processes exporting to a real OTLP receiver."""
     with OtlpReceiver() as receiver:
         env = {
@@ -154,25 +155,8 @@ def remote_coordinator(tpch_dir: Path, tmp_path: Path) -> Iterator[tuple[str, Ot
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
             "OTEL_BSP_SCHEDULE_DELAY": "100",
         }
-        processes: list[subprocess.Popen[str]] = []
-        try:
-            worker = subprocess.Popen(
-                [*CLI, "worker", "--port", "0"], stdout=subprocess.PIPE, text=True, env=env
-            )
-            processes.append(worker)
-            assert worker.stdout is not None
-            worker_url = worker.stdout.readline().split()[-1]
-            coordinator = subprocess.Popen(
-                [*CLI, "coordinator", "--port", "0", "--workers", worker_url, "--data", str(tpch_dir)],
-                stdout=subprocess.PIPE, text=True, env=env,
-            )  # fmt: skip
-            processes.append(coordinator)
-            assert coordinator.stdout is not None
-            yield coordinator.stdout.readline().split()[-1], receiver
-        finally:
-            for process in processes:
-                process.terminate()
-                process.wait(timeout=15)
+        with remote_cluster(tpch_dir, env) as (coordinator_url, _):
+            yield coordinator_url, receiver
 
 
 def test_query_cli_explain_and_trace_file_round_trip(

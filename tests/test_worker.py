@@ -3,7 +3,6 @@ queries dropped after their TTL when no coordinator releases them."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -17,9 +16,10 @@ from otel_dist.coordinator.scheduler import assign, task_specs
 from otel_dist.exchange.router import route
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.distribute import Planner, PlannerOptions
-from otel_dist.protocol import ACTION_HEALTH, BucketTicket
+from otel_dist.protocol import BucketTicket
 from otel_dist.worker.server import WorkerConfig, WorkerServer
 from tests.oracle import assert_same_rows, single_node
+from tests.support import worker_health
 
 GROUPED = (
     "select l_orderkey % 97 as k, count(*) as n, sum(l_quantity) as q from lineitem group by 1"
@@ -38,16 +38,6 @@ def worker(request: pytest.FixtureRequest) -> Iterator[WorkerServer]:
         server.close_all()
         server.shutdown()
         thread.join(10)
-
-
-def _health(url: str) -> dict[str, object]:
-    client = flight.FlightClient(url)
-    try:
-        return json.loads(
-            next(iter(client.do_action(flight.Action(ACTION_HEALTH, b"")))).body.to_pybytes()
-        )
-    finally:
-        client.close()
 
 
 def _submit_leaf(worker: WorkerServer, data: Path, sql: str, buckets: int) -> list[BucketTicket]:
@@ -79,7 +69,7 @@ def test_buckets_read_in_any_order_never_deadlock(worker: WorkerServer, tpch_dir
     finally:
         client.close()
     assert rows > 0
-    health = _health(worker.url)
+    health = worker_health(worker.url)
     assert health["spilled_bytes"] > 0, "a one-byte budget spills every batch"  # type: ignore[operator]
 
 
@@ -87,7 +77,7 @@ def test_spilling_cluster_returns_the_same_rows(tpch_dir: Path) -> None:
     scan = "select l_orderkey, l_linenumber, l_comment from lineitem where l_quantity > 10"
     with LocalCluster(workers=2, data=tpch_dir, memory_budget_bytes=64 * 1024) as small:
         table = small.sql(scan)
-        healths = [_health(url) for url in small.worker_urls]
+        healths = [worker_health(url) for url in small.worker_urls]
     assert_same_rows(table, single_node(tpch_dir, scan), ordered=False)
     assert sum(h["spilled_bytes"] for h in healths) > 0  # type: ignore[misc]
     assert all(h["memory_used_bytes"] == 0 for h in healths), "released queries free memory"
@@ -96,9 +86,9 @@ def test_spilling_cluster_returns_the_same_rows(tpch_dir: Path) -> None:
 @pytest.mark.parametrize("worker", [WorkerConfig(query_ttl_s=1.0)], indirect=True)
 def test_unreleased_queries_expire_after_their_ttl(worker: WorkerServer, tpch_dir: Path) -> None:
     _submit_leaf(worker, tpch_dir, GROUPED, buckets=2)
-    assert _health(worker.url)["tasks"] > 0  # type: ignore[operator]
+    assert worker_health(worker.url)["tasks"] > 0  # type: ignore[operator]
     deadline = time.monotonic() + 15
-    while _health(worker.url)["tasks"] != 0:
+    while worker_health(worker.url)["tasks"] != 0:
         assert time.monotonic() < deadline, "the query was never expired"
         time.sleep(0.2)
-    assert _health(worker.url)["memory_used_bytes"] == 0
+    assert worker_health(worker.url)["memory_used_bytes"] == 0
