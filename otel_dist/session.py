@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import pyarrow as pa
-from datafusion import SessionConfig, SessionContext
+from datafusion import SessionConfig, SessionContext, SQLOptions
 
 DEFAULT_TARGET_PARTITIONS = 2
+
+# Only queries run anywhere: DDL would change a session (CREATE EXTERNAL TABLE ... LOCATION
+# '/etc/passwd'), DML and COPY would write files.
+QUERY_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
 
 
 def new_session(target_partitions: int = DEFAULT_TARGET_PARTITIONS) -> SessionContext:

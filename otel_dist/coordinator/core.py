@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import time
 import uuid
@@ -23,7 +22,6 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.flight as flight
-from datafusion import SQLOptions
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -39,7 +37,7 @@ from otel_dist.exchange.reader import read_bucket, read_record
 from otel_dist.exchange.router import StreamStats
 from otel_dist.exchange.security import NO_SECURITY, SecurityConfig, secure_url
 from otel_dist.planner.catalog import Catalog
-from otel_dist.planner.distribute import Planner, PlannerOptions
+from otel_dist.planner.distribute import NotAQuery, Planner, PlannerOptions
 from otel_dist.planner.model import DistributedPlan
 from otel_dist.protocol import (
     ACTION_CANCEL_QUERY,
@@ -72,8 +70,6 @@ log = logging.getLogger(__name__)
 MAX_UNDELIVERED_RELEASES = 10_000
 DEFAULT_MAX_SQL_BYTES = 1 << 20
 DEFAULT_MAX_RESULT_BYTES = 2 << 30
-_QUERY_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
-_NOT_A_QUERY = re.compile(r"(DDL|DML|Statement) not supported: (.*)")
 
 
 class QueryError(RuntimeError):
@@ -203,8 +199,6 @@ class Coordinator:
         self.catalog = Catalog.from_folder(config.data)
         tasks = config.tasks_per_stage or len(config.workers)
         self.planner = Planner(self.catalog, PlannerOptions(tasks, config.target_partitions))
-        self._validator = self.catalog.session(config.target_partitions)
-        self._validator_lock = threading.Lock()
         if telemetry is None:
             telemetry, default_metrics = start_process_telemetry("otel-dist-coordinator")
             metrics = metrics or default_metrics
@@ -240,16 +234,9 @@ class Coordinator:
                 f"{self.config.max_sql_bytes} bytes (max_sql_bytes)"
             )
         try:
-            with self._validator_lock:
-                self._validator.sql_with_options(sql, _QUERY_ONLY)
-        except Exception as error:  # other errors are the planner's to report, in its words
-            refused = _NOT_A_QUERY.search(str(error))
-            if refused:
-                raise QueryRejected(
-                    f"only queries can run here: {refused.group(1)} statements are not "
-                    f"allowed ({refused.group(2).strip()[:100]})"
-                ) from None
-        return self.planner.plan(sql)
+            return self.planner.plan(sql)
+        except NotAQuery as error:
+            raise QueryRejected(str(error)) from None
 
     def cancel(self, query_id: str) -> bool:
         """Cancel a running query on every worker; False when it is not running here."""

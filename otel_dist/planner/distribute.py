@@ -31,11 +31,18 @@ from otel_dist.errors import one_line
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.model import DistributedPlan, FileScan, Stage, StageInput
 from otel_dist.protocol import ROW_ID_COLUMN, OutputPartitioning
-from otel_dist.session import new_session, plain_schema
+from otel_dist.session import QUERY_ONLY, new_session, plain_schema
 
 
 class PlanningError(ValueError):
     """The SQL cannot be planned (syntax, unknown table or column, unsupported statement)."""
+
+
+class NotAQuery(PlanningError):
+    """The SQL is DDL, DML or another statement, not a query: nothing else runs here."""
+
+
+_NOT_A_QUERY = re.compile(r"(DDL|DML|Statement) not supported: (.*)")
 
 
 class _NotDistributable(Exception):
@@ -94,10 +101,16 @@ class Planner:
     def plan(self, sql: str) -> DistributedPlan:
         ctx = self.catalog.session(self.options.target_partitions)
         try:
-            frame = ctx.sql(sql)
+            frame = ctx.sql_with_options(sql, QUERY_ONLY)
             logical = frame.optimized_logical_plan()
             output_schema = frame.schema()
         except Exception as error:  # DataFusion raises plain Exceptions for bad SQL
+            refused = _NOT_A_QUERY.search(str(error))
+            if refused:
+                raise NotAQuery(
+                    f"only queries can run here: {refused.group(1)} statements are not "
+                    f"allowed ({refused.group(2).strip()[:100]})"
+                ) from None
             raise PlanningError(one_line(error)) from None
         builder = _StageBuilder(self, ctx)
         try:

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.flight as flight
-from datafusion import SessionContext, SQLOptions
+from datafusion import SessionContext
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -27,7 +27,7 @@ from otel_dist.exchange.reader import read_bucket, read_record
 from otel_dist.exchange.router import StreamStats
 from otel_dist.exchange.security import NO_SECURITY, SecurityConfig
 from otel_dist.protocol import ROW_ID_COLUMN, BucketSource, TaskInput, TaskSpec
-from otel_dist.session import conform, new_session
+from otel_dist.session import QUERY_ONLY, conform, new_session
 from otel_dist.telemetry.cache import TelemetryCache
 from otel_dist.telemetry.collector import SpanCollector
 from otel_dist.telemetry.envelope import TaskRef
@@ -49,9 +49,6 @@ HASH_SEED = 0x6F74656C
 # How long a finished task waits for its upstream tasks' telemetry before forwarding what it
 # has; what is missing then is fetched by the coordinator.
 UPSTREAM_TELEMETRY_WAIT_S = 5.0
-# A task runs a query and nothing else: no DDL (CREATE EXTERNAL TABLE ... LOCATION reads any
-# path), no DML (COPY ... TO writes any path), no SET.
-QUERY_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
 _UPSTREAM_FAILURE = re.compile(r"^stage \d+ task \d+ on \S+ (failed|was cancelled)")
 
 
