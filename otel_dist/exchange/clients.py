@@ -64,13 +64,6 @@ def call_options(
     return flight.FlightCallOptions(timeout=timeout_s, headers=encoded)
 
 
-def forget(location: str) -> None:
-    """Drop the cached clients of a location (they close once no call uses them)."""
-    with _lock:
-        for key in [key for key in _clients if key[0] == location]:
-            del _clients[key]
-
-
 @atexit.register
 def close_all() -> None:
     """Close every cached client while the interpreter is still whole (at exit), rather than

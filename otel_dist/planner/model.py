@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -39,7 +39,6 @@ class Stage:
     file_scan: FileScan | None = None
     inputs: tuple[StageInput, ...] = ()
     fallback_reason: str | None = None
-    operators: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def is_fallback(self) -> bool:

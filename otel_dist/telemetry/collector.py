@@ -62,9 +62,6 @@ class SpanCollector:
                 self.truncated += 1
         self._add_request(received.tasks, received.request)
 
-    def add_task_request(self, task: TaskRef, request: ExportTraceServiceRequest) -> None:
-        self._add_request((task,), request)
-
     def add_own_request(self, request: ExportTraceServiceRequest) -> None:
         """Spans of the collecting process itself (the coordinator's query and stage spans)."""
         self._add_request((), request)
