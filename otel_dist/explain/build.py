@@ -381,10 +381,13 @@ def _node_order(read: ReadNode) -> tuple[int, int, int]:
 def _operator_trees(
     index: _SpanIndex, spans: Sequence[SpanRecord], parent_path: str
 ) -> list[OperatorNode]:
-    operators = sorted(
-        (s for s in spans if c.OPERATOR_PATH in s.attributes or c.OPERATOR_NAME in s.attributes),
-        key=lambda s: (path_key(_str(s.attributes.get(c.OPERATOR_PATH)) or ""), s.start_ns),
-    )
+    operators = [
+        s for s in spans if c.OPERATOR_PATH in s.attributes or c.OPERATOR_NAME in s.attributes
+    ]
+    if len(operators) > 1:  # most operators have one child: skip parsing paths to sort
+        operators.sort(
+            key=lambda s: (path_key(_str(s.attributes.get(c.OPERATOR_PATH)) or ""), s.start_ns)
+        )
     nodes: list[OperatorNode] = []
     for position, span in enumerate(operators):
         fallback_path = f"{parent_path}.{position}" if parent_path else str(position)
