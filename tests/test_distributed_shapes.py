@@ -37,6 +37,51 @@ SHAPES = {
     ),
     "order_by_hidden_column": "select c_name from customer order by c_acctbal desc, c_custkey limit 3",
     "count_distinct_falls_back": "select count(distinct l_suppkey) from lineitem",
+    "left_join_null_extended": (
+        "select c_custkey, c_name, o_orderkey from customer left join orders"
+        " on c_custkey = o_custkey and o_totalprice > 400000"
+    ),
+    "left_join_counts_unmatched": (
+        "select count(*) as n, count(o_orderkey) as matched from customer"
+        " left join orders on c_custkey = o_custkey"
+    ),
+    "right_join": (
+        "select n_name, r_name from nation right join region on n_regionkey = r_regionkey"
+        " and n_name like 'A%'"
+    ),
+    "anti_join": (
+        "select c_custkey from customer where not exists"
+        " (select 1 from orders where o_custkey = c_custkey)"
+    ),
+    "semi_join_aggregate": (
+        "select o_orderpriority, count(*) as n from orders where exists (select 1 from lineitem"
+        " where l_orderkey = o_orderkey and l_commitdate < l_receiptdate) group by 1"
+    ),
+    "self_join": (
+        "select a.n_name, b.n_name as other from nation a join nation b"
+        " on a.n_regionkey = b.n_regionkey and a.n_nationkey < b.n_nationkey"
+    ),
+    "join_grouped_by_two_tables": (
+        "select n_name, o_orderstatus, count(*) as n, sum(o_totalprice) as total"
+        " from orders join customer on o_custkey = c_custkey"
+        " join nation on c_nationkey = n_nationkey group by n_name, o_orderstatus"
+        " order by total desc limit 10"
+    ),
+    "window_rank": (
+        "select o_custkey, o_orderkey, rank() over (partition by o_custkey"
+        " order by o_totalprice desc, o_orderkey) as r from orders where o_custkey < 200"
+    ),
+    "window_running_sum": (
+        "select o_orderkey, sum(o_totalprice) over (order by o_orderkey) as running"
+        " from orders where o_orderkey < 2000"
+    ),
+    "union_all": ("select n_name as name from nation union all select r_name from region"),
+    "union_distinct": "select n_regionkey as k from nation union select r_regionkey from region",
+    "empty_result": "select * from orders where o_totalprice < 0",
+    "empty_join_aggregate": (
+        "select c_mktsegment, count(*) from customer join orders on c_custkey = o_custkey"
+        " where o_totalprice < 0 group by c_mktsegment"
+    ),
     "grouped_nulls": (
         "select case when o_orderkey % 3 = 0 then null else o_orderstatus end s, count(*) c"
         " from orders group by 1"
@@ -52,6 +97,8 @@ def test_shape_matches_single_node(cluster: LocalCluster, tpch_dir: Path, name: 
 
 def test_limit_without_order_returns_requested_row_count(cluster: LocalCluster) -> None:
     assert cluster.sql("select l_orderkey from lineitem limit 17").num_rows == 17
+    joined = "select c_name, o_orderkey from customer join orders on c_custkey = o_custkey limit 13"
+    assert cluster.sql(joined).num_rows == 13
 
 
 @pytest.mark.parametrize("number", [1, 6])
