@@ -36,7 +36,11 @@ SHAPES = {
         "select c_custkey, c_name from customer order by c_custkey desc limit 4 offset 3"
     ),
     "order_by_hidden_column": "select c_name from customer order by c_acctbal desc, c_custkey limit 3",
-    "count_distinct_falls_back": "select count(distinct l_suppkey) from lineitem",
+    "count_distinct_grouped": (
+        "select l_returnflag, count(distinct l_suppkey) as n, sum(l_quantity) as q"
+        " from lineitem group by 1 order by n desc, l_returnflag"
+    ),
+    "count_distinct": "select count(distinct l_suppkey) from lineitem",
     "left_join_null_extended": (
         "select c_custkey, c_name, o_orderkey from customer left join orders"
         " on c_custkey = o_custkey and o_totalprice > 400000"
@@ -120,9 +124,23 @@ def test_grouped_aggregate_shuffles_into_parallel_final_tasks(cluster: LocalClus
 
 
 def test_fallback_is_marked_with_its_reason(cluster: LocalCluster) -> None:
-    plan = cluster.plan(SHAPES["count_distinct_falls_back"])
+    plan = cluster.plan(SHAPES["window_rank"])
     assert plan.strategy == "fallback"
     assert plan.root.task_count == 1
-    # DataFusion rewrites COUNT(DISTINCT) into an aggregate over an aggregate.
-    assert "Aggregate has no table to split across tasks" in (plan.root.fallback_reason or "")
+    assert "WindowExpr has no table to split across tasks" in (plan.root.fallback_reason or "")
     assert all(stage.task_count > 1 for stage in plan.stages[:-1])
+
+
+def test_count_distinct_runs_as_nested_two_phase_aggregates(cluster: LocalCluster) -> None:
+    """DataFusion plans COUNT(DISTINCT) as an aggregate over an aggregate: the outer partial
+    aggregate runs inside the inner final stage, which shuffles again."""
+    plan = cluster.plan(
+        "select l_returnflag, count(distinct l_suppkey) as n from lineitem group by 1"
+    )
+    assert plan.strategy == "nested two-phase aggregate"
+    kinds = [(stage.kind, stage.task_count, stage.output.kind) for stage in plan.stages]
+    assert kinds == [
+        ("partial aggregate", 3, "hash"),
+        ("final aggregate + partial aggregate", 3, "hash"),
+        ("final aggregate", 3, "single"),
+    ]

@@ -15,9 +15,7 @@ from otel_dist.planner.model import DistributedPlan, Stage
 FALLBACK = {
     7: "stage SQL does not re-plan",  # DataFusion's unparser loses the n1/n2 aliases
     11: "subquery expressions",
-    13: "has no table to split",  # outer join feeding an aggregate of an aggregate
     15: "subquery expressions",
-    16: "has no table to split",  # COUNT(DISTINCT) becomes an aggregate of an aggregate
     21: "stage SQL does not re-plan",  # the unparser loses the l2/l3 subquery aliases
     22: "subquery expressions",
 }

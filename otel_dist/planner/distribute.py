@@ -167,6 +167,11 @@ class _StageBuilder:
             upper.append(node)
             node = node.inputs()[0]
         if _kind(node) == "Aggregate":
+            between, inner = _below_row_wise(node.inputs()[0])
+            if _kind(inner) == "Aggregate":
+                region = _region(self.planner.catalog, inner.inputs()[0])
+                stages = self._nested_aggregate(upper, node, between, inner, region)
+                return stages, _strategy("nested two-phase aggregate", region)
             region = _region(self.planner.catalog, node.inputs()[0])
             return self._aggregate(upper, node, region), _strategy("two-phase aggregate", region)
         region = _region(self.planner.catalog, node)
@@ -191,11 +196,52 @@ class _StageBuilder:
     def _aggregate(
         self, upper: list[LogicalPlan], aggregate: LogicalPlan, region: _Region
     ) -> list[Stage]:
+        split, partials, finals = self._split(aggregate)
+        buckets = self._buckets(split)
+        partial_frame = self._frame(region.root).aggregate(split.partials, partials)
+        leaf = self._leaf(region, partial_frame, "partial aggregate", _shuffle(split, buckets))
+        self._final(upper, split, finals, leaf, buckets)
+        return self.stages
+
+    def _nested_aggregate(
+        self,
+        upper: list[LogicalPlan],
+        outer: LogicalPlan,
+        between: list[LogicalPlan],
+        inner: LogicalPlan,
+        region: _Region,
+    ) -> list[Stage]:
+        """An aggregate over an aggregate (COUNT(DISTINCT), grouped counts of counts): the
+        outer partial aggregate runs inside the inner final stage, then shuffles again."""
+        inner_split, inner_partials, inner_finals = self._split(inner)
+        inner_buckets = self._buckets(inner_split)
+        partial_frame = self._frame(region.root).aggregate(inner_split.partials, inner_partials)
+        leaf = self._leaf(
+            region, partial_frame, "partial aggregate", _shuffle(inner_split, inner_buckets)
+        )
+        inner_input = _FinalInput.build(inner_split, leaf.schema)
+        middle = self._apply_upper(
+            _in_order(inner_input.frame(inner_split.finals, inner_finals)), between, for_merge=False
+        )
+        split, partials, finals = self._split(outer)
+        buckets = self._buckets(split)
+        fused = self._final_stage(
+            leaf,
+            inner_input,
+            middle.aggregate(split.partials, partials),
+            inner_buckets,
+            kind="final aggregate + partial aggregate",
+            output=_shuffle(split, buckets),
+        )
+        self._final(upper, split, finals, fused, buckets)
+        return self.stages
+
+    def _split(self, aggregate: LogicalPlan) -> tuple[_GroupSplit, list[Expr], list[Expr]]:
+        """An aggregate's group keys and aggregates, split into partial and final parts."""
         variant = aggregate.to_variant()
         groups = [_wrap(e) for e in variant.group_by_exprs()]
         aggregates = [_wrap(e) for e in variant.aggregate_exprs()]
         original_types = self.ctx.create_dataframe_from_logical_plan(aggregate).schema()
-
         split = _split_groups(groups)
         partials: list[Expr] = []
         finals: list[Expr] = []
@@ -206,33 +252,31 @@ class _StageBuilder:
             )
             partials.extend(partial)
             finals.append(final.alias(expr.schema_name()))
+        return split, partials, finals
 
-        partial_frame = self._frame(region.root).aggregate(split.partials, partials)
-        buckets = self.tasks if groups else 1
-        key_names = tuple(_alias_name(e) for e in split.partials)
-        output = (
-            OutputPartitioning("hash", buckets, key_names)
-            if groups
-            else OutputPartitioning("single")
-        )
-        leaf = self._leaf(region, partial_frame, "partial aggregate", output)
+    def _buckets(self, split: _GroupSplit) -> int:
+        return self.tasks if split.partials else 1
 
-        final_input = _FinalInput.build(split, leaf.schema)
-        final_frame = final_input.frame(split.finals, finals)
-        # The unparser writes aggregate calls before group keys; pin the original column order.
-        final_frame = final_frame.select(
-            *[Expr.column(quote_identifier(name)) for name in final_frame.schema().names]
-        )
+    def _final(
+        self,
+        upper: list[LogicalPlan],
+        split: _GroupSplit,
+        finals: list[Expr],
+        upstream: Stage,
+        buckets: int,
+    ) -> None:
+        """The final aggregate per bucket, the nodes above it, and a merge for order/limit."""
+        final_input = _FinalInput.build(split, upstream.schema)
+        final_frame = _in_order(final_input.frame(split.finals, finals))
         cut = _topmost_order_or_limit(upper)
         if buckets == 1 or cut is None:
             final_frame = self._apply_upper(final_frame, upper, for_merge=False)
-            self._final_stage(leaf, final_input, final_frame, buckets)
-            return self.stages
+            self._final_stage(upstream, final_input, final_frame, buckets)
+            return
         below_cut = upper[cut:]
         final_frame = self._apply_upper(final_frame, below_cut, for_merge=True)
-        final = self._final_stage(leaf, final_input, final_frame, buckets)
+        final = self._final_stage(upstream, final_input, final_frame, buckets)
         self._merge(final, below_cut, upper[:cut])
-        return self.stages
 
     # ---- stage constructors ------------------------------------------------------------
 
@@ -275,14 +319,20 @@ class _StageBuilder:
         )
 
     def _final_stage(
-        self, upstream: Stage, final_input: _FinalInput, frame: DataFrame, tasks: int
+        self,
+        upstream: Stage,
+        final_input: _FinalInput,
+        frame: DataFrame,
+        tasks: int,
+        kind: str = "final aggregate",
+        output: OutputPartitioning = _GATHER,
     ) -> Stage:
         sql, schema = self.planner.unparse(frame, final_input.ctx, final_input.prefix)
         return self._add(
-            kind="final aggregate",
+            kind=kind,
             sql=sql,
             task_count=tasks,
-            output=OutputPartitioning("single"),
+            output=output,
             schema=schema,
             inputs=(StageInput(final_input.input_name, upstream.stage_id, final_input.row_ids),),
         )
@@ -341,6 +391,8 @@ class _StageBuilder:
                 frame = frame.select(*[_wrap(e) for e in variant.projections()])
             elif kind == "Filter":
                 frame = frame.filter(_wrap(variant.predicate()))
+            elif kind == "SubqueryAlias":
+                frame = frame.alias(variant.alias())
             elif kind == "Sort":
                 frame = frame.sort(*[_sort_expr(s) for s in variant.sort_exprs()])
                 fetch = variant.get_fetch_val()
@@ -771,3 +823,26 @@ def _has_subquery_expressions(plan: LogicalPlan) -> bool:
 
 def _alias_name(expr: Expr) -> str:
     return expr.schema_name()
+
+
+def _shuffle(split: _GroupSplit, buckets: int) -> OutputPartitioning:
+    """Partial results hash-partitioned on the group keys, or gathered without keys."""
+    if not split.partials:
+        return _GATHER
+    return OutputPartitioning("hash", buckets, tuple(_alias_name(e) for e in split.partials))
+
+
+def _in_order(frame: DataFrame) -> DataFrame:
+    """The unparser writes aggregate calls before group keys; pin the original column order."""
+    return frame.select(*[Expr.column(quote_identifier(name)) for name in frame.schema().names])
+
+
+def _below_row_wise(plan: LogicalPlan) -> tuple[list[LogicalPlan], LogicalPlan]:
+    """The projections, filters and aliases at the top of ``plan`` (top-down) and the node
+    below them."""
+    nodes: list[LogicalPlan] = []
+    node = plan
+    while _kind(node) in _ROW_WISE:
+        nodes.append(node)
+        node = node.inputs()[0]
+    return nodes, node
