@@ -1,0 +1,36 @@
+"""Opt-in (``pytest -m slow``): all 22 TPC-H queries at SF 1 on 3 workers equal single-node
+DataFusion, and the distributed queries keep their multi-task stages at that scale."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from otel_dist import tpch
+from otel_dist.coordinator.local import LocalCluster
+from otel_dist.tpch.datagen import default_cache_dir, generate
+from tests.oracle import assert_same_rows, has_order_by, single_node
+from tests.test_plan_distribution import FALLBACK
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sf1() -> Path:
+    return generate(1.0, default_cache_dir(1.0), show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def sf1_cluster(sf1: Path) -> Iterator[LocalCluster]:
+    with LocalCluster(workers=3, data=sf1) as cluster:
+        yield cluster
+
+
+@pytest.mark.parametrize("number", tpch.QUERY_NUMBERS, ids=lambda n: f"q{n:02d}")
+def test_tpch_sf1_matches_single_node(sf1_cluster: LocalCluster, sf1: Path, number: int) -> None:
+    sql = tpch.query(number)
+    plan = sf1_cluster.plan(sql)
+    assert (plan.strategy == "fallback") == (number in FALLBACK)
+    assert_same_rows(sf1_cluster.sql(sql), single_node(sf1, sql), ordered=has_order_by(sql))
