@@ -32,6 +32,7 @@ from otel_dist import tpch
 from otel_dist.coordinator.local import LocalCluster
 from otel_dist.exchange.router import route
 from otel_dist.planner.catalog import Catalog
+from otel_dist.session import plain_schema
 from otel_dist.telemetry import envelope
 from otel_dist.telemetry.envelope import Envelope, TaskRef
 from otel_dist.testing.otlp_receiver import OtlpReceiver
@@ -151,14 +152,7 @@ class _StreamServer(flight.FlightServerBase):
 def router_throughput(data: Path, repeats: int = 5) -> dict[str, float]:
     """MB/s of a plain Flight read versus the same stream read through the router."""
     table = pq.read_table(Path(data) / "lineitem")
-    table = table.cast(
-        pa.schema(
-            [
-                f.with_type(pa.string()) if pa.types.is_string_view(f.type) else f
-                for f in table.schema
-            ]
-        )
-    )
+    table = table.cast(plain_schema(table.schema))  # as workers exchange it
     message = envelope.encode(Envelope("bench", (TaskRef(1, 0),), _synthetic_request(50)))
     server = _StreamServer(table, message)
     client = flight.FlightClient(f"grpc://127.0.0.1:{server.port}")

@@ -821,15 +821,11 @@ def _has_subquery_expressions(plan: LogicalPlan) -> bool:
     )
 
 
-def _alias_name(expr: Expr) -> str:
-    return expr.schema_name()
-
-
 def _shuffle(split: _GroupSplit, buckets: int) -> OutputPartitioning:
     """Partial results hash-partitioned on the group keys, or gathered without keys."""
     if not split.partials:
         return _GATHER
-    return OutputPartitioning("hash", buckets, tuple(_alias_name(e) for e in split.partials))
+    return OutputPartitioning("hash", buckets, tuple(e.schema_name() for e in split.partials))
 
 
 def _in_order(frame: DataFrame) -> DataFrame:
