@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -71,40 +72,55 @@ class OperatorMetrics:
 
 def operator_metrics(plan: object) -> OperatorMetrics:
     """Read a DataFusion ``ExecutionPlan`` tree (after execution) into plain metrics."""
-    display = " ".join(plan.display().split())  # type: ignore[attr-defined]
+    # The Python wrappers of ``datafusion.plan`` add a Python object and a property call per
+    # metric read; the plan they wrap has the same methods without them, so read that one.
+    return _read_operator(getattr(plan, "_raw_plan", plan))
+
+
+def _read_operator(plan: Any) -> OperatorMetrics:
+    display = " ".join(plan.display().split())
     name = display.split(":", 1)[0].strip()
     totals: dict[str, int] = {}
     partitions: dict[str, dict[int, int]] = {}
-    starts: list[int] = []
-    ends: list[int] = []
-    metrics_set = plan.metrics()  # type: ignore[attr-defined]
+    starts: list[dt.datetime] = []
+    ends: list[dt.datetime] = []
+    metrics_set = plan.metrics()
     for metric in metrics_set.metrics() if metrics_set is not None else ():
         value = metric.value
-        if isinstance(value, dt.datetime):
-            target = starts if metric.name == "start_timestamp" else ends
-            if metric.name in ("start_timestamp", "end_timestamp"):
-                target.append(_ns(value))
-            continue
-        if not isinstance(value, int) or isinstance(value, bool):
-            continue
-        totals[metric.name] = totals.get(metric.name, 0) + value
-        if metric.partition is not None:
-            by_partition = partitions.setdefault(metric.name, {})
-            by_partition[metric.partition] = by_partition.get(metric.partition, 0) + value
+        if type(value) is not int:  # the common case first; bool is no int here
+            if isinstance(value, dt.datetime):
+                metric_name = metric.name
+                if metric_name == "start_timestamp":
+                    starts.append(value)
+                elif metric_name == "end_timestamp":
+                    ends.append(value)
+                continue
+            if not isinstance(value, int) or isinstance(value, bool):
+                continue
+        metric_name = metric.name
+        totals[metric_name] = totals.get(metric_name, 0) + value
+        partition = metric.partition
+        if partition is not None:
+            by_partition = partitions.get(metric_name)
+            if by_partition is None:
+                partitions[metric_name] = {partition: value}
+            else:
+                by_partition[partition] = by_partition.get(partition, 0) + value
     per_partition = {
-        name: [values[p] for p in sorted(values)]
-        for name, values in partitions.items()
+        metric_name: [values[p] for p in sorted(values)]
+        for metric_name, values in partitions.items()
         if len(values) > 1
     }
-    children = [operator_metrics(child) for child in plan.children()]  # type: ignore[attr-defined]
+    # _ns never decreases as time goes on, so the earliest start in nanoseconds is _ns of the
+    # earliest start (and the same for the latest end): one conversion each.
     return OperatorMetrics(
         name,
         display,
         totals,
         per_partition,
-        min(starts, default=None),
-        max(ends, default=None),
-        children,
+        _ns(min(starts)) if starts else None,
+        _ns(max(ends)) if ends else None,
+        [_read_operator(child) for child in plan.children()],
     )
 
 
