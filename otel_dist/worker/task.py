@@ -19,7 +19,6 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.flight as flight
 from datafusion import SessionContext
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otel_dist.errors import one_line
@@ -32,6 +31,7 @@ from otel_dist.telemetry.cache import TelemetryCache
 from otel_dist.telemetry.collector import SpanCollector
 from otel_dist.telemetry.envelope import TaskRef
 from otel_dist.telemetry.metrics import TaskOutcome, WorkerMetrics, stage_kind_of
+from otel_dist.telemetry.otlp_encode import encode_spans
 from otel_dist.telemetry.setup import Telemetry
 from otel_dist.telemetry.task_spans import (
     OperatorMetrics,
