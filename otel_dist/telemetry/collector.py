@@ -2,6 +2,12 @@
 
 Workers use one per task (to forward what their upstream tasks sent), the coordinator one per
 query (to build the explain tree and to know which tasks' telemetry never arrived).
+
+Received telemetry is kept as the bytes it arrived in wherever it can be: a ``ResourceSpans``
+whose spans all belong to one task and are all new is stored as its serialized bytes, so
+forwarding it (and building the query's request) joins bytes instead of copying spans one by
+one and encoding them again. Spans that share a ``ResourceSpans`` with other tasks' spans or
+with spans already held are kept one by one, as parsed.
 """
 
 from __future__ import annotations
@@ -21,6 +27,58 @@ from otel_dist.telemetry.otlp import SpanRecord, span_records
 log = logging.getLogger(__name__)
 
 _NO_TASK = TaskRef(-1, -1)  # spans that belong to no task: the coordinator's own
+_NO_TASK_KEY = (_NO_TASK.stage_id, _NO_TASK.task_index)
+_STAGE_ID = c.STAGE_ID
+_TASK_INDEX = c.TASK_INDEX
+_RESOURCE_SPANS_TAG = 0x0A  # ExportTraceServiceRequest.resource_spans: field 1, length-delimited
+
+
+class _TaskSpans:
+    """The spans held for one task, in the order they arrived: whole serialized
+    ``resource_spans`` fields as received, and single spans with their serialized resource
+    and scope."""
+
+    __slots__ = ("_chunk", "ids", "pieces")
+
+    def __init__(self) -> None:
+        self.ids: set[bytes] = set()
+        # a resource_spans field of a request (tag, length, body), or (resource, scope, span)
+        self.pieces: list[bytes | tuple[bytes, bytes, Span]] = []
+        self._chunk: bytes | None = None
+
+    def add_field(self, field: bytes, span_ids: list[bytes]) -> None:
+        self.pieces.append(field)
+        self.ids.update(span_ids)
+        self._chunk = None
+
+    def add_span(self, resource: bytes, scope: bytes, span: Span) -> None:
+        if span.span_id not in self.ids:
+            self.ids.add(span.span_id)
+            self.pieces.append((resource, scope, span))
+            self._chunk = None
+
+    def chunk(self) -> bytes:
+        """The task's spans as a serialized ``ExportTraceServiceRequest``: the field they
+        arrived in when they arrived in one (the usual case), else regrouped by resource and
+        scope."""
+        if self._chunk is None:
+            if len(self.pieces) == 1 and isinstance(self.pieces[0], bytes):
+                self._chunk = self.pieces[0]
+            else:
+                self._chunk = _request(self._entries()).SerializeToString()
+        return self._chunk
+
+    def _entries(self) -> Iterable[tuple[bytes, bytes, Span]]:
+        for piece in self.pieces:
+            if not isinstance(piece, bytes):
+                yield piece
+                continue
+            for resource_spans in ExportTraceServiceRequest.FromString(piece).resource_spans:
+                resource = resource_spans.resource.SerializeToString()
+                for scope_spans in resource_spans.scope_spans:
+                    scope = scope_spans.scope.SerializeToString()
+                    for span in scope_spans.spans:
+                        yield resource, scope, span
 
 
 class SpanCollector:
@@ -29,8 +87,7 @@ class SpanCollector:
     def __init__(self, query_id: str) -> None:
         self.query_id = query_id
         self._lock = threading.Lock()
-        # task -> span id -> (serialized resource, serialized scope, span)
-        self._spans: dict[TaskRef, dict[bytes, tuple[bytes, bytes, Span]]] = {}
+        self._spans: dict[TaskRef, _TaskSpans] = {}
         self.messages = 0
         self.message_bytes = 0
         self.malformed = 0
@@ -60,89 +117,169 @@ class SpanCollector:
         if received.truncated:
             with self._lock:
                 self.truncated += 1
-        self._add_request(received.tasks, received.request)
+        self._add_request(received.tasks, received.request, received.payload)
 
     def add_own_request(self, request: ExportTraceServiceRequest) -> None:
         """Spans of the collecting process itself (the coordinator's query and stage spans)."""
         self._add_request((), request)
 
-    def _add_request(self, tasks: tuple[TaskRef, ...], request: ExportTraceServiceRequest) -> None:
+    def _add_request(
+        self,
+        tasks: tuple[TaskRef, ...],
+        request: ExportTraceServiceRequest,
+        payload: bytes = b"",
+    ) -> None:
         sole_task = tasks[0] if len(tasks) == 1 else _NO_TASK
+        sole = (sole_task.stage_id, sole_task.task_index)
+        fields = _resource_spans_fields(payload, len(request.resource_spans)) if payload else None
         with self._lock:
             for task in tasks:
-                self._spans.setdefault(task, {})
-            for resource_spans in request.resource_spans:
+                self._held(task)
+            for position, resource_spans in enumerate(request.resource_spans):
+                if fields is not None:
+                    owner, span_ids = _owner(resource_spans, sole)
+                    if not span_ids:
+                        continue
+                    if owner is not None and len(set(span_ids)) == len(span_ids):
+                        held = self._held(TaskRef(*owner))
+                        if held.ids.isdisjoint(span_ids):
+                            held.add_field(fields[position], span_ids)
+                            continue
                 resource = resource_spans.resource.SerializeToString()
                 for scope_spans in resource_spans.scope_spans:
                     scope = scope_spans.scope.SerializeToString()
                     for span in scope_spans.spans:
-                        task = _task_of(span, c.STAGE_ID, c.TASK_INDEX)
-                        if task == _NO_TASK:
-                            task = sole_task
-                        spans = self._spans.setdefault(task, {})
-                        if span.span_id not in spans:
-                            spans[span.span_id] = (resource, scope, span)
+                        task = _task_key(span) or sole
+                        if task == _NO_TASK_KEY:
+                            task = sole
+                        self._held(TaskRef(*task)).add_span(resource, scope, span)
+
+    def _held(self, task: TaskRef) -> _TaskSpans:
+        held = self._spans.get(task)
+        if held is None:
+            held = self._spans[task] = _TaskSpans()
+        return held
 
     # ---- output --------------------------------------------------------------------------
 
     def tasks(self) -> set[TaskRef]:
         with self._lock:
-            return {task for task, spans in self._spans.items() if task != _NO_TASK and spans}
+            return {task for task, held in self._spans.items() if task != _NO_TASK and held.ids}
 
     def task_request(self, task: TaskRef) -> ExportTraceServiceRequest:
         with self._lock:
-            entries = list(self._spans.get(task, {}).values())
-        return _request(entries)
+            held = self._spans.get(task)
+            chunk = held.chunk() if held is not None else b""
+        return ExportTraceServiceRequest.FromString(chunk)
 
     def request(self) -> ExportTraceServiceRequest:
         with self._lock:
-            entries = [entry for spans in self._spans.values() for entry in spans.values()]
-        return _request(entries)
+            payload = b"".join(held.chunk() for held in self._spans.values())
+        return ExportTraceServiceRequest.FromString(payload)
 
     def spans(self) -> list[SpanRecord]:
         return span_records([self.request()])
 
     def span_count(self) -> int:
         with self._lock:
-            return sum(len(spans) for spans in self._spans.values())
+            return sum(len(held.ids) for held in self._spans.values())
 
     def forwarding_envelope(
-        self, own_task: TaskRef, own: ExportTraceServiceRequest, limit_bytes: int
+        self, own_task: TaskRef, own: ExportTraceServiceRequest | bytes, limit_bytes: int
     ) -> bytes:
         """The final message of a task: its own spans first, then what it received, to a limit.
 
-        Tasks that do not fit are left out whole and the envelope is marked truncated; their
-        telemetry stays fetchable from the workers that ran them.
+        ``own`` is the task's own spans, as a request or serialized. Tasks that do not fit are
+        left out whole and the envelope is marked truncated; their telemetry stays fetchable
+        from the workers that ran them.
         """
-        chunks: list[tuple[TaskRef, ExportTraceServiceRequest]] = [(own_task, own)]
-        chunks += [
-            (task, self.task_request(task)) for task in sorted(self.tasks()) if task != own_task
-        ]
-        merged = ExportTraceServiceRequest()
+        own_bytes = own if isinstance(own, bytes) else own.SerializeToString()
+        with self._lock:
+            received = [
+                (task, self._spans[task].chunk())
+                for task in sorted(t for t, held in self._spans.items() if held.ids)
+                if task != own_task and task != _NO_TASK
+            ]
+            truncated = self.truncated > 0  # what arrived truncated is forwarded as truncated
         included: list[TaskRef] = []
+        parts: list[bytes] = []
         size = 0
-        truncated = self.truncated > 0  # what arrived truncated is forwarded as truncated
-        for task, request in chunks:
-            chunk_size = request.ByteSize()
-            if size + chunk_size > limit_bytes:
+        for task, chunk in [(own_task, own_bytes), *received]:
+            # Serialized requests concatenate: their resource_spans fields add up to one request.
+            if size + len(chunk) > limit_bytes:
                 truncated = True
                 continue
-            merged.resource_spans.extend(request.resource_spans)
+            parts.append(chunk)
             included.append(task)
-            size += chunk_size
-        return envelope_codec.encode(Envelope(self.query_id, tuple(included), merged, truncated))
+            size += len(chunk)
+        return envelope_codec.encode_payload(
+            self.query_id, tuple(included), b"".join(parts), truncated
+        )
 
 
-def _task_of(span: Span, stage_key: str, task_key: str) -> TaskRef:
+def _resource_spans_fields(payload: bytes, expected: int) -> list[bytes] | None:
+    """The top-level fields of a serialized ``ExportTraceServiceRequest``, each as its bytes,
+    when they are exactly ``expected`` ``resource_spans`` fields; None otherwise."""
+    fields: list[bytes] = []
+    position, end = 0, len(payload)
+    while position < end:
+        if payload[position] != _RESOURCE_SPANS_TAG:
+            return None
+        length, shift, cursor = 0, 0, position + 1
+        while True:  # the field's length, a varint
+            if cursor >= end or shift > 63:
+                return None
+            byte = payload[cursor]
+            cursor += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        stop = cursor + length
+        if stop > end:
+            return None
+        fields.append(payload[position:stop])
+        position = stop
+    return fields if len(fields) == expected else None
+
+
+def _owner(
+    resource_spans: ResourceSpans, sole: tuple[int, int]
+) -> tuple[tuple[int, int] | None, list[bytes]]:
+    """The task all spans of ``resource_spans`` belong to (None when they belong to several,
+    or when there are none) and their span ids."""
+    owner: tuple[int, int] | None = None
+    mixed = False
+    span_ids: list[bytes] = []
+    for scope_spans in resource_spans.scope_spans:
+        for span in scope_spans.spans:
+            task = _task_key(span) or sole
+            if task == _NO_TASK_KEY:
+                task = sole
+            if owner is None:
+                owner = task
+            elif task != owner:
+                mixed = True
+            span_ids.append(span.span_id)
+    return (None if mixed else owner), span_ids
+
+
+def _task_key(span: Span) -> tuple[int, int] | None:
+    """The span's (stage id, task index) from its attributes, None without them."""
     stage = task = None
     for attribute in span.attributes:
-        if attribute.key == stage_key:
+        key = attribute.key
+        if key == _STAGE_ID:
             stage = attribute.value.int_value
-        elif attribute.key == task_key:
+            if task is not None:
+                break
+        elif key == _TASK_INDEX:
             task = attribute.value.int_value
+            if stage is not None:
+                break
     if stage is None or task is None:
-        return _NO_TASK
-    return TaskRef(stage, task)
+        return None
+    return stage, task
 
 
 def _request(entries: Iterable[tuple[bytes, bytes, Span]]) -> ExportTraceServiceRequest:

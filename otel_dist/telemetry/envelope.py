@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -47,19 +47,34 @@ class Envelope:
     tasks: tuple[TaskRef, ...]
     request: ExportTraceServiceRequest
     truncated: bool = False
+    # The request as it was received (``decode``), so it can be passed on without encoding it
+    # again; empty when the envelope was built in this process.
+    payload: bytes = field(default=b"", compare=False, repr=False)
 
 
 def encode(envelope: Envelope) -> bytes:
+    return encode_payload(
+        envelope.query_id,
+        envelope.tasks,
+        envelope.request.SerializeToString(),
+        envelope.truncated,
+    )
+
+
+def encode_payload(
+    query_id: str, tasks: tuple[TaskRef, ...], payload: bytes, truncated: bool = False
+) -> bytes:
+    """An envelope around an already serialized ``ExportTraceServiceRequest``."""
     header = json.dumps(
         {
             "v": VERSION,
-            "query_id": envelope.query_id,
-            "tasks": [[t.stage_id, t.task_index] for t in envelope.tasks],
-            "truncated": envelope.truncated,
+            "query_id": query_id,
+            "tasks": [[t.stage_id, t.task_index] for t in tasks],
+            "truncated": truncated,
         },
         separators=(",", ":"),
     ).encode()
-    return MAGIC + _LENGTH.pack(len(header)) + header + envelope.request.SerializeToString()
+    return b"".join((MAGIC, _LENGTH.pack(len(header)), header, payload))
 
 
 def decode(data: bytes) -> Envelope:
@@ -82,9 +97,10 @@ def decode(data: bytes) -> Envelope:
         raise
     except (ValueError, KeyError, TypeError, RecursionError) as error:
         raise EnvelopeError(f"malformed telemetry envelope header: {error}") from None
+    payload = data[start + header_length :]
     request = ExportTraceServiceRequest()
     try:
-        request.ParseFromString(data[start + header_length :])
+        request.ParseFromString(payload)
     except (DecodeError, RuntimeWarning, ValueError) as error:
         raise EnvelopeError(f"malformed OTLP payload in telemetry envelope: {error}") from None
-    return Envelope(query_id, tasks, request, truncated)
+    return Envelope(query_id, tasks, request, truncated, bytes(payload))

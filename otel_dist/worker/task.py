@@ -343,8 +343,8 @@ class Task:
             spans = record_task_spans(telemetry.tracer, parent, record, operators)
             if not spans:
                 return
-            own = encode_spans(spans)
-            self.settings.telemetry_cache.put(self.spec.query_id, self.ref, own.SerializeToString())
+            own = encode_spans(spans).SerializeToString()
+            self.settings.telemetry_cache.put(self.spec.query_id, self.ref, own)
             self.final_message = self.collector.forwarding_envelope(
                 self.ref, own, telemetry.config.envelope_limit_bytes
             )
