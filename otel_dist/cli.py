@@ -41,6 +41,10 @@ _METRICS_PORT_HELP = (
     "serve Prometheus /metrics on this port (0: a free one); OTEL_METRICS_EXPORTER also selects "
     "otlp, prometheus (port OTEL_EXPORTER_PROMETHEUS_PORT, default 9464) or none"
 )
+_BROADCAST_HELP = (
+    "broadcast a join side whose estimated size is at most this many bytes, else hash-shuffle "
+    "both sides (default: OTEL_DIST_BROADCAST_THRESHOLD or 10000000)"
+)
 
 stderr = Console(stderr=True)
 # Off a terminal (pipes, logs, CI) rich would wrap tables at 80 columns; keep rows whole.
@@ -98,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("-e", "--execute", dest="sql", required=True, help="SQL to run")
     local.add_argument("--output", type=Path, help="write the result (.parquet, .csv, .json)")
     local.add_argument("--tasks-per-stage", type=int)
+    local.add_argument("--broadcast-threshold", type=int, metavar="BYTES", help=_BROADCAST_HELP)
     _explain_options(local)
     _security_options(local, server=True)
     _coordinator_options(local)
@@ -146,6 +151,9 @@ def _parser() -> argparse.ArgumentParser:
     coordinator.add_argument("--workers", required=True, help="comma-separated worker URLs")
     coordinator.add_argument("--data", type=Path, required=True)
     coordinator.add_argument("--tasks-per-stage", type=int)
+    coordinator.add_argument(
+        "--broadcast-threshold", type=int, metavar="BYTES", help=_BROADCAST_HELP
+    )
     coordinator.add_argument("--metrics-port", type=int, help=_METRICS_PORT_HELP)
     coordinator.add_argument(
         "--http-port", type=int, help="serve recent queries' profile pages (/queries/<id>)"
@@ -313,6 +321,7 @@ def _local(args: argparse.Namespace) -> int:
         workers=args.workers,
         data=args.data,
         tasks_per_stage=args.tasks_per_stage,
+        broadcast_threshold=args.broadcast_threshold,
         metrics_ports=_metrics_ports(args.metrics_ports),
         security=_security(args),
         redact_sql=args.redact_sql,
@@ -397,6 +406,7 @@ def _coordinator(args: argparse.Namespace) -> int:
             workers=workers,
             data=str(args.data),
             tasks_per_stage=args.tasks_per_stage,
+            broadcast_threshold=args.broadcast_threshold,
             security=security,
             **_limits(args),
         ),

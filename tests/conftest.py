@@ -26,3 +26,10 @@ def tpch_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cluster(tpch_dir: Path) -> Iterator[LocalCluster]:
     with LocalCluster(workers=3, data=tpch_dir) as local:
         yield local
+
+
+@pytest.fixture(scope="session")
+def shuffle_cluster(tpch_dir: Path) -> Iterator[LocalCluster]:
+    """A 3-worker cluster that broadcasts nothing: every equi-join is hash-shuffled."""
+    with LocalCluster(workers=3, data=tpch_dir, broadcast_threshold=0) as local:
+        yield local

@@ -1,5 +1,6 @@
-"""Single-table shapes the engine distributes, checked against single-node DataFusion, and
-checks that they really run as multi-task stages rather than the single-task fallback."""
+"""Query shapes beyond TPC-H (aggregates, outer/semi/anti/self joins, windows, unions, empty
+results, limits) checked against single-node DataFusion with broadcast and with shuffled
+joins, and checks that they really run as multi-task stages rather than the fallback."""
 
 from __future__ import annotations
 
@@ -99,6 +100,15 @@ def test_shape_matches_single_node(cluster: LocalCluster, tpch_dir: Path, name: 
     assert_same_rows(cluster.sql(sql), single_node(tpch_dir, sql), ordered=has_order_by(sql))
 
 
+@pytest.mark.parametrize("name", SHAPES)
+def test_shape_with_shuffle_joins_matches_single_node(
+    shuffle_cluster: LocalCluster, tpch_dir: Path, name: str
+) -> None:
+    sql = SHAPES[name]
+    actual = shuffle_cluster.sql(sql)
+    assert_same_rows(actual, single_node(tpch_dir, sql), ordered=has_order_by(sql))
+
+
 def test_limit_without_order_returns_requested_row_count(cluster: LocalCluster) -> None:
     assert cluster.sql("select l_orderkey from lineitem limit 17").num_rows == 17
     joined = "select c_name, o_orderkey from customer join orders on c_custkey = o_custkey limit 13"
@@ -124,11 +134,47 @@ def test_grouped_aggregate_shuffles_into_parallel_final_tasks(cluster: LocalClus
 
 
 def test_fallback_is_marked_with_its_reason(cluster: LocalCluster) -> None:
-    plan = cluster.plan(SHAPES["window_rank"])
+    plan = cluster.plan(
+        "select l_returnflag, l_linestatus, count(*) from lineitem "
+        "group by rollup(l_returnflag, l_linestatus)"
+    )
     assert plan.strategy == "fallback"
     assert plan.root.task_count == 1
-    assert "WindowExpr has no table to split across tasks" in (plan.root.fallback_reason or "")
+    assert "grouping sets are not distributed yet" in (plan.root.fallback_reason or "")
     assert all(stage.task_count > 1 for stage in plan.stages[:-1])
+
+
+def test_window_shuffles_on_its_partition_key(cluster: LocalCluster) -> None:
+    plan = cluster.plan(SHAPES["window_rank"])
+    assert plan.strategy == "window shuffle"
+    window = next(stage for stage in plan.stages if "window" in stage.kind)
+    assert window.task_count == 3
+    upstream = plan.stage(window.inputs[0].stage_id)
+    assert upstream.output.kind == "hash" and upstream.output.keys == ("o_custkey",)
+    assert "shuffle on the PARTITION BY column orders.o_custkey" in plan.describe()
+
+
+def test_window_without_partition_by_runs_in_one_task(cluster: LocalCluster) -> None:
+    plan = cluster.plan(SHAPES["window_running_sum"])
+    window = next(stage for stage in plan.stages if "window" in stage.kind)
+    assert window.task_count == 1
+    assert "a window without a shared PARTITION BY runs in one task" in plan.describe()
+
+
+def test_union_all_runs_per_bucket(shuffle_cluster: LocalCluster) -> None:
+    plan = shuffle_cluster.plan(SHAPES["union_all"])
+    union = next(stage for stage in plan.stages if "union" in stage.kind)
+    assert union.task_count == 3 and len(union.inputs) == 2
+    assert all(plan.stage(i.stage_id).output.kind == "hash" for i in union.inputs)
+
+
+def test_aggregate_that_does_not_split_shuffles_its_rows(cluster: LocalCluster) -> None:
+    sql = "select l_returnflag, median(l_quantity) as m from lineitem group by l_returnflag"
+    plan = cluster.plan(sql)
+    assert plan.strategy == "shuffled aggregate"
+    assert plan.stages[0].output.keys == ("l_returnflag",)
+    assert plan.stages[1].kind == "aggregate" and plan.stages[1].task_count == 3
+    assert_same_rows(cluster.sql(sql), single_node(Path(cluster.data), sql), ordered=False)
 
 
 def test_count_distinct_runs_as_nested_two_phase_aggregates(cluster: LocalCluster) -> None:
@@ -137,10 +183,10 @@ def test_count_distinct_runs_as_nested_two_phase_aggregates(cluster: LocalCluste
     plan = cluster.plan(
         "select l_returnflag, count(distinct l_suppkey) as n from lineitem group by 1"
     )
-    assert plan.strategy == "nested two-phase aggregate"
+    assert plan.strategy == "two-phase aggregate"
     kinds = [(stage.kind, stage.task_count, stage.output.kind) for stage in plan.stages]
     assert kinds == [
-        ("partial aggregate", 3, "hash"),
+        ("scan + partial aggregate", 3, "hash"),
         ("final aggregate + partial aggregate", 3, "hash"),
         ("final aggregate", 3, "single"),
     ]

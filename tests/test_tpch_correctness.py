@@ -17,3 +17,13 @@ def test_tpch_query_matches_single_node(cluster: LocalCluster, tpch_dir: Path, n
     expected = single_node(tpch_dir, sql)
     actual = cluster.sql(sql)
     assert_same_rows(actual, expected, ordered=has_order_by(sql))
+
+
+@pytest.mark.parametrize("number", tpch.QUERY_NUMBERS, ids=lambda n: f"q{n:02d}")
+def test_tpch_query_with_shuffle_joins_matches_single_node(
+    shuffle_cluster: LocalCluster, tpch_dir: Path, number: int
+) -> None:
+    sql = tpch.query(number)
+    expected = single_node(tpch_dir, sql)
+    actual = shuffle_cluster.sql(sql)
+    assert_same_rows(actual, expected, ordered=has_order_by(sql))

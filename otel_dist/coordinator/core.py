@@ -37,7 +37,12 @@ from otel_dist.exchange.reader import read_bucket, read_record
 from otel_dist.exchange.router import StreamStats
 from otel_dist.exchange.security import NO_SECURITY, SecurityConfig, secure_url
 from otel_dist.planner.catalog import Catalog
-from otel_dist.planner.distribute import NotAQuery, Planner, PlannerOptions
+from otel_dist.planner.distribute import (
+    NotAQuery,
+    Planner,
+    PlannerOptions,
+    broadcast_threshold_from_env,
+)
 from otel_dist.planner.model import DistributedPlan
 from otel_dist.protocol import (
     ACTION_CANCEL_QUERY,
@@ -101,6 +106,7 @@ class CoordinatorConfig:
     data: str
     tasks_per_stage: int | None = None
     target_partitions: int = 2
+    broadcast_threshold: int | None = None  # None: OTEL_DIST_BROADCAST_THRESHOLD or 10 MB
     rpc_timeout_s: float = 10.0
     query_timeout_s: float = 600.0
     telemetry_fetch_timeout_s: float = 15.0
@@ -198,7 +204,12 @@ class Coordinator:
         self.workers = tuple(secure_url(url, config.security) for url in config.workers)
         self.catalog = Catalog.from_folder(config.data)
         tasks = config.tasks_per_stage or len(config.workers)
-        self.planner = Planner(self.catalog, PlannerOptions(tasks, config.target_partitions))
+        threshold = config.broadcast_threshold
+        if threshold is None:
+            threshold = broadcast_threshold_from_env()
+        self.planner = Planner(
+            self.catalog, PlannerOptions(tasks, config.target_partitions, threshold)
+        )
         if telemetry is None:
             telemetry, default_metrics = start_process_telemetry("otel-dist-coordinator")
             metrics = metrics or default_metrics

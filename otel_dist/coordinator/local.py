@@ -54,6 +54,7 @@ class LocalCluster:
         *,
         tasks_per_stage: int | None = None,
         target_partitions: int = 2,
+        broadcast_threshold: int | None = None,
         memory_budget_bytes: int | None = None,
         start_timeout_s: float = 30.0,
         env: dict[str, str] | None = None,
@@ -74,6 +75,10 @@ class LocalCluster:
         exporter (``OTEL_METRICS_EXPORTER``), free ports are chosen too: processes on one host
         cannot share ``OTEL_EXPORTER_PROMETHEUS_PORT``.
 
+        ``broadcast_threshold`` is the largest estimated join side (bytes) the planner
+        broadcasts; larger sides are hash-shuffled (default: ``OTEL_DIST_BROADCAST_THRESHOLD``
+        or 10 MB).
+
         ``security`` turns on TLS and/or the shared-secret token between the coordinator and
         the workers (default: neither). ``max_sql_bytes`` and ``max_result_bytes`` are the
         coordinator's limits; ``redact_sql`` replaces literals in ``db.query.text`` (as
@@ -89,6 +94,7 @@ class LocalCluster:
         self.data = str(Path(data).expanduser().resolve())
         self.tasks_per_stage = tasks_per_stage
         self.target_partitions = target_partitions
+        self.broadcast_threshold = broadcast_threshold
         self.memory_budget_bytes = memory_budget_bytes
         self.start_timeout_s = start_timeout_s
         self.env = env
@@ -144,6 +150,7 @@ class LocalCluster:
                     data=self.data,
                     tasks_per_stage=self.tasks_per_stage,
                     target_partitions=self.target_partitions,
+                    broadcast_threshold=self.broadcast_threshold,
                     max_sql_bytes=self.max_sql_bytes,
                     max_result_bytes=self.max_result_bytes,
                     security=self.security,

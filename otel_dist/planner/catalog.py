@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from datafusion import SessionContext
 
 from otel_dist.session import new_session
@@ -23,6 +25,20 @@ class TableFiles:
     folder: str
     files: tuple[str, ...]
     sizes: tuple[int, ...]
+
+    @cached_property
+    def column_bytes(self) -> dict[str, int]:
+        """Uncompressed bytes per column over all files, from the parquet footers."""
+        totals: dict[str, int] = {}
+        for path in self.files:
+            metadata = pq.read_metadata(path)
+            for group in range(metadata.num_row_groups):
+                row_group = metadata.row_group(group)
+                for index in range(row_group.num_columns):
+                    chunk = row_group.column(index)
+                    name = chunk.path_in_schema
+                    totals[name] = totals.get(name, 0) + chunk.total_uncompressed_size
+        return totals
 
 
 @dataclass(frozen=True)
@@ -57,6 +73,13 @@ class Catalog:
         for table in self.tables.values():
             ctx.register_parquet(table.name, table.folder)
         return ctx
+
+    def column_bytes(self, table: str, columns: list[str]) -> int:
+        """Estimated bytes of ``columns`` of ``table`` (all of them when empty), from parquet
+        metadata: an upper bound of what a scan of them sends, before any filter."""
+        sizes = self.tables[table].column_bytes
+        wanted = columns or list(sizes)
+        return sum(sizes.get(name, 0) for name in wanted)
 
     def file_groups(self, table: str, groups: int) -> list[tuple[str, ...]]:
         """Split a table's files into at most ``groups`` groups of balanced total size."""

@@ -1,37 +1,72 @@
 """Cut DataFusion's optimized logical plan into stages and tasks.
 
-DataFusion parses, resolves and optimises the SQL; this module decides distribution. Each
-stage's work is rebuilt with DataFusion's DataFrame API from the optimized plan's own
-expressions and unparsed to SQL, which workers run over their inputs registered under the
-same table names. Shapes handled here:
+DataFusion parses, resolves, decorrelates and optimises the SQL; this module decides
+distribution. It walks the optimized plan bottom-up and keeps, for every node, a *part*: the
+node's relation as computed by each task of a stage that is not cut yet, with how its rows are
+partitioned across those tasks (file groups of one table, hash buckets, one task). Each part
+knows how to rebuild its relation with DataFusion's DataFrame API from the plan's own
+expressions, over the stage's named inputs. Cutting a part makes a stage: the rebuilt relation
+is unparsed to SQL and planned again in a session holding only that stage's inputs, so SQL
+the unparser gets wrong becomes a marked fallback instead of a wrong answer.
 
-* single-table scans with filters and projections, split across files, with per-task
-  sort/top-k/limit and a final single-task merge;
-* two-phase aggregation: partial aggregate per file group, hash shuffle on the group keys,
-  final aggregate per bucket (``avg`` decomposed into sum and count);
-* anything else: every table is scanned in parallel and gathered into one task that runs the
-  query as written (the single-task fallback, marked with its reason).
+Decisions, each recorded as the stage's strategy for ``EXPLAIN``:
+
+* scans split a table's files across tasks; filters and projections run in the scan's stage;
+* joins broadcast a side whose size (parquet metadata, projected columns) is under the
+  broadcast threshold and that the join type allows; otherwise both sides are hash-shuffled
+  on an equi-join key into the same buckets, or joined in place when they already are;
+  non-equi joins broadcast a side or gather both;
+* aggregates run in place when their input is already partitioned on a group key, else in
+  two phases: a partial aggregate inside the input's stage, a shuffle on the group keys, and
+  the final aggregate per bucket (one task for global aggregates);
+* windows shuffle on a PARTITION BY column; windows without one gather into one task;
+* UNION ALL runs per bucket over its hash-shuffled inputs;
+* sort and limit run per task and once more in a single merge task.
+
+Anything else is scanned in parallel and gathered into one task that runs the query as written
+(the single-task fallback, marked with its reason).
 """
 
 from __future__ import annotations
 
-import decimal
+import os
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 from datafusion import DataFrame, Expr, SessionContext
-from datafusion import functions as f
-from datafusion.expr import SortExpr
 from datafusion.plan import LogicalPlan
 from datafusion.unparser import Dialect, Unparser
 
 from otel_dist.errors import one_line
+from otel_dist.planner.aggregates import split_aggregate
 from otel_dist.planner.catalog import Catalog
+from otel_dist.planner.exprs import (
+    NotDistributable,
+    QualifiedColumn,
+    as_column,
+    column_expr,
+    kind,
+    literal_int,
+    output_column,
+    quote_identifier,
+    sort_expr,
+    wrap,
+)
 from otel_dist.planner.model import DistributedPlan, FileScan, Stage, StageInput
 from otel_dist.protocol import ROW_ID_COLUMN, OutputPartitioning
 from otel_dist.session import QUERY_ONLY, new_session, plain_schema
+
+__all__ = [
+    "DEFAULT_BROADCAST_THRESHOLD",
+    "NotAQuery",
+    "Planner",
+    "PlannerOptions",
+    "PlanningError",
+    "broadcast_threshold_from_env",
+    "quote_identifier",
+]
 
 
 class PlanningError(ValueError):
@@ -44,50 +79,143 @@ class NotAQuery(PlanningError):
 
 _NOT_A_QUERY = re.compile(r"(DDL|DML|Statement) not supported: (.*)")
 
+DEFAULT_BROADCAST_THRESHOLD = 10_000_000
+BROADCAST_THRESHOLD_ENV = "OTEL_DIST_BROADCAST_THRESHOLD"
 
-class _NotDistributable(Exception):
-    """A plan shape this planner does not distribute; the fallback takes over."""
 
-
-_ROW_WISE = {"Projection", "Filter", "SubqueryAlias"}
-_UPPER = {"Projection", "Filter", "Sort", "Limit"}
-_GATHER = OutputPartitioning("single")
-_SPLITTABLE_AGGREGATES = {"sum", "count", "min", "max", "avg", "mean"}
+def broadcast_threshold_from_env() -> int:
+    """``OTEL_DIST_BROADCAST_THRESHOLD`` in bytes, or the default (10 MB)."""
+    raw = os.environ.get(BROADCAST_THRESHOLD_ENV, "").strip()
+    if not raw:
+        return DEFAULT_BROADCAST_THRESHOLD
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(
+            f"{BROADCAST_THRESHOLD_ENV} must be a whole number of bytes, not {raw!r}"
+        ) from None
+    if value < 0:
+        raise ValueError(f"{BROADCAST_THRESHOLD_ENV} must not be negative, got {value}")
+    return value
 
 
 @dataclass(frozen=True)
 class PlannerOptions:
-    """Knobs of the planner: tasks per stage and buckets per shuffle."""
+    """Knobs of the planner: tasks per stage (also buckets per shuffle), DataFusion partitions
+    per task, and the largest estimated size of a join side that is broadcast."""
 
     tasks_per_stage: int
     target_partitions: int = 2
+    broadcast_threshold: int = DEFAULT_BROADCAST_THRESHOLD
 
 
-def _wrap(raw: object) -> Expr:
-    return raw if isinstance(raw, Expr) else Expr(raw)
+_GATHER = OutputPartitioning("single")
+_ORDERING = {"sort", "top-k", "merge"}
+_BROADCAST = OutputPartitioning("broadcast")
+
+# How a part's rows are spread over the tasks of its (future) stage.
+FILES = "files"  # the fact table's file groups, one per task
+HASH = "hash"  # hash buckets of exchanged inputs, one per task
+SINGLE = "single"  # one task holds every row
+REPLICATED = "replicated"  # every task holds every row (a broadcast input)
+
+_JOIN_HOW = {
+    "Inner": ("inner", False),
+    "Left": ("left", False),
+    "Right": ("right", False),
+    "Full": ("full", False),
+    "LeftSemi": ("semi", False),
+    "LeftAnti": ("anti", False),
+    "RightSemi": ("semi", True),
+    "RightAnti": ("anti", True),
+}
+# Join types whose right (left) side may be broadcast: each row of the other side is then
+# joined exactly once, in the task that holds it.
+_BROADCAST_RIGHT = {"Inner", "Left", "LeftSemi", "LeftAnti"}
+_BROADCAST_LEFT = {"Inner", "Right", "RightSemi", "RightAnti"}
 
 
-def _kind(plan: LogicalPlan) -> str:
-    return type(plan.to_variant()).__name__
+@dataclass(frozen=True)
+class _Input:
+    """An upstream stage read by the stage being built, under a name unique in that stage."""
+
+    name: str
+    stage: Stage
+    row_ids: bool
+    schema: pa.Schema
 
 
-def _literal_int(raw: object) -> int | None:
-    if raw is None:
-        return None
-    value = _wrap(raw).python_value()
-    return None if value is None else int(value)
+@dataclass(frozen=True)
+class _View:
+    """A CTE over a row-numbered input that restores one qualifier's columns."""
+
+    name: str
+    cte: str
+    schema: pa.Schema
 
 
-def _as_column(expr: Expr) -> tuple[str | None, str] | None:
-    """(qualifier, name) when the expression is a plain column reference."""
-    if expr.variant_name() != "Column":
-        return None
-    variant = expr.to_variant()
-    return variant.relation(), variant.name()
+Build = Callable[[SessionContext], DataFrame]
 
 
-def quote_identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+@dataclass(frozen=True)
+class _Part:
+    """A relation computed by each task of a stage that is not cut yet."""
+
+    build: Build
+    columns: tuple[QualifiedColumn, ...]
+    partitioning: str
+    name: str
+    keys: frozenset[QualifiedColumn] = frozenset()  # columns whose hash alone places a row
+    fact: str | None = None  # the table scanned from files (FILES)
+    inputs: tuple[_Input, ...] = ()
+    views: tuple[_View, ...] = ()
+    size: int | None = None  # upper bound of the bytes, None when unknown
+    ops: tuple[str, ...] = ()
+    why: tuple[str, ...] = ()
+    ordered: bool = False  # the rows come out sorted (a sort, merge or top-k is on top)
+    # An aggregate over several qualifiers is on top: DataFusion's unparser would merge it
+    # into an enclosing join's query block, so it must not be joined in this stage.
+    bare_aggregate: bool = False
+
+    def then(
+        self,
+        build: Build,
+        op: str,
+        *,
+        columns: tuple[QualifiedColumn, ...] | None = None,
+        keys: frozenset[QualifiedColumn] | None = None,
+        size: int | None = -1,  # -1 keeps the current size
+        name: str | None = None,
+    ) -> _Part:
+        return replace(
+            self,
+            build=build,
+            columns=self.columns if columns is None else columns,
+            keys=self.keys if keys is None else keys,
+            size=self.size if size == -1 else size,
+            name=self.name if name is None else name,
+            ops=(*self.ops, op),
+            ordered=op in _ORDERING or (self.ordered and op in ("limit", "project")),
+            bare_aggregate=self.bare_aggregate and op in ("project", "filter"),
+        )
+
+
+def _joined(left: _Part, right: _Part, partitioning: str, why: str) -> _Part:
+    """The parts of both join sides fused into one stage (inputs, views, fact and history)."""
+    facts = {p.fact for p in (left, right) if p.fact is not None}
+    if len(facts) > 1:
+        raise NotDistributable("two tables scanned from files in one stage")
+    return _Part(
+        build=left.build,
+        columns=left.columns + right.columns,
+        partitioning=partitioning,
+        name=f"{left.name} ⋈ {right.name}",
+        fact=next(iter(facts), None),
+        inputs=left.inputs + right.inputs,
+        views=left.views + right.views,
+        ops=(*left.ops, *right.ops, "join"),
+        why=(*left.why, *right.why, why),
+    )
 
 
 class Planner:
@@ -98,13 +226,16 @@ class Planner:
         self.options = options
         self._unparser = Unparser(Dialect.default())
         # One planning session for every query: registering the tables costs ~25 ms, and
-        # QUERY_ONLY keeps any statement from changing it.
-        self._ctx = catalog.session(options.target_partitions)
+        # QUERY_ONLY keeps any statement from changing it. Uncorrelated scalar subqueries are
+        # planned as joins so that they become stages like any other relation.
+        self.ctx = catalog.session(options.target_partitions)
+        self.ctx.sql(
+            "SET datafusion.optimizer.enable_physical_uncorrelated_scalar_subquery = false"
+        )
 
     def plan(self, sql: str) -> DistributedPlan:
-        ctx = self._ctx
         try:
-            frame = ctx.sql_with_options(sql, QUERY_ONLY)
+            frame = self.ctx.sql_with_options(sql, QUERY_ONLY)
             logical = frame.optimized_logical_plan()
             output_schema = frame.schema()
         except Exception as error:  # DataFusion raises plain Exceptions for bad SQL
@@ -115,13 +246,15 @@ class Planner:
                     f"allowed ({refused.group(2).strip()[:100]})"
                 ) from None
             raise PlanningError(one_line(error)) from None
-        builder = _StageBuilder(self, ctx)
+        builder = _StageBuilder(self)
         try:
-            stages, strategy = builder.distribute(logical)
-            _check_root_schema(stages[-1].schema, plain_schema(output_schema))
-        except _NotDistributable as reason:
-            builder = _StageBuilder(self, ctx)
-            stages = builder.fallback(sql, logical, str(reason))
+            builder.distribute(logical, plain_schema(output_schema))
+            _check_root_schema(builder.stages[-1].schema, plain_schema(output_schema))
+            stages, strategy = builder.stages, builder.strategy()
+        except NotDistributable as reason:
+            stages, strategy = self._fallback(sql, logical, str(reason)), "fallback"
+        except Exception as error:  # a DataFusion error while rebuilding: the plan is unusual
+            stages = self._fallback(sql, logical, f"not distributed: {one_line(error)}")
             strategy = "fallback"
         return DistributedPlan(sql, stages, output_schema, strategy)
 
@@ -131,337 +264,767 @@ class Planner:
         """A frame as SQL (after ``prefix``, e.g. a WITH clause), and that SQL's schema as
         ``ctx`` plans it again.
 
-        Re-planning catches SQL the unparser gets wrong and gives the column order the
-        unparsed SQL really produces (the unparser may reorder aggregate outputs).
+        Re-planning catches SQL the unparser gets wrong, and SQL that reads anything but the
+        stage's own inputs, and gives the column order the unparsed SQL really produces.
         """
-        sql = prefix + self._unparser.plan_to_sql(frame.logical_plan())
         try:
+            sql = prefix + self._unparser.plan_to_sql(frame.logical_plan())
             schema = ctx.sql(sql).schema()
         except Exception as error:
-            raise _NotDistributable(f"stage SQL does not re-plan: {one_line(error)}") from None
+            raise NotDistributable(f"stage SQL does not re-plan: {one_line(error)}") from None
         return sql, plain_schema(schema)
 
-
-class _StageBuilder:
-    """Accumulates stages for one query."""
-
-    def __init__(self, planner: Planner, ctx: SessionContext) -> None:
-        self.planner = planner
-        self.ctx = ctx
-        self.stages: list[Stage] = []
-        self.tasks = max(1, planner.options.tasks_per_stage)
-
-    def _add(self, **kwargs: object) -> Stage:
-        stage = Stage(stage_id=len(self.stages) + 1, **kwargs)  # type: ignore[arg-type]
-        self.stages.append(stage)
-        return stage
-
-    # ---- shape recognition -------------------------------------------------------------
-
-    def distribute(self, plan: LogicalPlan) -> tuple[list[Stage], str]:
-        if _has_subquery_expressions(plan):
-            raise _NotDistributable("subquery expressions are not distributed yet")
-        upper: list[LogicalPlan] = []
-        node = plan
-        while _kind(node) in _UPPER and _fact_table(self.planner.catalog, node) is None:
-            upper.append(node)
-            node = node.inputs()[0]
-        if _kind(node) == "Aggregate":
-            between, inner = _below_row_wise(node.inputs()[0])
-            if _kind(inner) == "Aggregate":
-                region = _region(self.planner.catalog, inner.inputs()[0])
-                stages = self._nested_aggregate(upper, node, between, inner, region)
-                return stages, _strategy("nested two-phase aggregate", region)
-            region = _region(self.planner.catalog, node.inputs()[0])
-            return self._aggregate(upper, node, region), _strategy("two-phase aggregate", region)
-        region = _region(self.planner.catalog, node)
-        return self._scan(upper, region), _strategy("parallel scan", region)
-
-    # ---- scans ---------------------------------------------------------------------------
-
-    def _scan(self, upper: list[LogicalPlan], region: _Region) -> list[Stage]:
-        cut = _topmost_order_or_limit(upper)
-        if cut is None:
-            frame = self._frame(upper[0] if upper else region.root)
-            self._leaf(region, frame, "scan", OutputPartitioning("single"))
-            return self.stages
-        below_cut = upper[cut:]
-        frame = self._apply_upper(self._frame(region.root), below_cut, for_merge=True)
-        leaf = self._leaf(region, frame, "scan + top-k", OutputPartitioning("single"))
-        self._merge(leaf, below_cut, upper[:cut])
-        return self.stages
-
-    # ---- aggregates ----------------------------------------------------------------------
-
-    def _aggregate(
-        self, upper: list[LogicalPlan], aggregate: LogicalPlan, region: _Region
-    ) -> list[Stage]:
-        split, partials, finals = self._split(aggregate)
-        buckets = self._buckets(split)
-        partial_frame = self._frame(region.root).aggregate(split.partials, partials)
-        leaf = self._leaf(region, partial_frame, "partial aggregate", _shuffle(split, buckets))
-        self._final(upper, split, finals, leaf, buckets)
-        return self.stages
-
-    def _nested_aggregate(
-        self,
-        upper: list[LogicalPlan],
-        outer: LogicalPlan,
-        between: list[LogicalPlan],
-        inner: LogicalPlan,
-        region: _Region,
-    ) -> list[Stage]:
-        """An aggregate over an aggregate (COUNT(DISTINCT), grouped counts of counts): the
-        outer partial aggregate runs inside the inner final stage, then shuffles again."""
-        inner_split, inner_partials, inner_finals = self._split(inner)
-        inner_buckets = self._buckets(inner_split)
-        partial_frame = self._frame(region.root).aggregate(inner_split.partials, inner_partials)
-        leaf = self._leaf(
-            region, partial_frame, "partial aggregate", _shuffle(inner_split, inner_buckets)
-        )
-        inner_input = _FinalInput.build(inner_split, leaf.schema)
-        middle = self._apply_upper(
-            _in_order(inner_input.frame(inner_split.finals, inner_finals)), between, for_merge=False
-        )
-        split, partials, finals = self._split(outer)
-        buckets = self._buckets(split)
-        fused = self._final_stage(
-            leaf,
-            inner_input,
-            middle.aggregate(split.partials, partials),
-            inner_buckets,
-            kind="final aggregate + partial aggregate",
-            output=_shuffle(split, buckets),
-        )
-        self._final(upper, split, finals, fused, buckets)
-        return self.stages
-
-    def _split(self, aggregate: LogicalPlan) -> tuple[_GroupSplit, list[Expr], list[Expr]]:
-        """An aggregate's group keys and aggregates, split into partial and final parts."""
-        variant = aggregate.to_variant()
-        groups = [_wrap(e) for e in variant.group_by_exprs()]
-        aggregates = [_wrap(e) for e in variant.aggregate_exprs()]
-        original_types = self.ctx.create_dataframe_from_logical_plan(aggregate).schema()
-        split = _split_groups(groups)
-        partials: list[Expr] = []
-        finals: list[Expr] = []
-        for index, expr in enumerate(aggregates):
-            out_field = original_types.field(len(groups) + index)
-            partial, final = _split_aggregate(
-                variant, expr, index, split.partial_table, out_field.type
-            )
-            partials.extend(partial)
-            finals.append(final.alias(expr.schema_name()))
-        return split, partials, finals
-
-    def _buckets(self, split: _GroupSplit) -> int:
-        return self.tasks if split.partials else 1
-
-    def _final(
-        self,
-        upper: list[LogicalPlan],
-        split: _GroupSplit,
-        finals: list[Expr],
-        upstream: Stage,
-        buckets: int,
-    ) -> None:
-        """The final aggregate per bucket, the nodes above it, and a merge for order/limit."""
-        final_input = _FinalInput.build(split, upstream.schema)
-        final_frame = _in_order(final_input.frame(split.finals, finals))
-        cut = _topmost_order_or_limit(upper)
-        if buckets == 1 or cut is None:
-            final_frame = self._apply_upper(final_frame, upper, for_merge=False)
-            self._final_stage(upstream, final_input, final_frame, buckets)
-            return
-        below_cut = upper[cut:]
-        final_frame = self._apply_upper(final_frame, below_cut, for_merge=True)
-        final = self._final_stage(upstream, final_input, final_frame, buckets)
-        self._merge(final, below_cut, upper[:cut])
-
-    # ---- stage constructors ------------------------------------------------------------
-
-    def _frame(self, plan: LogicalPlan) -> DataFrame:
-        return self.ctx.create_dataframe_from_logical_plan(plan)
-
-    def _leaf(
-        self, region: _Region, frame: DataFrame, kind: str, output: OutputPartitioning
-    ) -> Stage:
-        """Tasks over the fact table's file groups, each with every other table broadcast."""
-        inputs = tuple(
-            StageInput(table, self._broadcast_scan(table, columns).stage_id)
-            for table, columns in sorted(region.broadcast.items())
-        )
-        groups = self.planner.catalog.file_groups(region.fact, self.tasks)
-        sql, schema = self.planner.unparse(frame, self.ctx)
-        if inputs:
-            kind += f" (fact {region.fact}, broadcast {', '.join(sorted(region.broadcast))})"
-        return self._add(
-            kind=kind,
-            sql=sql,
-            task_count=len(groups),
-            output=output,
-            schema=schema,
-            file_scan=FileScan(region.fact, tuple(groups)),
-            inputs=inputs,
-        )
-
-    def _broadcast_scan(self, table: str, columns: list[str]) -> Stage:
-        frame = self.ctx.table(table)
-        if columns:
-            frame = frame.select(*[Expr.column(quote_identifier(c)) for c in columns])
-        projection = ", ".join(quote_identifier(n) for n in frame.schema().names)
-        return self._leaf_sql(
-            table,
-            frame,
-            f"SELECT {projection} FROM {quote_identifier(table)}",
-            kind="broadcast scan",
-            output=OutputPartitioning("broadcast"),
-        )
-
-    def _final_stage(
-        self,
-        upstream: Stage,
-        final_input: _FinalInput,
-        frame: DataFrame,
-        tasks: int,
-        kind: str = "final aggregate",
-        output: OutputPartitioning = _GATHER,
-    ) -> Stage:
-        sql, schema = self.planner.unparse(frame, final_input.ctx, final_input.prefix)
-        return self._add(
-            kind=kind,
-            sql=sql,
-            task_count=tasks,
-            output=output,
-            schema=schema,
-            inputs=(StageInput(final_input.input_name, upstream.stage_id, final_input.row_ids),),
-        )
-
-    def _merge(
-        self, upstream: Stage, below_cut: list[LogicalPlan], above: list[LogicalPlan]
-    ) -> None:
-        """A single task re-applying the topmost sort/limit over the gathered task outputs."""
-        names = upstream.schema.names
-        if len(set(names)) != len(names):
-            raise _NotDistributable("duplicate output column names")
-        source = "__merge_input"
-        sql = f"SELECT * FROM {source}"
-        cut = below_cut[0]
-        sort_node = cut if _kind(cut) == "Sort" else _sort_below_limit(cut)
-        limit_skip, limit_fetch = 0, None
-        if _kind(cut) == "Limit":
-            limit_skip = _literal_int(cut.to_variant().skip()) or 0
-            limit_fetch = _literal_int(cut.to_variant().fetch())
-        elif sort_node is not None:
-            limit_fetch = sort_node.to_variant().get_fetch_val()
-        if sort_node is not None:
-            keys = [
-                _order_key(sort_expr, names) for sort_expr in sort_node.to_variant().sort_exprs()
-            ]
-            sql += " ORDER BY " + ", ".join(keys)
-        if limit_fetch is not None:
-            sql += f" LIMIT {limit_fetch}"
-        if limit_skip:
-            sql += f" OFFSET {limit_skip}"
-        schema = upstream.schema
-        for node in reversed(above):
-            sql, schema = _wrap_row_selection(node, sql, schema)
-        self._add(
-            kind="merge",
-            sql=sql,
-            task_count=1,
-            output=OutputPartitioning("single"),
-            schema=schema,
-            inputs=(StageInput(source, upstream.stage_id),),
-        )
-
-    def _apply_upper(
-        self, frame: DataFrame, upper: Sequence[LogicalPlan], *, for_merge: bool
-    ) -> DataFrame:
-        """Re-apply projection, filter, sort and limit nodes (listed top-down) over a frame.
-
-        With ``for_merge`` the top node's limit keeps skip+fetch rows and drops the offset,
-        because the merge stage applies the offset once over all tasks.
-        """
-        for position, node in enumerate(reversed(upper)):
-            variant = node.to_variant()
-            kind = _kind(node)
-            is_top = position == len(upper) - 1
-            if kind == "Projection":
-                frame = frame.select(*[_wrap(e) for e in variant.projections()])
-            elif kind == "Filter":
-                frame = frame.filter(_wrap(variant.predicate()))
-            elif kind == "SubqueryAlias":
-                frame = frame.alias(variant.alias())
-            elif kind == "Sort":
-                frame = frame.sort(*[_sort_expr(s) for s in variant.sort_exprs()])
-                fetch = variant.get_fetch_val()
-                if fetch is not None:
-                    frame = frame.limit(fetch)
-            elif kind == "Limit":
-                skip = _literal_int(variant.skip()) or 0
-                fetch = _literal_int(variant.fetch())
-                if for_merge and is_top:
-                    if fetch is not None:
-                        frame = frame.limit(fetch + skip)
-                elif fetch is not None:
-                    frame = frame.limit(fetch, skip)
-                elif skip:
-                    raise _NotDistributable("OFFSET without LIMIT")
-            else:
-                raise _NotDistributable(f"{kind} above the distributed part")
-        return frame
+    def table_schema(self, table: str) -> pa.Schema:
+        return self.ctx.table(table).schema()
 
     # ---- fallback ------------------------------------------------------------------------
 
-    def fallback(self, sql: str, plan: LogicalPlan, reason: str) -> list[Stage]:
+    def _fallback(self, sql: str, plan: LogicalPlan, reason: str) -> list[Stage]:
         """Scan every referenced table in parallel and run the query as written in one task."""
         columns = _scanned_columns(plan)
-        for name in self.planner.catalog.tables:
+        for name in self.catalog.tables:
             if name not in columns and re.search(rf"\b{re.escape(name)}\b", sql, re.IGNORECASE):
                 columns[name] = []
-        inputs: list[StageInput] = []
+        stages: list[Stage] = []
+        tasks = max(1, self.options.tasks_per_stage)
         for table, needed in sorted(columns.items()):
-            if table not in self.planner.catalog.tables:
+            if table not in self.catalog.tables:
                 raise PlanningError(f"table {table!r} is not in the data folder")
             frame = self.ctx.table(table)
             if needed:
                 frame = frame.select(*[Expr.column(quote_identifier(c)) for c in needed])
             projection = ", ".join(quote_identifier(n) for n in frame.schema().names)
-            stage = self._leaf_sql(table, frame, f"SELECT {projection} FROM {table}")
-            inputs.append(StageInput(table, stage.stage_id))
+            groups = self.catalog.file_groups(table, tasks)
+            stages.append(
+                Stage(
+                    stage_id=len(stages) + 1,
+                    kind="scan",
+                    sql=f"SELECT {projection} FROM {quote_identifier(table)}",
+                    task_count=len(groups),
+                    output=_GATHER,
+                    schema=plain_schema(frame.schema()),
+                    file_scan=FileScan(table, tuple(groups)),
+                    strategy=f"scan {table} for the single-task fallback",
+                )
+            )
         result = self.ctx.sql(sql)
-        self._add(
-            kind="single-task",
-            sql=sql,
-            task_count=1,
-            output=OutputPartitioning("single"),
-            schema=plain_schema(result.schema()),
-            inputs=tuple(inputs),
-            fallback_reason=reason,
+        stages.append(
+            Stage(
+                stage_id=len(stages) + 1,
+                kind="single-task",
+                sql=sql,
+                task_count=1,
+                output=_GATHER,
+                schema=plain_schema(result.schema()),
+                inputs=tuple(StageInput(s.file_scan.table_name, s.stage_id) for s in stages),  # type: ignore[union-attr]
+                fallback_reason=reason,
+                strategy=f"single-task fallback: {reason}",
+            )
         )
-        return self.stages
+        return stages
 
-    def _leaf_sql(
+
+class _StageBuilder:
+    """Turns one query's optimized plan into stages, bottom-up."""
+
+    def __init__(self, planner: Planner) -> None:
+        self.planner = planner
+        self.catalog = planner.catalog
+        self.stages: list[Stage] = []
+        self.buckets = max(1, planner.options.tasks_per_stage)
+        self.threshold = planner.options.broadcast_threshold
+        self._strategies: list[str] = []
+
+    def distribute(self, plan: LogicalPlan, output_schema: pa.Schema) -> None:
+        root = self.part(plan)
+        if root.partitioning == REPLICATED:
+            raise NotDistributable("the query reads no table")
+        self.cut(root, _GATHER, cast_to=output_schema)
+
+    def strategy(self) -> str:
+        return " + ".join(self._strategies) or "parallel scan"
+
+    def _note(self, strategy: str) -> None:
+        if strategy not in self._strategies:
+            self._strategies.append(strategy)
+
+    # ---- cutting stages and reading them -------------------------------------------------
+
+    def cut(
         self,
-        table: str,
-        frame: DataFrame,
-        sql: str,
-        kind: str = "scan",
-        output: OutputPartitioning = _GATHER,
-    ) -> Stage:
-        groups = self.planner.catalog.file_groups(table, self.tasks)
-        return self._add(
-            kind=kind,
+        part: _Part,
+        output: OutputPartitioning,
+        hash_on: tuple[QualifiedColumn, ...] = (),
+        cast_to: pa.Schema | None = None,
+    ) -> tuple[Stage, list[str]]:
+        """Make ``part`` a stage; ``hash_on`` makes its output a hash shuffle on those columns.
+        Output columns are named after the part's columns (``__c<i>`` when names repeat).
+        ``cast_to`` gives the root's column types where DataFusion's optimizer changed them
+        (a decimal sum over a rewritten COUNT(DISTINCT) widens, for one)."""
+        names = [name for _, name in part.columns]
+        unique = len(set(names)) == len(names) and ROW_ID_COLUMN not in names
+        out_names = names if unique else [f"__c{index}" for index in range(len(names))]
+        ctx = self._stage_context(part)
+        frame = part.build(ctx)
+        if part.ordered:
+            # A projection over the sort would become a derived table whose order SQL drops.
+            if not unique:
+                raise NotDistributable("duplicate column names under ORDER BY")
+        else:
+            types = [f.type for f in plain_schema(frame.schema())]
+            wanted = list(cast_to.types) if cast_to is not None else types
+            if len(wanted) != len(types):
+                raise NotDistributable("distributed plan produces a different number of columns")
+            frame = frame.select(
+                *[
+                    (column_expr(c) if have == want else column_expr(c).cast(want)).alias(o)
+                    for c, o, have, want in zip(part.columns, out_names, types, wanted, strict=True)
+                ]
+            )
+        prefix = "WITH " + ", ".join(v.cte for v in part.views) + " " if part.views else ""
+        sql, schema = self.planner.unparse(frame, ctx, prefix)
+        if schema.names != out_names:
+            raise NotDistributable(f"stage produces {schema.names}, expected {out_names}")
+        if hash_on:
+            keys = tuple(out_names[part.columns.index(c)] for c in hash_on)
+            output = OutputPartitioning("hash", self.buckets, keys)
+        why = list(part.why)
+        file_scan = None
+        if part.partitioning == FILES:
+            assert part.fact is not None
+            groups = self.catalog.file_groups(part.fact, self.buckets)
+            files = len(self.catalog.tables[part.fact].files)
+            why.insert(0, f"split {part.fact}'s {files} files into {len(groups)} tasks")
+            file_scan = FileScan(part.fact, tuple(groups))
+            task_count = len(groups)
+        else:
+            task_count = self.buckets if part.partitioning == HASH else 1
+        why.append(_describe_output(output, part, hash_on))
+        stage = Stage(
+            stage_id=len(self.stages) + 1,
+            kind=_label(part.ops),
             sql=sql,
-            task_count=len(groups),
+            task_count=task_count,
             output=output,
-            schema=plain_schema(frame.schema()),
-            file_scan=FileScan(table, tuple(groups)),
+            schema=schema,
+            file_scan=file_scan,
+            inputs=tuple(StageInput(i.name, i.stage.stage_id, i.row_ids) for i in part.inputs),
+            strategy="; ".join(why),
+        )
+        self.stages.append(stage)
+        return stage, out_names
+
+    def read(
+        self,
+        stage: Stage,
+        part: _Part,
+        out_names: list[str],
+        partitioning: str,
+        keys: frozenset[QualifiedColumn] = frozenset(),
+    ) -> _Part:
+        """A part reading a cut stage, with the cut part's columns and qualifiers restored."""
+        columns = part.columns
+        input_name = f"__s{stage.stage_id}"
+        qualifiers = sorted({q for q, _ in columns if q is not None})
+        names = [name for _, name in columns]
+        common = dict(columns=columns, partitioning=partitioning, name=part.name, keys=keys)
+        if len(qualifiers) <= 1 and out_names == names:
+            alias = qualifiers[0] if qualifiers else None
+
+            def build_plain(ctx: SessionContext) -> DataFrame:
+                frame = ctx.table(input_name)
+                return frame.alias(alias) if alias else frame
+
+            inputs = (_Input(input_name, stage, False, stage.schema),)
+            return _Part(build_plain, inputs=inputs, size=part.size, **common)  # type: ignore[arg-type]
+        # Columns of several qualifiers cannot live in one table: number the rows, split them
+        # into one view per qualifier and join the views back on the row number.
+        row_id = pa.field(ROW_ID_COLUMN, pa.int64(), nullable=False)
+        numbered = stage.schema.append(row_id)
+        groups: list[str | None] = [*qualifiers]
+        if any(q is None for q, _ in columns):
+            groups.append(None)
+        views: list[tuple[_View, str | None]] = []
+        for index, qualifier in enumerate(groups):
+            mapping = [
+                (out, name)
+                for (q, name), out in zip(columns, out_names, strict=True)
+                if q == qualifier
+            ]
+            if len({name for _, name in mapping}) != len(mapping):
+                raise NotDistributable("duplicate column names under one qualifier")
+            view = f"{input_name}_{index}"
+            select = ", ".join(
+                f"{quote_identifier(out)} AS {quote_identifier(name)}" for out, name in mapping
+            )
+            cte = (
+                f"{quote_identifier(view)} AS (SELECT {select}, {quote_identifier(ROW_ID_COLUMN)}"
+                f" FROM {quote_identifier(input_name)})"
+            )
+            fields = [stage.schema.field(out).with_name(name) for out, name in mapping]
+            views.append((_View(view, cte, pa.schema([*fields, row_id])), qualifier))
+
+        def build_views(ctx: SessionContext) -> DataFrame:
+            frame: DataFrame | None = None
+            first_ref = ""
+            for view, qualifier in views:
+                table = ctx.table(view.name)
+                if qualifier is not None:
+                    table = table.alias(qualifier)
+                ref = qualifier if qualifier is not None else view.name
+                if frame is None:
+                    frame, first_ref = table, ref
+                else:
+                    frame = frame.join_on(
+                        table,
+                        column_expr((first_ref, ROW_ID_COLUMN))
+                        == column_expr((ref, ROW_ID_COLUMN)),
+                        how="inner",
+                    )
+            assert frame is not None
+            return frame.select(*[column_expr(c) for c in columns])
+
+        return _Part(
+            build_views,
+            inputs=(_Input(input_name, stage, True, numbered),),
+            views=tuple(view for view, _ in views),
+            size=part.size,
+            **common,  # type: ignore[arg-type]
+        )
+
+    def exchange(
+        self,
+        part: _Part,
+        partitioning: str,
+        *,
+        output: OutputPartitioning = _GATHER,
+        hash_on: tuple[QualifiedColumn, ...] = (),
+        keys: frozenset[QualifiedColumn] = frozenset(),
+    ) -> _Part:
+        """Cut ``part`` and read it back as a part of the next stage, partitioned as given."""
+        stage, out_names = self.cut(part, output, hash_on)
+        return self.read(stage, part, out_names, partitioning, keys)
+
+    def _stage_context(self, part: _Part) -> SessionContext:
+        """A session holding exactly the stage's inputs, as empty tables."""
+        ctx = new_session(self.planner.options.target_partitions)
+        if part.fact is not None:
+            _register_empty(ctx, part.fact, self.planner.table_schema(part.fact))
+        for item in (*part.inputs, *part.views):
+            _register_empty(ctx, item.name, item.schema)
+        return ctx
+
+    # ---- nodes ---------------------------------------------------------------------------
+
+    def part(self, node: LogicalPlan) -> _Part:
+        handler = {
+            "TableScan": self._table_scan,
+            "Projection": self._projection,
+            "Filter": self._filter,
+            "SubqueryAlias": self._subquery_alias,
+            "Join": self._join,
+            "Aggregate": self._aggregate,
+            "Sort": self._sort,
+            "Limit": self._limit,
+            "WindowExpr": self._window,
+            "Union": self._union,
+        }.get(kind(node))
+        if handler is None:
+            raise NotDistributable(f"{kind(node)} is not distributed yet")
+        return handler(node)
+
+    def _table_scan(self, node: LogicalPlan) -> _Part:
+        variant = node.to_variant()
+        table = variant.table_name()
+        if table not in self.catalog.tables:
+            raise NotDistributable(f"table {table} is not in the data folder")
+        columns = tuple((table, name) for _, name in variant.projection())
+        filters = [wrap(e) for e in variant.filters()]
+        fetch = variant.fetch()
+
+        def build(ctx: SessionContext) -> DataFrame:
+            frame = ctx.table(quote_identifier(table))
+            for predicate in filters:
+                frame = frame.filter(predicate)
+            frame = frame.select(*[column_expr(c) for c in columns])
+            return frame.limit(fetch) if fetch is not None else frame
+
+        return _Part(
+            build,
+            columns=columns,
+            partitioning=FILES,
+            name=table,
+            fact=table,
+            size=self.catalog.column_bytes(table, [name for _, name in columns]),
+            ops=("scan",),
+        )
+
+    def _projection(self, node: LogicalPlan) -> _Part:
+        child = self.part(node.inputs()[0])
+        # Computed columns are named explicitly: the unparser would otherwise name them after
+        # its own rewrite of the expression.
+        exprs = [_named(wrap(e)) for e in node.to_variant().projections()]
+        if child.ordered and any(e.variant_name() != "Column" for e in exprs):
+            raise NotDistributable("computed columns above ORDER BY are not distributed yet")
+        columns: list[QualifiedColumn] = []
+        keys: set[QualifiedColumn] = set()
+        for expr in exprs:
+            produced, passed = output_column(expr)
+            columns.append(produced)
+            if passed is not None and passed in child.keys:
+                keys.add(produced)
+
+        def build(ctx: SessionContext) -> DataFrame:
+            return child.build(ctx).select(*exprs)
+
+        return child.then(build, "project", columns=tuple(columns), keys=frozenset(keys))
+
+    def _filter(self, node: LogicalPlan) -> _Part:
+        child = self.part(node.inputs()[0])
+        predicate = wrap(node.to_variant().predicate())
+
+        def build(ctx: SessionContext) -> DataFrame:
+            return child.build(ctx).filter(predicate)
+
+        return child.then(build, "filter")
+
+    def _subquery_alias(self, node: LogicalPlan) -> _Part:
+        child = self.part(node.inputs()[0])
+        alias = node.to_variant().alias()
+
+        def build(ctx: SessionContext) -> DataFrame:
+            # The projection keeps the unparser from hoisting filters out of the alias.
+            frame = child.build(ctx).select(*[column_expr(c) for c in child.columns])
+            return frame.alias(alias)
+
+        return child.then(
+            build,
+            "project",
+            columns=tuple((alias, name) for _, name in child.columns),
+            keys=frozenset((alias, name) for _, name in child.keys),
+            name=alias,
+        )
+
+    # ---- joins -----------------------------------------------------------------------------
+
+    def _join(self, node: LogicalPlan) -> _Part:
+        variant = node.to_variant()
+        join_type = str(variant.join_type())
+        if join_type not in _JOIN_HOW:
+            raise NotDistributable(f"{join_type} joins are not distributed yet")
+        if variant.null_equals_null():
+            raise NotDistributable("joins matching NULL keys are not distributed yet")
+        left_node, right_node = node.inputs()
+        left, right = self.part(left_node), self.part(right_node)
+        if left.bare_aggregate or right.bare_aggregate:
+            raise NotDistributable("a join over an aggregate grouped by several relations")
+        pairs = [(wrap(a), wrap(b)) for a, b in variant.on()]
+        condition = wrap(variant.filter()) if variant.filter() is not None else None
+        key_pairs = [
+            (as_column(a), as_column(b))
+            for a, b in pairs
+            if as_column(a) is not None and as_column(b) is not None
+        ]
+        left, right, partitioning, why = self._place_join(join_type, left, right, key_pairs)  # type: ignore[arg-type]
+        how, swap = _JOIN_HOW[join_type]
+        exprs = [a == b for a, b in pairs] + ([condition] if condition is not None else [])
+        if not exprs:
+            exprs = [Expr.literal(True)]
+        built_left, built_right = left.build, right.build
+
+        def build(ctx: SessionContext) -> DataFrame:
+            lhs, rhs = built_left(ctx), built_right(ctx)
+            if swap:
+                return rhs.join_on(lhs, *exprs, how=how)
+            return lhs.join_on(rhs, *exprs, how=how)
+
+        joined = _joined(left, right, partitioning, why)
+        if how in ("semi", "anti"):
+            columns = right.columns if swap else left.columns
+        else:
+            columns = left.columns + right.columns
+        keys = _join_keys(join_type, left, right, key_pairs)  # type: ignore[arg-type]
+        size = left.size if how in ("semi", "anti") and not swap else None
+        if how in ("semi", "anti") and swap:
+            size = right.size
+        return replace(joined, build=build, columns=columns, keys=keys, size=size)
+
+    def _place_join(
+        self,
+        join_type: str,
+        left: _Part,
+        right: _Part,
+        key_pairs: list[tuple[QualifiedColumn, QualifiedColumn]],
+    ) -> tuple[_Part, _Part, str, str]:
+        """Exchange the join's sides as its strategy needs; returns the sides to fuse, the
+        joined partitioning and why."""
+        if left.partitioning == SINGLE and right.partitioning == SINGLE:
+            return left, right, SINGLE, "join in one task: both sides are gathered"
+        may_right = join_type in _BROADCAST_RIGHT
+        may_left = join_type in _BROADCAST_LEFT
+        if left.partitioning == SINGLE and may_left:
+            self._note("broadcast join")
+            return self._broadcast(left), right, right.partitioning, "broadcast gathered left side"
+        if right.partitioning == SINGLE and may_right:
+            self._note("broadcast join")
+            return left, self._broadcast(right), left.partitioning, "broadcast gathered right side"
+        if SINGLE not in (left.partitioning, right.partitioning):
+            for a, b in key_pairs:
+                if {left.partitioning, right.partitioning} == {HASH} and (
+                    a in left.keys and b in right.keys
+                ):
+                    self._note("co-located join")
+                    return (
+                        left,
+                        right,
+                        HASH,
+                        f"join in place: both sides are hash-partitioned on {_pair(a, b)}",
+                    )
+            small = [
+                (side.size, position)
+                for side, position, allowed in (
+                    (right, "right", may_right),
+                    (left, "left", may_left),
+                )
+                if allowed and side.size is not None and side.size <= self.threshold
+            ]
+            if small:
+                size, position = min(small)
+                self._note("broadcast join")
+                side = right if position == "right" else left
+                why = (
+                    f"broadcast {side.name}: ~{_megabytes(size)} ≤ threshold "
+                    f"{_megabytes(self.threshold)}"
+                )
+                if position == "right":
+                    return left, self._broadcast(right), left.partitioning, why
+                return self._broadcast(left), right, right.partitioning, why
+        if key_pairs:
+            return self._shuffle_join(left, right, key_pairs)
+        # No equi-join key: broadcast a side the join type allows, or gather both.
+        if may_right and left.partitioning != SINGLE:
+            self._note("broadcast join")
+            why = f"broadcast {right.name}: the join has no equi-join key"
+            return left, self._broadcast(right), left.partitioning, why
+        if may_left and right.partitioning != SINGLE:
+            self._note("broadcast join")
+            why = f"broadcast {left.name}: the join has no equi-join key"
+            return self._broadcast(left), right, right.partitioning, why
+        self._note("gathered join")
+        return (
+            self._gather(left),
+            self._gather(right),
+            SINGLE,
+            "join in one task: no equi-join key and neither side may be broadcast",
+        )
+
+    def _shuffle_join(
+        self,
+        left: _Part,
+        right: _Part,
+        key_pairs: list[tuple[QualifiedColumn, QualifiedColumn]],
+    ) -> tuple[_Part, _Part, str, str]:
+        # Prefer the key a side is already partitioned on: that side then stays in place.
+        a, b = max(key_pairs, key=lambda p: (p[0] in left.keys) + (p[1] in right.keys))
+        sides = []
+        for side, key in ((left, a), (right, b)):
+            if side.partitioning == HASH and key in side.keys:
+                sides.append(side)
+            else:
+                sides.append(self.exchange(side, HASH, hash_on=(key,), keys=frozenset({key})))
+        self._note("shuffle join")
+        sizes = ", ".join(
+            f"{side.name} ~{_megabytes(side.size)}" if side.size is not None else f"{side.name}"
+            for side in (left, right)
+        )
+        why = (
+            f"shuffle join on {_pair(a, b)}: no side fits the broadcast threshold "
+            f"{_megabytes(self.threshold)} ({sizes})"
+        )
+        return sides[0], sides[1], HASH, why
+
+    def _broadcast(self, part: _Part) -> _Part:
+        return self.exchange(part, REPLICATED, output=_BROADCAST)
+
+    def _gather(self, part: _Part) -> _Part:
+        if part.partitioning == SINGLE:
+            return part
+        return self.exchange(part, SINGLE)
+
+    # ---- aggregates ----------------------------------------------------------------------
+
+    def _aggregate(self, node: LogicalPlan) -> _Part:
+        variant = node.to_variant()
+        groups = [wrap(e) for e in variant.group_by_exprs()]
+        aggregates = [wrap(e) for e in variant.aggregate_exprs()]
+        if any(g.variant_name() == "GroupingSet" for g in groups):
+            raise NotDistributable("grouping sets are not distributed yet")
+        child = self.part(node.inputs()[0])
+        group_columns = [as_column(g) for g in groups]
+        columns = tuple(
+            [
+                c if c is not None else (None, g.schema_name())
+                for c, g in zip(group_columns, groups, strict=True)
+            ]
+            + [(None, a.schema_name()) for a in aggregates]
+        )
+        size = 0 if not groups else child.size
+        qualifiers = {q for q, _ in columns if q is not None}
+        # The unparser keeps an aggregate in its own query block only under an alias.
+        alias = (
+            (next(iter(qualifiers)) if qualifiers else "__aggregate")
+            if len(qualifiers) < 2
+            else None
+        )
+
+        def finish(frame: DataFrame) -> DataFrame:
+            return frame.alias(alias) if alias is not None else frame
+
+        in_place = [c for c in group_columns if c is not None and c in child.keys]
+        if child.partitioning == SINGLE or (child.partitioning == HASH and in_place):
+
+            def build_local(ctx: SessionContext) -> DataFrame:
+                return finish(child.build(ctx).aggregate(groups, aggregates))
+
+            local = child.then(
+                build_local, "aggregate", columns=columns, keys=frozenset(in_place), size=size
+            )
+            return replace(local, bare_aggregate=alias is None)
+        output_types = self.planner.ctx.create_dataframe_from_logical_plan(node).schema()
+        try:
+            split = split_aggregate(groups, aggregates, variant, output_types)
+        except NotDistributable as reason:
+            # Not decomposable (median, DISTINCT with FILTER...): move the rows instead.
+            keys = [c for c in group_columns if c is not None]
+            if groups and len(keys) == len(groups):
+                self._note("shuffled aggregate")
+                moved = self.exchange(child, HASH, hash_on=tuple(keys))
+                why = f"shuffle rows on the group keys: {reason}"
+            else:
+                self._note("gathered aggregate")
+                moved = self._gather(child)
+                why = f"gather rows into one task: {reason}"
+            moved = replace(moved, why=(*moved.why, why))
+
+            def build_moved(ctx: SessionContext) -> DataFrame:
+                return finish(moved.build(ctx).aggregate(groups, aggregates))
+
+            keys_after = frozenset(keys) if len(keys) == 1 else frozenset()
+            aggregated = moved.then(
+                build_moved, "aggregate", columns=columns, keys=keys_after, size=size
+            )
+            return replace(aggregated, bare_aggregate=alias is None)
+
+        def build_partial(ctx: SessionContext) -> DataFrame:
+            return child.build(ctx).aggregate(split.partial_groups, split.partial_aggregates)
+
+        partial = child.then(
+            build_partial, "partial aggregate", columns=tuple(split.partial_columns)
+        )
+        self._note("two-phase aggregate")
+        if split.grouped:
+            keys = frozenset(split.key_columns) if len(split.key_columns) == 1 else frozenset()
+            read = self.exchange(partial, HASH, hash_on=tuple(split.key_columns))
+        else:
+            keys = frozenset()
+            read = self.exchange(partial, SINGLE)
+
+        def build_final(ctx: SessionContext) -> DataFrame:
+            return finish(read.build(ctx).aggregate(split.final_groups, split.final_aggregates))
+
+        final = read.then(
+            build_final,
+            "final aggregate",
+            columns=tuple(split.output_columns),
+            keys=keys,
+            size=size,
+        )
+        return replace(final, bare_aggregate=alias is None)
+
+    # ---- order and limit -------------------------------------------------------------------
+
+    def _sort(self, node: LogicalPlan, skip: int = 0, fetch: int | None = None) -> _Part:
+        """A sort, with the ``skip``/``fetch`` of a limit right above it if any."""
+        variant = node.to_variant()
+        raw = list(variant.sort_exprs())
+        per_task_fetch = variant.get_fetch_val()
+        if fetch is None:
+            fetch = per_task_fetch
+        elif per_task_fetch is None or per_task_fetch > skip + fetch:
+            per_task_fetch = skip + fetch
+        child = self.part(node.inputs()[0])
+
+        def sort(frame: DataFrame, limit: int | None, offset: int) -> DataFrame:
+            # Sorting a projection keeps ORDER BY in the unparsed query block (see ``cut``).
+            frame = frame.select(*[column_expr(c) for c in child.columns])
+            frame = frame.sort(*[sort_expr(s) for s in raw])
+            return frame.limit(limit, offset) if limit is not None else frame
+
+        if child.partitioning == SINGLE:
+            return child.then(lambda ctx: sort(child.build(ctx), fetch, skip), "sort")
+        per_task = child
+        if per_task_fetch is not None:
+            per_task = child.then(lambda ctx: sort(child.build(ctx), per_task_fetch, 0), "top-k")
+        merged = self._gather(per_task)
+        return merged.then(lambda ctx: sort(merged.build(ctx), fetch, skip), "merge")
+
+    def _limit(self, node: LogicalPlan) -> _Part:
+        variant = node.to_variant()
+        skip = literal_int(variant.skip()) or 0
+        fetch = literal_int(variant.fetch())
+        if fetch is not None and kind(node.inputs()[0]) == "Sort":
+            return self._sort(node.inputs()[0], skip, fetch)
+        child = self.part(node.inputs()[0])
+        if fetch is None:
+            if skip:
+                raise NotDistributable("OFFSET without LIMIT is not distributed yet")
+            return child
+        if child.partitioning == SINGLE:
+            return child.then(lambda ctx: child.build(ctx).limit(fetch, skip), "limit")
+        per_task = child.then(lambda ctx: child.build(ctx).limit(fetch + skip), "limit")
+        merged = self._gather(per_task)
+        return merged.then(lambda ctx: merged.build(ctx).limit(fetch, skip), "merge")
+
+    # ---- windows and unions ----------------------------------------------------------------
+
+    def _window(self, node: LogicalPlan) -> _Part:
+        variant = node.to_variant()
+        exprs = [wrap(e) for e in variant.get_window_expr()]
+        child = self.part(node.inputs()[0])
+        shared: set[QualifiedColumn] | None = None
+        ordered: list[QualifiedColumn] = []
+        for expr in exprs:
+            target = wrap(expr.to_variant().expr()) if expr.variant_name() == "Alias" else expr
+            partition = [as_column(wrap(p)) for p in variant.get_partition_exprs(target.expr)]
+            columns = {c for c in partition if c is not None}
+            ordered.extend(c for c in partition if c is not None and c not in ordered)
+            shared = columns if shared is None else shared & columns
+        shared = shared or set()
+        if child.partitioning == SINGLE or shared & child.keys:
+            ready = child
+        elif shared:
+            key = next(c for c in ordered if c in shared)
+            self._note("window shuffle")
+            ready = self.exchange(child, HASH, hash_on=(key,), keys=frozenset({key}))
+            ready = replace(ready, why=(f"shuffle on the PARTITION BY column {_name(key)}",))
+        else:
+            self._note("gathered window")
+            ready = self._gather(child)
+            ready = replace(ready, why=("a window without a shared PARTITION BY runs in one task",))
+
+        def build(ctx: SessionContext) -> DataFrame:
+            return ready.build(ctx).window(*exprs)
+
+        columns = ready.columns + tuple((None, e.schema_name()) for e in exprs)
+        return ready.then(build, "window", columns=columns)
+
+    def _union(self, node: LogicalPlan) -> _Part:
+        children = [self.part(child) for child in node.inputs()]
+        if all(child.partitioning == SINGLE for child in children):
+            ready = children
+        else:
+            ready = []
+            for child in children:
+                if child.partitioning == HASH:
+                    ready.append(child)
+                else:
+                    first = (child.columns[0],)
+                    ready.append(self.exchange(child, HASH, hash_on=first))
+            self._note("union per bucket")
+        partitioning = ready[0].partitioning
+        facts = {c.fact for c in ready if c.fact is not None}
+        if facts:
+            raise NotDistributable("a union over files in one stage")
+        builds = [c.build for c in ready]
+
+        def build(ctx: SessionContext) -> DataFrame:
+            frame = builds[0](ctx)
+            for other in builds[1:]:
+                frame = frame.union(other(ctx))
+            return frame
+
+        names = self.planner.ctx.create_dataframe_from_logical_plan(node).schema().names
+        sizes = [c.size for c in ready]
+        return _Part(
+            build,
+            columns=tuple((None, name) for name in names),
+            partitioning=partitioning,
+            name="union",
+            inputs=tuple(i for c in ready for i in c.inputs),
+            views=tuple(v for c in ready for v in c.views),
+            size=None if None in sizes else sum(s for s in sizes if s is not None),
+            ops=(*(op for c in ready for op in c.ops), "union"),
+            why=(*(w for c in ready for w in c.why), "union of inputs hash-partitioned per bucket"),
         )
 
 
-# ---- helpers over plan nodes -----------------------------------------------------------
+# ---- helpers -----------------------------------------------------------------------------
+
+
+def _join_keys(
+    join_type: str,
+    left: _Part,
+    right: _Part,
+    key_pairs: list[tuple[QualifiedColumn, QualifiedColumn]],
+) -> frozenset[QualifiedColumn]:
+    """Columns whose hash still places each joined row: the preserved sides' keys, and for
+    inner joins the columns equal to them. Outer joins NULL-extend the other side."""
+    if join_type == "Inner":
+        keys = set(left.keys | right.keys)
+        for a, b in key_pairs:
+            if a in keys or b in keys:
+                keys |= {a, b}
+        return frozenset(keys)
+    if join_type in ("Left", "LeftSemi", "LeftAnti"):
+        return left.keys
+    if join_type in ("Right", "RightSemi", "RightAnti"):
+        return right.keys
+    return frozenset()
+
+
+def _named(expr: Expr) -> Expr:
+    if expr.variant_name() in ("Column", "Alias"):
+        return expr
+    return expr.alias(expr.schema_name())
+
+
+def _label(ops: tuple[str, ...]) -> str:
+    """A stage's kind from the operations fused into it, e.g. 'scan + join + partial
+    aggregate'; projections and filters are implied."""
+    seen: list[str] = []
+    for op in ops:
+        if op not in ("project", "filter") and op not in seen:
+            seen.append(op)
+    return " + ".join(seen) or "exchange"
+
+
+def _describe_output(
+    output: OutputPartitioning, part: _Part, hash_on: tuple[QualifiedColumn, ...]
+) -> str:
+    if output.kind == "hash":
+        return f"shuffle on {', '.join(_name(c) for c in hash_on)} into {output.buckets} buckets"
+    if output.kind == "broadcast":
+        return f"broadcast {part.name} to every task that reads it"
+    return "gather into one task"
+
+
+def _name(column: QualifiedColumn) -> str:
+    qualifier, name = column
+    return f"{qualifier}.{name}" if qualifier else name
+
+
+def _pair(a: QualifiedColumn, b: QualifiedColumn) -> str:
+    return f"{_name(a)} = {_name(b)}"
+
+
+def _megabytes(size: int) -> str:
+    if size < 1_000_000:
+        return f"{size / 1e3:.1f} kB"
+    return f"{size / 1e6:.1f} MB"
+
+
+def _register_empty(ctx: SessionContext, name: str, schema: pa.Schema) -> None:
+    ctx.register_record_batches(name, [[pa.RecordBatch.from_pylist([], schema=schema)]])
 
 
 def _scanned_columns(plan: LogicalPlan) -> dict[str, list[str]]:
@@ -469,7 +1032,7 @@ def _scanned_columns(plan: LogicalPlan) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
 
     def visit(node: LogicalPlan) -> None:
-        if _kind(node) == "TableScan":
+        if kind(node) == "TableScan":
             variant = node.to_variant()
             columns = found.setdefault(variant.table_name(), [])
             for _, name in variant.projection():
@@ -482,363 +1045,12 @@ def _scanned_columns(plan: LogicalPlan) -> dict[str, list[str]]:
     return found
 
 
-def _topmost_order_or_limit(upper: list[LogicalPlan]) -> int | None:
-    for index, node in enumerate(upper):
-        if _kind(node) in ("Sort", "Limit"):
-            return index
-    return None
-
-
-def _sort_below_limit(limit: LogicalPlan) -> LogicalPlan | None:
-    child = limit.inputs()[0]
-    return child if _kind(child) == "Sort" else None
-
-
-def _sort_expr(raw: object) -> SortExpr:
-    return SortExpr(_wrap(raw.expr()), raw.ascending(), raw.nulls_first())  # type: ignore[attr-defined]
-
-
-def _order_key(raw: object, names: list[str]) -> str:
-    column = _as_column(_wrap(raw.expr()))  # type: ignore[attr-defined]
-    if column is None or column[1] not in names:
-        raise _NotDistributable("sort key is not an output column")
-    direction = "ASC" if raw.ascending() else "DESC"  # type: ignore[attr-defined]
-    nulls = "NULLS FIRST" if raw.nulls_first() else "NULLS LAST"  # type: ignore[attr-defined]
-    return f"{quote_identifier(column[1])} {direction} {nulls}"
-
-
-def _wrap_row_selection(node: LogicalPlan, sql: str, schema: pa.Schema) -> tuple[str, pa.Schema]:
-    """Apply a node above the merge cut: a column-only projection or a limit."""
-    kind = _kind(node)
-    variant = node.to_variant()
-    if kind == "Limit":
-        fetch = _literal_int(variant.fetch())
-        skip = _literal_int(variant.skip()) or 0
-        limit = f" LIMIT {fetch}" if fetch is not None else ""
-        offset = f" OFFSET {skip}" if skip else ""
-        return f"SELECT * FROM ({sql}){limit}{offset}", schema
-    if kind == "Projection":
-        fields = []
-        for raw in variant.projections():
-            column = _as_column(_wrap(raw))
-            if column is None or column[1] not in schema.names:
-                raise _NotDistributable("computed projection above a sort")
-            fields.append(schema.field(column[1]))
-        select = ", ".join(quote_identifier(field.name) for field in fields)
-        return f"SELECT {select} FROM ({sql})", pa.schema(fields)
-    raise _NotDistributable(f"{kind} above a sort")
-
-
-@dataclass
-class _GroupSplit:
-    """Group keys split into the partial aggregate's outputs and the final aggregate's keys.
-
-    With keys from one relation (or none), partial results travel under that relation's name
-    and keep the column names, so expressions above the aggregate resolve unchanged. With keys
-    from several relations (after a join) every key travels as ``__g<i>`` and the final stage
-    rebuilds one view per relation joined on a row id (see ``_FinalInput``).
-    """
-
-    partials: list[Expr]
-    finals: list[Expr]
-    partial_table: str
-    key_columns: list[tuple[int, str, str]]  # (key index, relation, column) of column keys
-    multi: bool
-
-    @property
-    def relations(self) -> list[str]:
-        return sorted({relation for _, relation, _ in self.key_columns})
-
-
-def _split_groups(groups: list[Expr]) -> _GroupSplit:
-    columns = [_as_column(expr) for expr in groups]
-    key_columns = [
-        (index, column[0], column[1])
-        for index, column in enumerate(columns)
-        if column is not None and column[0] is not None
-    ]
-    relations = {relation for _, relation, _ in key_columns}
-    names = [name for _, _, name in key_columns]
-    if len(relations) > 1:
-        if any(
-            len(set(n for _, r, n in key_columns if r == rel))
-            != sum(1 for _, r, _ in key_columns if r == rel)
-            for rel in relations
-        ):
-            raise _NotDistributable("duplicate group key names")
-        partials = [expr.alias(f"__g{index}") for index, expr in enumerate(groups)]
-        keyed = {index for index, _, _ in key_columns}
-        finals = [
-            expr
-            if index in keyed
-            else Expr.column(f"__partial.__g{index}").alias(expr.schema_name())
-            for index, expr in enumerate(groups)
-        ]
-        return _GroupSplit(partials, finals, "__partial", key_columns, multi=True)
-    if len(set(names)) != len(names):
-        raise _NotDistributable("duplicate group key names")
-    qualifier = next(iter(relations)) if relations else "__partial"
-    partials = []
-    finals = []
-    for index, (expr, column) in enumerate(zip(groups, columns, strict=True)):
-        if column is not None and column[0] is not None:
-            partials.append(expr.alias(column[1]))
-            finals.append(
-                Expr.column(f"{quote_identifier(qualifier)}.{quote_identifier(column[1])}")
-            )
-        else:
-            partials.append(expr.alias(f"__g{index}"))
-            finals.append(
-                Expr.column(f"{quote_identifier(qualifier)}.__g{index}").alias(expr.schema_name())
-            )
-    return _GroupSplit(partials, finals, qualifier, key_columns, multi=False)
-
-
-@dataclass
-class _FinalInput:
-    """How the final aggregate stage sees the partial results it reads."""
-
-    ctx: SessionContext
-    input_name: str
-    row_ids: bool
-    prefix: str
-    tables: list[str]
-
-    @staticmethod
-    def build(split: _GroupSplit, partial_schema: pa.Schema) -> _FinalInput:
-        ctx = new_session()
-        if not split.multi:
-            table = split.partial_table
-            ctx.register_record_batches(table, [[_empty_batch(partial_schema)]])
-            return _FinalInput(ctx, table, False, "", [table])
-        rowid = pa.field(ROW_ID_COLUMN, pa.int64())
-        ctx.register_record_batches("__input", [[_empty_batch(partial_schema.append(rowid))]])
-        keyed = {f"__g{index}" for index, _, _ in split.key_columns}
-        views: list[tuple[str, list[tuple[str, str]]]] = [
-            (
-                relation,
-                [(f"__g{i}", name) for i, r, name in split.key_columns if r == relation],
-            )
-            for relation in split.relations
-        ]
-        views.append(("__partial", [(n, n) for n in partial_schema.names if n not in keyed]))
-        ctes = []
-        for view, columns in views:
-            select = ", ".join(
-                f"{quote_identifier(source)} AS {quote_identifier(target)}"
-                for source, target in columns
-            )
-            ctes.append(
-                f"{quote_identifier(view)} AS (SELECT {select}, {quote_identifier(ROW_ID_COLUMN)}"
-                f" FROM {quote_identifier('__input')})"
-            )
-            fields = [partial_schema.field(source).with_name(target) for source, target in columns]
-            ctx.register_record_batches(view, [[_empty_batch(pa.schema([*fields, rowid]))]])
-        prefix = "WITH " + ", ".join(ctes) + " "
-        return _FinalInput(ctx, "__input", True, prefix, [view for view, _ in views])
-
-    def frame(self, group_finals: list[Expr], finals: list[Expr]) -> DataFrame:
-        """The final aggregate, over the partial results (rejoined per relation if needed)."""
-        first = self.tables[0]
-        frame = self.ctx.table(first)
-        for other in self.tables[1:]:
-            frame = frame.join_on(
-                self.ctx.table(other),
-                Expr.column(f"{quote_identifier(first)}.{ROW_ID_COLUMN}")
-                == Expr.column(f"{quote_identifier(other)}.{ROW_ID_COLUMN}"),
-                how="inner",
-            )
-        return frame.aggregate(group_finals, finals)
-
-
-def _split_aggregate(
-    variant: object, expr: Expr, index: int, qualifier: str, output_type: pa.DataType
-) -> tuple[list[Expr], Expr]:
-    """The partial aggregates computed per task and the final expression combining them."""
-    inner = expr
-    if inner.variant_name() == "Alias":
-        inner = _wrap(inner.to_variant().expr())
-    if inner.variant_name() != "AggregateFunction":
-        raise _NotDistributable(f"aggregate {expr.schema_name()} is not a plain aggregate call")
-    aggregate = inner.to_variant()
-    name = variant.agg_func_name(expr.expr)  # type: ignore[attr-defined]
-    if (
-        name not in _SPLITTABLE_AGGREGATES
-        or aggregate.is_distinct()
-        or " FILTER (" in expr.schema_name()
-        or " ORDER BY " in expr.schema_name()
-    ):
-        raise _NotDistributable(f"aggregate {expr.schema_name()} is not split in two phases yet")
-    args = [_wrap(a) for a in variant.aggregation_arguments(expr.expr)]  # type: ignore[attr-defined]
-    if len(args) != 1:
-        raise _NotDistributable(f"aggregate {expr.schema_name()} has {len(args)} arguments")
-    (arg,) = args
-
-    def column(suffix: str) -> Expr:
-        return Expr.column(f"{quote_identifier(qualifier)}.__p{index}{suffix}")
-
-    combine: dict[str, tuple[Callable[[Expr], Expr], Callable[[Expr], Expr]]] = {
-        "sum": (f.sum, f.sum),
-        "count": (f.count, f.sum),
-        "min": (f.min, f.min),
-        "max": (f.max, f.max),
-    }
-    if name in combine:
-        partial_fn, final_fn = combine[name]
-        final = final_fn(column("")).cast(output_type)
-        if name == "count":
-            final = f.coalesce(final, Expr.literal(0)).cast(output_type)
-        return [partial_fn(arg).alias(f"__p{index}")], final
-    total, count = f.sum(arg).alias(f"__p{index}s"), f.count(arg).alias(f"__p{index}c")
-    divisor = f.nullif(f.sum(column("c")), Expr.literal(0))
-    if not pa.types.is_decimal(output_type):
-        final = f.sum(column("s")).cast(pa.float64()) / divisor.cast(pa.float64())
-        return [total, count], final.cast(output_type)
-    # DataFusion's decimal avg truncates to the output scale; decimal division truncates too,
-    # so dividing at a finer scale and then truncating to the output scale gives the same digits.
-    scale = output_type.scale
-    quotient = f.sum(column("s")).cast(pa.decimal128(38, scale)) / divisor.cast(
-        pa.decimal128(20, 0)
-    )
-    unit = Expr.literal(pa.scalar(decimal.Decimal(1).scaleb(-scale), pa.decimal128(38, scale)))
-    return [total, count], (quotient - quotient % unit).cast(output_type)
-
-
-def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pylist([], schema=schema)
-
-
 def _check_root_schema(produced: pa.Schema, expected: pa.Schema) -> None:
     """The root stage must produce the query's columns in order (names may be spelled apart)."""
     if len(produced) != len(expected):
-        raise _NotDistributable("distributed plan produces a different number of columns")
+        raise NotDistributable("distributed plan produces a different number of columns")
     for got, want in zip(produced, expected, strict=True):
         if got.type != want.type:
-            raise _NotDistributable(
+            raise NotDistributable(
                 f"distributed plan produces {got.name}: {got.type} where {want.name}: {want.type}"
             )
-
-
-def _describe_input(plan: LogicalPlan) -> str:
-    """The first node below row-wise operators, for fallback reasons: 'Join', 'Aggregate'..."""
-    node = plan
-    while _kind(node) in _ROW_WISE:
-        node = node.inputs()[0]
-    return _kind(node)
-
-
-@dataclass(frozen=True)
-class _Region:
-    """A subtree that runs once per file group of its fact table, every other table it reads
-    broadcast to each task: correct when the subtree is linear in the fact table (projections,
-    filters, and joins that keep or filter the fact's rows)."""
-
-    root: LogicalPlan
-    fact: str
-    broadcast: dict[str, list[str]]
-
-
-_FACT_SIDES = {
-    "Inner": (True, True),
-    "Left": (True, False),
-    "LeftSemi": (True, False),
-    "LeftAnti": (True, False),
-    "LeftMark": (True, False),
-    "Right": (False, True),
-    "RightSemi": (False, True),
-    "RightAnti": (False, True),
-    "RightMark": (False, True),
-}
-
-
-def _fact_candidates(node: LogicalPlan) -> list[str]:
-    """Tables whose rows can be split across tasks at this node without changing the result."""
-    kind = _kind(node)
-    if kind == "TableScan":
-        return [node.to_variant().table_name()]
-    if kind in _ROW_WISE:
-        return _fact_candidates(node.inputs()[0])
-    if kind == "Join":
-        left, right = node.inputs()
-        use_left, use_right = _FACT_SIDES.get(str(node.to_variant().join_type()), (False, False))
-        return (_fact_candidates(left) if use_left else []) + (
-            _fact_candidates(right) if use_right else []
-        )
-    if kind == "CrossJoin":
-        left, right = node.inputs()
-        return _fact_candidates(left) + _fact_candidates(right)
-    return []
-
-
-def _scan_counts(plan: LogicalPlan) -> dict[str, int]:
-    counts: dict[str, int] = {}
-
-    def visit(node: LogicalPlan) -> None:
-        if _kind(node) == "TableScan":
-            name = node.to_variant().table_name()
-            counts[name] = counts.get(name, 0) + 1
-        for child in node.inputs():
-            visit(child)
-
-    visit(plan)
-    return counts
-
-
-def _fact_table(catalog: Catalog, node: LogicalPlan) -> str | None:
-    """The largest table this node is linear in and scans once, if any."""
-    if _kind(node) not in _ROW_WISE | {"TableScan", "Join", "CrossJoin"}:
-        return None
-    counts = _scan_counts(node)
-    candidates = [
-        table
-        for table in set(_fact_candidates(node))
-        if counts.get(table) == 1 and table in catalog.tables
-    ]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda table: (sum(catalog.tables[table].sizes), table))
-
-
-def _region(catalog: Catalog, node: LogicalPlan) -> _Region:
-    fact = _fact_table(catalog, node)
-    if fact is None:
-        raise _NotDistributable(f"{_describe_input(node)} has no table to split across tasks")
-    broadcast = {table: cols for table, cols in _scanned_columns(node).items() if table != fact}
-    unknown = [table for table in broadcast if table not in catalog.tables]
-    if unknown:
-        raise _NotDistributable(f"table {unknown[0]} is not in the data folder")
-    return _Region(node, fact, broadcast)
-
-
-def _strategy(name: str, region: _Region) -> str:
-    return f"{name} + broadcast join" if region.broadcast else name
-
-
-def _has_subquery_expressions(plan: LogicalPlan) -> bool:
-    return any(
-        "Subquery:" in line and "SubqueryAlias" not in line
-        for line in plan.display_indent().splitlines()
-    )
-
-
-def _shuffle(split: _GroupSplit, buckets: int) -> OutputPartitioning:
-    """Partial results hash-partitioned on the group keys, or gathered without keys."""
-    if not split.partials:
-        return _GATHER
-    return OutputPartitioning("hash", buckets, tuple(e.schema_name() for e in split.partials))
-
-
-def _in_order(frame: DataFrame) -> DataFrame:
-    """The unparser writes aggregate calls before group keys; pin the original column order."""
-    return frame.select(*[Expr.column(quote_identifier(name)) for name in frame.schema().names])
-
-
-def _below_row_wise(plan: LogicalPlan) -> tuple[list[LogicalPlan], LogicalPlan]:
-    """The projections, filters and aliases at the top of ``plan`` (top-down) and the node
-    below them."""
-    nodes: list[LogicalPlan] = []
-    node = plan
-    while _kind(node) in _ROW_WISE:
-        nodes.append(node)
-        node = node.inputs()[0]
-    return nodes, node

@@ -39,6 +39,7 @@ class Stage:
     file_scan: FileScan | None = None
     inputs: tuple[StageInput, ...] = ()
     fallback_reason: str | None = None
+    strategy: str = ""  # how the stage is partitioned and why, for EXPLAIN
 
     @property
     def is_fallback(self) -> bool:
@@ -78,5 +79,7 @@ class DistributedPlan:
                 f"output={stage.output.describe()}{scan}{' reads=' + reads if reads else ''}"
                 f"{fallback}"
             )
+            if stage.strategy:
+                lines.append(f"    why: {stage.strategy}")
             lines.append(f"    sql: {stage.sql}")
         return "\n".join(lines)
