@@ -83,16 +83,16 @@ def decode_any_value(value: AnyValue) -> object:
     key-value lists to dicts, bytes to ``bytes`` and an empty value to ``None``.
     """
     kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "bool_value":
-        return value.bool_value
     if kind == "int_value":
         return value.int_value
+    if kind == "string_value":
+        return value.string_value
+    if kind == "array_value":
+        return _decode_array(value.array_value.values)
+    if kind == "bool_value":
+        return value.bool_value
     if kind == "double_value":
         return value.double_value
-    if kind == "array_value":
-        return tuple(decode_any_value(item) for item in value.array_value.values)
     if kind == "kvlist_value":
         return decode_attributes(value.kvlist_value.values)
     if kind == "bytes_value":
@@ -100,9 +100,30 @@ def decode_any_value(value: AnyValue) -> object:
     return None
 
 
+def _decode_array(values: Iterable[AnyValue]) -> tuple[object, ...]:
+    return tuple(
+        [
+            item.int_value if item.WhichOneof("value") == "int_value" else decode_any_value(item)
+            for item in values
+        ]
+    )
+
+
 def decode_attributes(attributes: Iterable[KeyValue]) -> dict[str, object]:
     """Decode repeated OTLP ``KeyValue``s to a dict (a later duplicate key wins)."""
-    return {kv.key: decode_any_value(kv.value) for kv in attributes}
+    result: dict[str, object] = {}
+    for attribute in attributes:
+        value = attribute.value
+        kind = value.WhichOneof("value")  # the common kinds inline, the others as above
+        if kind == "int_value":
+            result[attribute.key] = value.int_value
+        elif kind == "string_value":
+            result[attribute.key] = value.string_value
+        elif kind == "array_value":
+            result[attribute.key] = _decode_array(value.array_value.values)
+        else:
+            result[attribute.key] = decode_any_value(value)
+    return result
 
 
 # --------------------------------------------------------------------------------------------
