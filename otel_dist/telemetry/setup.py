@@ -240,11 +240,12 @@ def _exporter(config: TelemetryConfig) -> SpanExporter | None:
         )
 
         return HttpSpanExporter(endpoint=config.endpoint, headers=headers, timeout=config.timeout_s)
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    # The SDK's OTLP/gRPC exporter with otel_dist's (equal but faster) span encoder.
+    from otel_dist.telemetry.otlp_encode import GrpcSpanExporter
 
     endpoint = config.endpoint or "http://localhost:4317"
     insecure = not endpoint.startswith("https://")
-    return OTLPSpanExporter(
+    return GrpcSpanExporter(
         endpoint=endpoint, insecure=insecure, headers=headers, timeout=config.timeout_s
     )
 
