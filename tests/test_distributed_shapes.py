@@ -91,6 +91,37 @@ SHAPES = {
         "select case when o_orderkey % 3 = 0 then null else o_orderstatus end s, count(*) c"
         " from orders group by 1"
     ),
+    "non_equi_join": (
+        "select o_orderpriority, count(*) c from orders o join nation n"
+        " on n.n_nationkey < o.o_custkey % 25 group by 1"
+    ),
+    "cross_join": "select n_name, r_name from nation cross join region",
+    "full_join": (
+        "select count(*) c, count(c_custkey) cc, count(o_orderkey) oc from customer"
+        " full join (select * from orders where o_orderkey < 2000) o on c_custkey = o_custkey"
+    ),
+    "join_with_aggregated_subquery": (
+        "select c_name, t.total from customer left join (select o_custkey, sum(o_totalprice)"
+        " total from orders group by o_custkey) t on c_custkey = t.o_custkey"
+        " order by c_name limit 20"
+    ),
+    "scalar_subquery": (
+        "select count(*) c from lineitem where l_quantity > (select avg(l_quantity) from lineitem)"
+    ),
+    "in_subquery": (
+        "select count(*) c from orders where o_custkey in"
+        " (select c_custkey from customer where c_acctbal > 9000)"
+    ),
+    "window_over_join": (
+        "select c_name, o_orderkey, row_number() over (partition by c_custkey"
+        " order by o_orderdate, o_orderkey) rn from customer join orders on c_custkey = o_custkey"
+        " where c_custkey < 20"
+    ),
+    "union_all_aggregate": (
+        "select k, count(*) c from (select l_orderkey k from lineitem union all"
+        " select o_orderkey from orders) group by k order by 2 desc, 1 limit 5"
+    ),
+    "intersect": "select c_nationkey from customer intersect select s_nationkey from supplier",
 }
 
 

@@ -454,6 +454,8 @@ class Coordinator:
             }
             if stage.fallback_reason:
                 attributes[c.STAGE_FALLBACK] = stage.fallback_reason
+            if stage.strategy:
+                attributes[c.STAGE_STRATEGY] = stage.strategy
             run.stage_spans[stage.stage_id] = self.telemetry.tracer.start_span(
                 c.SPAN_STAGE,
                 context=trace.set_span_in_context(parent),

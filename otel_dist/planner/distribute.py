@@ -394,7 +394,10 @@ class _StageBuilder:
             assert part.fact is not None
             groups = self.catalog.file_groups(part.fact, self.buckets)
             files = len(self.catalog.tables[part.fact].files)
-            why.insert(0, f"split {part.fact}'s {files} files into {len(groups)} tasks")
+            why.insert(
+                0,
+                f"split {part.fact}'s {_count(files, 'file')} into {_count(len(groups), 'task')}",
+            )
             file_scan = FileScan(part.fact, tuple(groups))
             task_count = len(groups)
         else:
@@ -701,7 +704,11 @@ class _StageBuilder:
                 return self._broadcast(left), right, right.partitioning, why
         if key_pairs:
             return self._shuffle_join(left, right, key_pairs)
-        # No equi-join key: broadcast a side the join type allows, or gather both.
+        # No equi-join key: broadcast the smaller side the join type allows, or gather both.
+        if may_left and may_right and _smaller(left, right):
+            self._note("broadcast join")
+            why = f"broadcast {left.name}, the smaller side: the join has no equi-join key"
+            return self._broadcast(left), right, right.partitioning, why
         if may_right and left.partitioning != SINGLE:
             self._note("broadcast join")
             why = f"broadcast {right.name}: the join has no equi-join key"
@@ -1015,6 +1022,15 @@ def _name(column: QualifiedColumn) -> str:
 
 def _pair(a: QualifiedColumn, b: QualifiedColumn) -> str:
     return f"{_name(a)} = {_name(b)}"
+
+
+def _smaller(left: _Part, right: _Part) -> bool:
+    """Whether the left side is known to be smaller than the right one."""
+    return left.size is not None and (right.size is None or left.size < right.size)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _megabytes(size: int) -> str:

@@ -29,6 +29,7 @@ STAGE_TASK_COUNT = "otel_dist.stage.task_count"
 STAGE_PARTITIONING = "otel_dist.stage.partitioning"
 STAGE_KIND = "otel_dist.stage.kind"
 STAGE_FALLBACK = "otel_dist.stage.fallback_reason"
+STAGE_STRATEGY = "otel_dist.stage.strategy"  # how the stage is partitioned and why
 STAGE_INPUTS = "otel_dist.stage.inputs"
 STAGE_SQL = "otel_dist.stage.sql"
 
