@@ -97,6 +97,8 @@ def test_every_stage_with_its_tasks_nested_as_data_flows(query: QueryResult) -> 
         assert all(t.status == "finished" and t.duration_ns for t in stage.tasks)
         assert stage.kind == planned.kind
         assert stage.fallback_reason == planned.fallback_reason
+        assert stage.strategy == planned.strategy and stage.strategy
+        assert f"why: {planned.strategy}" in render_text(tree)
         assert sorted(child.stage_id for child in stage.children) == sorted(
             i.stage_id for i in planned.inputs
         )

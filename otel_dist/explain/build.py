@@ -280,6 +280,7 @@ def _stage_node(index: _SpanIndex, stage_id: int, skew_threshold: float) -> Stag
         partitioning=_str(attributes.get(c.STAGE_PARTITIONING)),
         kind=_str(attributes.get(c.STAGE_KIND)),
         fallback_reason=_str(attributes.get(c.STAGE_FALLBACK)),
+        strategy=_str(attributes.get(c.STAGE_STRATEGY)),
         duration_ns=_duration(span) if span else _tasks_extent(index, stage_id),
         sql=_str(attributes.get(c.STAGE_SQL)),
         inputs=_stage_inputs(index, span),

@@ -25,7 +25,7 @@ h1{font-size:20px;margin:0 0 6px} h2{font-size:16px;margin:24px 0 8px}
 details.stage{border:1px solid #d0d7de;border-radius:6px;margin:6px 0 6px 18px;padding:4px 10px}
 details.stage>summary{cursor:pointer;font-weight:600}
 .skewed{border-color:#cf222e!important;background:#fff5f5}
-.skew{color:#cf222e;font-size:13px} .fallback{color:#9a6700;font-size:13px}
+.skew{color:#cf222e;font-size:13px} .fallback{color:#9a6700;font-size:13px} .why{color:#57606a;font-size:13px}
 table{border-collapse:collapse;font-size:12px;margin:4px 0}
 td,th{border-bottom:1px solid #eaeef2;padding:2px 8px;text-align:left;vertical-align:top}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -114,6 +114,8 @@ def _stage(stage: StageNode, colors: dict[int, str]) -> str:
     notes = ""
     if stage.fallback_reason:
         notes += f"<div class='fallback'>single-task fallback: {_e(stage.fallback_reason)}</div>"
+    elif stage.strategy:
+        notes += f"<div class='why'>why: {_e(stage.strategy)}</div>"
     if stage.skew:
         skew = stage.skew
         notes += (

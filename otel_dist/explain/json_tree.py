@@ -4,7 +4,9 @@ Schema (durations in integer nanoseconds; ``null`` when unknown)::
 
     tree:     {query_id, trace_id, sql, duration_ns, status ("ok" | "error" | "unknown"),
                error, strategy, output_rows, reads: [read], stages: [stage]}  # root stages
-    stage:    {stage_id, task_count, partitioning, kind, fallback_reason, duration_ns, sql,
+    stage:    {stage_id, task_count, partitioning, kind, fallback_reason,
+               strategy,                      # how the stage is partitioned and why
+               duration_ns, sql,
                inputs: [stage_id],            # every stage it reads
                skew: null | {task_index, worker, ratio, duration_ns, median_ns},
                operators: [aggregated operator], tasks: [task],
@@ -60,6 +62,7 @@ def stage_to_dict(stage: StageNode) -> dict[str, Any]:
         "partitioning": stage.partitioning,
         "kind": stage.kind,
         "fallback_reason": stage.fallback_reason,
+        "strategy": stage.strategy,
         "duration_ns": stage.duration_ns,
         "sql": stage.sql,
         "inputs": list(stage.inputs),

@@ -111,6 +111,7 @@ class StageNode:
     tasks: list[TaskNode] = field(default_factory=list)
     children: list[StageNode] = field(default_factory=list)
     skew: SkewInfo | None = None
+    strategy: str | None = None  # how the planner partitioned the stage and why
 
 
 @dataclass

@@ -84,6 +84,8 @@ def _stage_line(stage: StageNode, verbose: bool) -> _Line:
     children: list[_Line] = []
     if stage.fallback_reason:
         children.append(_Line(f"single-task fallback: {stage.fallback_reason}"))
+    elif stage.strategy:
+        children.append(_Line(f"why: {stage.strategy}"))
     if stage.skew is not None:
         children.append(_Line(_skew_text(stage.skew)))
     if verbose and stage.sql:
