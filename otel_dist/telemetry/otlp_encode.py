@@ -9,12 +9,16 @@ and per attribute, takes the common attribute values (``int`` and ``str``) witho
 dispatch, and groups by resource object identity before falling back to equality (the SDK
 hashes a resource by dumping its attributes to JSON, once per span).
 
-``GrpcSpanExporter`` is the OTLP/gRPC span exporter with this encoder.
+``GrpcSpanExporter`` is the OTLP/gRPC span exporter with this encoder. Once one exists in a
+process, ``encode_spans`` keeps the encoding of each ended, sampled span it encodes (bounded)
+and the exporter takes it instead of encoding the span a second time: a worker encodes each
+task's spans for the task's final Flight message, and exports the same spans shortly after.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -43,8 +47,41 @@ _INT64_MIN: Final = -(1 << 63)
 _INT64_END: Final = 1 << 63
 
 
+class _EncodedSpans:
+    """Spans already encoded for in-band telemetry, kept for the exporter (which gets the
+    same spans a little later) by trace and span id: at most ``limit``, the oldest dropped."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.enabled = False  # set when this process has an exporter that takes them
+        self._lock = threading.Lock()
+        self._spans: dict[tuple[int, int], bytes] = {}
+
+    def put(self, key: tuple[int, int], data: bytes) -> None:
+        with self._lock:
+            self._spans[key] = data
+            if len(self._spans) > self.limit:
+                del self._spans[next(iter(self._spans))]
+
+    def take(self, key: tuple[int, int]) -> bytes | None:
+        with self._lock:
+            return self._spans.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+
+_ENCODED: Final = _EncodedSpans(limit=2048)  # the batch processor queues at most 2048 spans
+
+
 def encode_spans(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
     """The spans as one OTLP request, equal to the SDK exporter's ``encode_spans(spans)``."""
+    return _encode(spans, keep=_ENCODED.enabled, reuse=False)
+
+
+def _encode(spans: Sequence[ReadableSpan], keep: bool, reuse: bool) -> ExportTraceServiceRequest:
+    """``keep``: remember each ended, sampled span's encoding for ``GrpcSpanExporter``;
+    ``reuse``: take the encodings remembered (a span is encoded from the same data)."""
     request = ExportTraceServiceRequest()
     # Each span is built in place, in the ScopeSpans of its resource and scope (appending a
     # finished message would copy it). Groups are found by object identity first.
@@ -68,7 +105,19 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
                 scope_spans = _scope_spans(group[1], scope)
                 group[2].append((scope, scope_spans))
             by_scope[(id(resource), id(scope))] = scope_spans
-        _add_span(scope_spans.spans.add(), sdk_span)
+        pb = scope_spans.spans.add()
+        if reuse:
+            context = sdk_span.get_span_context()
+            assert context is not None
+            encoded = _ENCODED.take((context.trace_id, context.span_id))
+            if encoded is not None:
+                pb.MergeFromString(encoded)
+                continue
+        _add_span(pb, sdk_span)
+        if keep and sdk_span.end_time is not None and sdk_span.context.trace_flags.sampled:
+            _ENCODED.put(
+                (sdk_span.context.trace_id, sdk_span.context.span_id), pb.SerializeToString()
+            )
     return request
 
 
@@ -210,7 +259,12 @@ def _any_value(value: object) -> AnyValue:
 
 
 class GrpcSpanExporter(OTLPSpanExporter):
-    """The OTLP/gRPC span exporter, encoding with ``encode_spans`` above."""
+    """The OTLP/gRPC span exporter, encoding with ``encode_spans`` above and reusing what
+    ``encode_spans`` already encoded in this process (a task's spans, for its final message)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _ENCODED.enabled = True
 
     def _translate_data(self, data: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
-        return encode_spans(data)
+        return _encode(data, keep=False, reuse=True)
