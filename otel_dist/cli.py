@@ -43,7 +43,7 @@ _METRICS_PORT_HELP = (
 )
 _BROADCAST_HELP = (
     "broadcast a join side whose estimated size is at most this many bytes, else hash-shuffle "
-    "both sides (default: OTEL_DIST_BROADCAST_THRESHOLD or 10000000)"
+    "both sides (default: OTEL_DIST_BROADCAST_THRESHOLD or 64000000)"
 )
 
 stderr = Console(stderr=True)

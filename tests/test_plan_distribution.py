@@ -58,7 +58,7 @@ def test_explain_names_the_broadcast_side_and_its_size(cluster: LocalCluster) ->
     explain = cluster.plan(tpch.query(3)).describe()
     assert "output=broadcast" in explain
     assert "why: " in explain and "broadcast customer: ~" in explain
-    assert "≤ threshold 10.0 MB" in explain
+    assert "≤ threshold 64.0 MB" in explain
 
 
 def test_explain_names_the_shuffle_keys(shuffle_cluster: LocalCluster) -> None:

@@ -1,5 +1,5 @@
 """Opt-in (``pytest -m slow``): all 22 TPC-H queries at SF 1 on 3 workers equal single-node
-DataFusion, and keep their multi-task stages at that scale (where the default 10 MB broadcast
+DataFusion, and keep their multi-task stages at that scale (where the default 64 MB broadcast
 threshold shuffles the large joins)."""
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ class CoordinatorConfig:
     data: str
     tasks_per_stage: int | None = None
     target_partitions: int = 2
-    broadcast_threshold: int | None = None  # None: OTEL_DIST_BROADCAST_THRESHOLD or 10 MB
+    broadcast_threshold: int | None = None  # None: OTEL_DIST_BROADCAST_THRESHOLD or 64 MB
     rpc_timeout_s: float = 10.0
     query_timeout_s: float = 600.0
     telemetry_fetch_timeout_s: float = 15.0

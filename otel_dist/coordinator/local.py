@@ -77,7 +77,7 @@ class LocalCluster:
 
         ``broadcast_threshold`` is the largest estimated join side (bytes) the planner
         broadcasts; larger sides are hash-shuffled (default: ``OTEL_DIST_BROADCAST_THRESHOLD``
-        or 10 MB).
+        or 64 MB).
 
         ``security`` turns on TLS and/or the shared-secret token between the coordinator and
         the workers (default: neither). ``max_sql_bytes`` and ``max_result_bytes`` are the

@@ -79,12 +79,12 @@ class NotAQuery(PlanningError):
 
 _NOT_A_QUERY = re.compile(r"(DDL|DML|Statement) not supported: (.*)")
 
-DEFAULT_BROADCAST_THRESHOLD = 10_000_000
+DEFAULT_BROADCAST_THRESHOLD = 64_000_000
 BROADCAST_THRESHOLD_ENV = "OTEL_DIST_BROADCAST_THRESHOLD"
 
 
 def broadcast_threshold_from_env() -> int:
-    """``OTEL_DIST_BROADCAST_THRESHOLD`` in bytes, or the default (10 MB)."""
+    """``OTEL_DIST_BROADCAST_THRESHOLD`` in bytes, or the default (64 MB)."""
     raw = os.environ.get(BROADCAST_THRESHOLD_ENV, "").strip()
     if not raw:
         return DEFAULT_BROADCAST_THRESHOLD
@@ -647,9 +647,14 @@ class _StageBuilder:
         else:
             columns = left.columns + right.columns
         keys = _join_keys(join_type, left, right, key_pairs)  # type: ignore[arg-type]
-        size = left.size if how in ("semi", "anti") and not swap else None
-        if how in ("semi", "anti") and swap:
-            size = right.size
+        # Size estimates, not bounds: a join's output is about as long as its longer side and
+        # as wide as both; semi and anti joins keep at most the preserved side.
+        if how in ("semi", "anti"):
+            size = right.size if swap else left.size
+        elif left.size is None or right.size is None:
+            size = None
+        else:
+            size = left.size + right.size
         return replace(joined, build=build, columns=columns, keys=keys, size=size)
 
     def _place_join(
@@ -685,19 +690,20 @@ class _StageBuilder:
                     )
             small = [
                 (side.size, position)
-                for side, position, allowed in (
-                    (right, "right", may_right),
-                    (left, "left", may_left),
+                for side, other, position, allowed in (
+                    (right, left, "right", may_right),
+                    (left, right, "left", may_left),
                 )
-                if allowed and side.size is not None and side.size <= self.threshold
+                if allowed and self._worth_broadcasting(side, other)
             ]
             if small:
                 size, position = min(small)
                 self._note("broadcast join")
-                side = right if position == "right" else left
+                side, other = (right, left) if position == "right" else (left, right)
+                against = f", {other.name} ~{_megabytes(other.size)}" if other.size else ""
                 why = (
                     f"broadcast {side.name}: ~{_megabytes(size)} ≤ threshold "
-                    f"{_megabytes(self.threshold)}"
+                    f"{_megabytes(self.threshold)}{against}"
                 )
                 if position == "right":
                     return left, self._broadcast(right), left.partitioning, why
@@ -724,6 +730,13 @@ class _StageBuilder:
             SINGLE,
             "join in one task: no equi-join key and neither side may be broadcast",
         )
+
+    def _worth_broadcasting(self, side: _Part, other: _Part) -> bool:
+        """A side is broadcast when it is known to fit the threshold and sending it to every
+        task costs less than shuffling both sides once: size x (tasks - 1) < the other side."""
+        if side.size is None or side.size > self.threshold:
+            return False
+        return other.size is None or side.size * (self.buckets - 1) < other.size
 
     def _shuffle_join(
         self,
