@@ -88,6 +88,9 @@ class SpanCollector:
         self.query_id = query_id
         self._lock = threading.Lock()
         self._spans: dict[TaskRef, _TaskSpans] = {}
+        # (sole task, resource_spans field) already taken in: the same bytes arrive again
+        # when several upstream tasks forward what a common ancestor sent them
+        self._seen: set[tuple[tuple[int, int], bytes]] = set()
         self.messages = 0
         self.message_bytes = 0
         self.malformed = 0
@@ -103,15 +106,36 @@ class SpanCollector:
                 self.messages += 1
                 self.message_bytes += len(data)
         try:
-            received = envelope_codec.decode(data)
-            if received.query_id != self.query_id:
-                raise EnvelopeError(f"telemetry for query {received.query_id}, not {self.query_id}")
+            query_id, tasks, truncated, payload = envelope_codec.decode_header(data)
+            sole = _sole(tasks)
+            fields = _resource_spans_fields(payload)
+            if fields is None:  # not laid out as expected: parse it whole
+                received = envelope_codec.decode_payload(payload)
+            else:  # parse only the fields not taken in before
+                with self._lock:
+                    fresh = [f for f in fields if (sole, f) not in self._seen]
+                parsed = [(f, envelope_codec.decode_payload(f)) for f in fresh]
+            if query_id != self.query_id:
+                raise EnvelopeError(f"telemetry for query {query_id}, not {self.query_id}")
         except EnvelopeError as error:
             with self._lock:
                 self.malformed += 1
             log.warning("malformed telemetry message for query %s: %s", self.query_id, error)
             return
-        self.add_envelope(received)
+        if fields is None:
+            self.add_envelope(Envelope(query_id, tasks, received, truncated))
+            return
+        with self._lock:
+            if truncated:
+                self.truncated += 1
+            for task in tasks:
+                self._held(task)
+            for field, request in parsed:
+                if (sole, field) in self._seen:
+                    continue  # taken in by another thread meanwhile
+                self._seen.add((sole, field))
+                for resource_spans in request.resource_spans:  # one
+                    self._add_resource_spans(resource_spans, sole, field)
 
     def add_envelope(self, received: Envelope) -> None:
         if received.truncated:
@@ -129,30 +153,39 @@ class SpanCollector:
         request: ExportTraceServiceRequest,
         payload: bytes = b"",
     ) -> None:
-        sole_task = tasks[0] if len(tasks) == 1 else _NO_TASK
-        sole = (sole_task.stage_id, sole_task.task_index)
+        sole = _sole(tasks)
         fields = _resource_spans_fields(payload, len(request.resource_spans)) if payload else None
         with self._lock:
             for task in tasks:
                 self._held(task)
             for position, resource_spans in enumerate(request.resource_spans):
-                if fields is not None:
-                    owner, span_ids = _owner(resource_spans, sole)
-                    if not span_ids:
-                        continue
-                    if owner is not None and len(set(span_ids)) == len(span_ids):
-                        held = self._held(TaskRef(*owner))
-                        if held.ids.isdisjoint(span_ids):
-                            held.add_field(fields[position], span_ids)
-                            continue
-                resource = resource_spans.resource.SerializeToString()
-                for scope_spans in resource_spans.scope_spans:
-                    scope = scope_spans.scope.SerializeToString()
-                    for span in scope_spans.spans:
-                        task = _task_key(span) or sole
-                        if task == _NO_TASK_KEY:
-                            task = sole
-                        self._held(TaskRef(*task)).add_span(resource, scope, span)
+                field = fields[position] if fields is not None else None
+                self._add_resource_spans(resource_spans, sole, field)
+
+    def _add_resource_spans(
+        self, resource_spans: ResourceSpans, sole: tuple[int, int], field: bytes | None
+    ) -> None:
+        """Take in one ``ResourceSpans``, whole as ``field`` (its serialized field) when its
+        spans all belong to one task and are all new. Called with the lock held."""
+        if field is not None:
+            owner, span_ids = _owner(resource_spans, sole)
+            if not span_ids:
+                return
+            if owner is not None and len(set(span_ids)) == len(span_ids):
+                held = self._held(TaskRef(*owner))
+                if held.ids.isdisjoint(span_ids):
+                    held.add_field(field, span_ids)
+                    return
+                if held.ids.issuperset(span_ids):
+                    return  # all held already
+        resource = resource_spans.resource.SerializeToString()
+        for scope_spans in resource_spans.scope_spans:
+            scope = scope_spans.scope.SerializeToString()
+            for span in scope_spans.spans:
+                task = _task_key(span) or sole
+                if task == _NO_TASK_KEY:
+                    task = sole
+                self._held(TaskRef(*task)).add_span(resource, scope, span)
 
     def _held(self, task: TaskRef) -> _TaskSpans:
         held = self._spans.get(task)
@@ -217,9 +250,16 @@ class SpanCollector:
         )
 
 
-def _resource_spans_fields(payload: bytes, expected: int) -> list[bytes] | None:
+def _sole(tasks: tuple[TaskRef, ...]) -> tuple[int, int]:
+    """The task spans without task attributes belong to: the envelope's only task, if one."""
+    sole_task = tasks[0] if len(tasks) == 1 else _NO_TASK
+    return sole_task.stage_id, sole_task.task_index
+
+
+def _resource_spans_fields(payload: bytes, expected: int | None = None) -> list[bytes] | None:
     """The top-level fields of a serialized ``ExportTraceServiceRequest``, each as its bytes,
-    when they are exactly ``expected`` ``resource_spans`` fields; None otherwise."""
+    when they are all ``resource_spans`` fields (``expected`` of them, if given); None
+    otherwise."""
     fields: list[bytes] = []
     position, end = 0, len(payload)
     while position < end:
@@ -240,7 +280,7 @@ def _resource_spans_fields(payload: bytes, expected: int) -> list[bytes] | None:
             return None
         fields.append(payload[position:stop])
         position = stop
-    return fields if len(fields) == expected else None
+    return fields if expected is None or len(fields) == expected else None
 
 
 def _owner(

@@ -78,6 +78,12 @@ def encode_payload(
 
 
 def decode(data: bytes) -> Envelope:
+    query_id, tasks, truncated, payload = decode_header(data)
+    return Envelope(query_id, tasks, decode_payload(payload), truncated, payload)
+
+
+def decode_header(data: bytes) -> tuple[str, tuple[TaskRef, ...], bool, bytes]:
+    """The query id, tasks and truncated flag of an envelope, and its payload unparsed."""
     if len(data) < len(MAGIC) + _LENGTH.size or not data.startswith(MAGIC):
         raise EnvelopeError("not an otel_dist telemetry envelope (bad magic)")
     (header_length,) = _LENGTH.unpack_from(data, len(MAGIC))
@@ -97,10 +103,14 @@ def decode(data: bytes) -> Envelope:
         raise
     except (ValueError, KeyError, TypeError, RecursionError) as error:
         raise EnvelopeError(f"malformed telemetry envelope header: {error}") from None
-    payload = data[start + header_length :]
+    return query_id, tasks, truncated, bytes(data[start + header_length :])
+
+
+def decode_payload(payload: bytes) -> ExportTraceServiceRequest:
+    """An envelope's payload (or a part of it made of whole ``resource_spans`` fields)."""
     request = ExportTraceServiceRequest()
     try:
         request.ParseFromString(payload)
     except (DecodeError, RuntimeWarning, ValueError) as error:
         raise EnvelopeError(f"malformed OTLP payload in telemetry envelope: {error}") from None
-    return Envelope(query_id, tasks, request, truncated, bytes(payload))
+    return request
