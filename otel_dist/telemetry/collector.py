@@ -7,7 +7,9 @@ Received telemetry is kept as the bytes it arrived in wherever it can be: a ``Re
 whose spans all belong to one task and are all new is stored as its serialized bytes, so
 forwarding it (and building the query's request) joins bytes instead of copying spans one by
 one and encoding them again. Spans that share a ``ResourceSpans`` with other tasks' spans or
-with spans already held are kept one by one, as parsed.
+with spans already held are kept one by one, as parsed. A message is split into its
+``resource_spans`` fields before it is parsed, and a field taken in before (the same bytes,
+forwarded again by another upstream task) is not parsed again.
 """
 
 from __future__ import annotations
