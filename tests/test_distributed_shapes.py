@@ -122,6 +122,11 @@ SHAPES = {
         " select o_orderkey from orders) group by k order by 2 desc, 1 limit 5"
     ),
     "intersect": "select c_nationkey from customer intersect select s_nationkey from supplier",
+    "not_in_with_nulls": (
+        "select count(*) c from orders where o_custkey not in (select case when c_custkey % 7 = 0"
+        " then null else c_custkey end from customer where c_custkey < 50)"
+    ),
+    "not_in": "select count(*) c from customer where c_custkey not in (select o_custkey from orders)",
 }
 
 

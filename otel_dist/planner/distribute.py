@@ -618,6 +618,8 @@ class _StageBuilder:
         if variant.null_equals_null():
             raise NotDistributable("joins matching NULL keys are not distributed yet")
         left_node, right_node = node.inputs()
+        if "null_aware" in node.display().splitlines()[0] and not self._keys_not_null(node):
+            raise NotDistributable("NOT IN over nullable keys is not distributed yet")
         left, right = self.part(left_node), self.part(right_node)
         if left.bare_aggregate or right.bare_aggregate:
             raise NotDistributable("a join over an aggregate grouped by several relations")
@@ -628,8 +630,14 @@ class _StageBuilder:
             for a, b in pairs
             if as_column(a) is not None and as_column(b) is not None
         ]
-        left, right, partitioning, why = self._place_join(join_type, left, right, key_pairs)  # type: ignore[arg-type]
         how, swap = _JOIN_HOW[join_type]
+        if how in ("semi", "anti") and condition is None and len(key_pairs) == len(pairs):
+            # Only the existence of a key matters on the other side: send each key once.
+            if swap:
+                left = self._distinct_keys(left, [a for a, _ in key_pairs])  # type: ignore[misc]
+            else:
+                right = self._distinct_keys(right, [b for _, b in key_pairs])  # type: ignore[misc]
+        left, right, partitioning, why = self._place_join(join_type, left, right, key_pairs)  # type: ignore[arg-type]
         exprs = [a == b for a, b in pairs] + ([condition] if condition is not None else [])
         if not exprs:
             exprs = [Expr.literal(True)]
@@ -656,6 +664,34 @@ class _StageBuilder:
         else:
             size = left.size + right.size
         return replace(joined, build=build, columns=columns, keys=keys, size=size)
+
+    def _distinct_keys(self, part: _Part, keys: list[QualifiedColumn]) -> _Part:
+        """The side of a semi or anti join reduced to its distinct join keys, per task."""
+        qualifiers = {q for q, _ in keys}
+        if part.partitioning == SINGLE or len(qualifiers) != 1 or None in qualifiers:
+            return part
+        if part.partitioning == HASH and part.keys & set(keys):
+            return part  # joined in place: no exchange to save
+        (alias,) = qualifiers
+
+        def build(ctx: SessionContext) -> DataFrame:
+            frame = part.build(ctx).aggregate([column_expr(k) for k in keys], [])
+            return frame.alias(alias)  # type: ignore[arg-type]
+
+        return part.then(build, "distinct keys", columns=tuple(keys), keys=part.keys & set(keys))
+
+    def _keys_not_null(self, join: LogicalPlan) -> bool:
+        """Whether every equi-join key of ``join`` is a non-nullable column: a NOT IN (null-aware
+        anti) join then means exactly NOT EXISTS, which is what the rebuilt join runs."""
+        for side, position in zip(join.inputs(), (0, 1), strict=True):
+            schema = self.planner.ctx.create_dataframe_from_logical_plan(side).schema()
+            for pair in join.to_variant().on():
+                column = as_column(wrap(pair[position]))
+                if column is None or schema.names.count(column[1]) != 1:
+                    return False
+                if schema.field(column[1]).nullable:
+                    return False
+        return True
 
     def _place_join(
         self,
