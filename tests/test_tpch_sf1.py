@@ -1,6 +1,6 @@
 """Opt-in (``pytest -m slow``): all 22 TPC-H queries at SF 1 on 3 workers equal single-node
 DataFusion, and keep their multi-task stages at that scale (where the default 64 MB broadcast
-threshold shuffles the large joins)."""
+threshold shuffles the large joins), and again with every equi-join shuffled."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ def sf1() -> Path:
     return generate(1.0, default_cache_dir(1.0), show_progress=False)
 
 
-@pytest.fixture(scope="module")
-def sf1_cluster(sf1: Path) -> Iterator[LocalCluster]:
-    with LocalCluster(workers=3, data=sf1) as cluster:
+@pytest.fixture(scope="module", params=[None, 0], ids=["default-threshold", "all-shuffled"])
+def sf1_cluster(sf1: Path, request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    with LocalCluster(workers=3, data=sf1, broadcast_threshold=request.param) as cluster:
         yield cluster
 
 
