@@ -172,11 +172,21 @@ def test_query_cli_explain_and_trace_file_round_trip(
     assert result.returncode == 0, result.stderr
     assert "Distributed EXPLAIN ANALYZE" in result.stdout
     live = json.loads(tree_file.read_text())
+    # Every task's spans, not just the query span: workers export in their own batches.
+    expected_tasks = _task_count(live["stages"])
     receiver.wait_for_spans(
-        lambda spans: any(
-            s.name == "otel_dist.query"
-            and s.attributes.get("otel_dist.query.id") == live["query_id"]
-            for s in spans
+        lambda spans: (
+            any(
+                s.name == "otel_dist.query"
+                and s.attributes.get("otel_dist.query.id") == live["query_id"]
+                for s in spans
+            )
+            and sum(
+                s.name == "otel_dist.task"
+                and s.attributes.get("otel_dist.query.id") == live["query_id"]
+                for s in spans
+            )
+            >= expected_tasks
         ),
         timeout=20,
     )
@@ -207,3 +217,10 @@ def test_explain_cli_bad_trace_file(tmp_path: Path) -> None:
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert str(missing) in result.stderr
+
+
+def _task_count(stages: list[dict[str, object]]) -> int:
+    return sum(
+        len(stage["tasks"]) + _task_count(stage["children"])  # type: ignore[arg-type]
+        for stage in stages
+    )

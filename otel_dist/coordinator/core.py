@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.flight as flight
 from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Status, StatusCode
@@ -65,6 +64,7 @@ from otel_dist.telemetry.metrics import (
     start_process_telemetry,
 )
 from otel_dist.telemetry.otlp import SpanRecord, span_records
+from otel_dist.telemetry.otlp_encode import encode_spans
 from otel_dist.telemetry.redaction import operation_name, redact_sql
 from otel_dist.telemetry.relay import SpanRelay
 from otel_dist.telemetry.setup import Telemetry
