@@ -9,14 +9,15 @@ fails never affects the data: the failure is counted and logged.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from otel_dist.background import run_in_background
 from otel_dist.telemetry.envelope import DATA_END
 
 log = logging.getLogger(__name__)
@@ -37,12 +38,12 @@ class StreamStats:
     started_ns: int = 0
     first_batch_ns: int | None = None
     blocked_ns: int = 0
-    telemetry_drain: threading.Thread | None = None
+    telemetry_drain: Future[None] | None = None
 
     def wait_for_telemetry(self, timeout_s: float) -> None:
         """Wait (bounded) for the stream's telemetry after its data ended."""
         if self.telemetry_drain is not None:
-            self.telemetry_drain.join(timeout_s)
+            wait([self.telemetry_drain], timeout=timeout_s)
 
 
 def route(
@@ -65,13 +66,9 @@ def route(
         if metadata is not None and (data is None or data.num_rows == 0):
             payload = metadata.to_pybytes()
             if payload == DATA_END:
-                stats.telemetry_drain = threading.Thread(
-                    target=_drain_telemetry,
-                    args=(reader, on_telemetry, stats),
-                    name="telemetry-drain",
-                    daemon=True,
+                stats.telemetry_drain = run_in_background(
+                    _drain_telemetry, reader, on_telemetry, stats
                 )
-                stats.telemetry_drain.start()
                 return
             stats.telemetry_messages += 1
             stats.telemetry_bytes += len(payload)

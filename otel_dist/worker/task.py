@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import wait
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +22,7 @@ import pyarrow.flight as flight
 from datafusion import SessionContext
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from otel_dist.background import run_in_background
 from otel_dist.errors import one_line
 from otel_dist.exchange.reader import read_bucket, read_record
 from otel_dist.exchange.router import StreamStats
@@ -123,7 +125,7 @@ class Task:
         return TaskRef(self.spec.stage_id, self.spec.task_index)
 
     def start(self) -> None:
-        threading.Thread(target=self._run, name=f"task-{self.spec.key}", daemon=True).start()
+        run_in_background(self._run)
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -185,14 +187,10 @@ class Task:
             self._drain(ctx, plan, 0)
             return
         errors: list[BaseException] = []
-        threads = [
-            threading.Thread(target=self._drain_guarded, args=(ctx, plan, p, errors), daemon=True)
-            for p in range(partitions)
+        drains = [
+            run_in_background(self._drain_guarded, ctx, plan, p, errors) for p in range(partitions)
         ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        wait(drains)
         if errors:
             raise next((e for e in errors if not isinstance(e, TaskCancelled)), errors[0])
 
@@ -294,7 +292,7 @@ class Task:
                 read.ended_ns = time.time_ns()
 
         for source in task_input.sources:
-            threading.Thread(target=pump, args=(source,), daemon=True).start()
+            run_in_background(pump, source)
         while remaining:
             try:
                 item = merged.get(timeout=1.0)

@@ -1,0 +1,69 @@
+"""Short-lived background work on reused daemon threads.
+
+Starting a ``threading.Thread`` waits for the new thread to take the GIL and say it started,
+which costs up to a switch interval (5 ms) while other threads are busy, and a worker starts
+several per task (the task, one per output partition, one per upstream bucket, one per
+telemetry drain). Idle pool threads take the work from a queue instead. A thread is added only
+when none is idle, so jobs that block on each other (a bucket pump waiting for a task in the
+same process) never starve, and leaves after a few idle seconds. The threads are daemons, like the ones they replace: a process
+exits without waiting for reads that are still blocked.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import ParamSpec, TypeVar
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+_Job = tuple[Future, Callable[[], object]]  # type: ignore[type-arg]
+
+# A thread idle this long leaves, so a process returns to its usual thread count after load.
+IDLE_EXIT_S = 5.0
+
+_jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+_lock = threading.Lock()
+_idle = 0
+
+
+def run_in_background(
+    function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs
+) -> Future[_R]:
+    """Run ``function`` on a pooled daemon thread; its result or exception is in the future."""
+    global _idle
+    future: Future[_R] = Future()
+    with _lock:
+        if _idle:
+            _idle -= 1
+            spawn = False
+        else:
+            spawn = True
+    _jobs.put((future, lambda: function(*args, **kwargs)))
+    if spawn:
+        threading.Thread(target=_serve, name="otel-dist-background", daemon=True).start()
+    return future
+
+
+def _serve() -> None:
+    global _idle
+    while True:
+        try:
+            future, job = _jobs.get(timeout=IDLE_EXIT_S)
+        except queue.Empty:
+            with _lock:
+                # Leave only if an idle thread is not promised to a job already queued.
+                if _idle:
+                    _idle -= 1
+                    return
+            continue
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(job())
+            except BaseException as error:  # handed to whoever waits on the future
+                future.set_exception(error)
+        with _lock:
+            _idle += 1
