@@ -402,7 +402,10 @@ class _StageBuilder:
             task_count = len(groups)
         else:
             task_count = self.buckets if part.partitioning == HASH else 1
-        why.append(_describe_output(output, part, hash_on))
+        if cast_to is not None:
+            why.append("the coordinator reads every task's output")
+        else:
+            why.append(_describe_output(output, part, hash_on))
         stage = Stage(
             stage_id=len(self.stages) + 1,
             kind=_label(part.ops),
@@ -506,7 +509,12 @@ class _StageBuilder:
     ) -> _Part:
         """Cut ``part`` and read it back as a part of the next stage, partitioned as given."""
         stage, out_names = self.cut(part, output, hash_on)
-        return self.read(stage, part, out_names, partitioning, keys)
+        read = self.read(stage, part, out_names, partitioning, keys)
+        if partitioning == HASH:
+            return replace(read, why=(f"one task per bucket of stage {stage.stage_id}",))
+        if partitioning == SINGLE:
+            return replace(read, why=(f"one task over stage {stage.stage_id}'s gathered rows",))
+        return read
 
     def _stage_context(self, part: _Part) -> SessionContext:
         """A session holding exactly the stage's inputs, as empty tables."""
@@ -787,15 +795,17 @@ class _StageBuilder:
             if side.partitioning == HASH and key in side.keys:
                 sides.append(side)
             else:
-                sides.append(self.exchange(side, HASH, hash_on=(key,), keys=frozenset({key})))
+                moved = self.exchange(side, HASH, hash_on=(key,), keys=frozenset({key}))
+                sides.append(replace(moved, why=()))  # the join's why says it all
         self._note("shuffle join")
         sizes = ", ".join(
             f"{side.name} ~{_megabytes(side.size)}" if side.size is not None else f"{side.name}"
             for side in (left, right)
         )
         why = (
-            f"shuffle join on {_pair(a, b)}: no side fits the broadcast threshold "
-            f"{_megabytes(self.threshold)} ({sizes})"
+            f"shuffle join on {_pair(a, b)}: no side the join type lets go to every task is "
+            f"under the broadcast threshold {_megabytes(self.threshold)} and cheaper to send "
+            f"to every task than to shuffle ({sizes})"
         )
         return sides[0], sides[1], HASH, why
 
