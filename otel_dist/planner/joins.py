@@ -1,0 +1,279 @@
+"""Join placement: broadcast a side, shuffle both sides on an equi-join key, join in place
+when both are already partitioned on it, or gather; and the rebuilt join itself."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from datafusion import DataFrame, Expr, SessionContext
+from datafusion.plan import LogicalPlan
+
+from otel_dist.planner.exprs import NotDistributable, QualifiedColumn, as_column, column_expr, wrap
+from otel_dist.planner.parts import (
+    BROADCAST,
+    HASH,
+    REPLICATED,
+    SINGLE,
+    Part,
+    joined,
+    megabytes,
+    pair,
+)
+
+if TYPE_CHECKING:
+    from otel_dist.planner.distribute import Planner
+
+_JOIN_HOW = {
+    "Inner": ("inner", False),
+    "Left": ("left", False),
+    "Right": ("right", False),
+    "Full": ("full", False),
+    "LeftSemi": ("semi", False),
+    "LeftAnti": ("anti", False),
+    "RightSemi": ("semi", True),
+    "RightAnti": ("anti", True),
+}
+
+# Join types whose right (left) side may be broadcast: each row of the other side is then
+# joined exactly once, in the task that holds it.
+_BROADCAST_RIGHT = {"Inner", "Left", "LeftSemi", "LeftAnti"}
+_BROADCAST_LEFT = {"Inner", "Right", "RightSemi", "RightAnti"}
+
+
+class JoinPlanning:
+    """The join half of the stage builder (``stages.StageBuilder``)."""
+
+    # Provided by the stage builder.
+    planner: Planner
+    buckets: int
+    threshold: int
+    part: Callable[[LogicalPlan], Part]
+    exchange: Callable[..., Part]
+    _note: Callable[[str], None]
+
+    def _join(self, node: LogicalPlan) -> Part:
+        variant = node.to_variant()
+        join_type = str(variant.join_type())
+        if join_type not in _JOIN_HOW:
+            raise NotDistributable(f"{join_type} joins are not distributed yet")
+        if variant.null_equals_null():
+            raise NotDistributable("joins matching NULL keys are not distributed yet")
+        left_node, right_node = node.inputs()
+        if "null_aware" in node.display().splitlines()[0] and not self._keys_not_null(node):
+            raise NotDistributable("NOT IN over nullable keys is not distributed yet")
+        left, right = self.part(left_node), self.part(right_node)
+        if left.bare_aggregate or right.bare_aggregate:
+            raise NotDistributable("a join over an aggregate grouped by several relations")
+        pairs = [(wrap(a), wrap(b)) for a, b in variant.on()]
+        condition = wrap(variant.filter()) if variant.filter() is not None else None
+        key_pairs = [
+            (as_column(a), as_column(b))
+            for a, b in pairs
+            if as_column(a) is not None and as_column(b) is not None
+        ]
+        how, swap = _JOIN_HOW[join_type]
+        if how in ("semi", "anti") and condition is None and len(key_pairs) == len(pairs):
+            # Only the existence of a key matters on the other side: send each key once.
+            if swap:
+                left = self._distinct_keys(left, [a for a, _ in key_pairs])  # type: ignore[misc]
+            else:
+                right = self._distinct_keys(right, [b for _, b in key_pairs])  # type: ignore[misc]
+        left, right, partitioning, why = self._place_join(join_type, left, right, key_pairs)  # type: ignore[arg-type]
+        exprs = [a == b for a, b in pairs] + ([condition] if condition is not None else [])
+        if not exprs:
+            exprs = [Expr.literal(True)]
+        built_left, built_right = left.build, right.build
+
+        def build(ctx: SessionContext) -> DataFrame:
+            lhs, rhs = built_left(ctx), built_right(ctx)
+            if swap:
+                return rhs.join_on(lhs, *exprs, how=how)
+            return lhs.join_on(rhs, *exprs, how=how)
+
+        fused = joined(left, right, partitioning, why)
+        if how in ("semi", "anti"):
+            columns = right.columns if swap else left.columns
+        else:
+            columns = left.columns + right.columns
+        keys = _join_keys(join_type, left, right, key_pairs)  # type: ignore[arg-type]
+        # Size estimates, not bounds: a join's output is about as long as its longer side and
+        # as wide as both; semi and anti joins keep at most the preserved side.
+        if how in ("semi", "anti"):
+            size = right.size if swap else left.size
+        elif left.size is None or right.size is None:
+            size = None
+        else:
+            size = left.size + right.size
+        return replace(fused, build=build, columns=columns, keys=keys, size=size)
+
+    def _distinct_keys(self, part: Part, keys: list[QualifiedColumn]) -> Part:
+        """The side of a semi or anti join reduced to its distinct join keys, per task."""
+        qualifiers = {q for q, _ in keys}
+        if part.partitioning == SINGLE or len(qualifiers) != 1 or None in qualifiers:
+            return part
+        if part.partitioning == HASH and part.keys & set(keys):
+            return part  # joined in place: no exchange to save
+        (alias,) = qualifiers
+
+        def build(ctx: SessionContext) -> DataFrame:
+            frame = part.build(ctx).aggregate([column_expr(k) for k in keys], [])
+            return frame.alias(alias)  # type: ignore[arg-type]
+
+        return part.then(build, "distinct keys", columns=tuple(keys), keys=part.keys & set(keys))
+
+    def _keys_not_null(self, join: LogicalPlan) -> bool:
+        """Whether every equi-join key of ``join`` is a non-nullable column: a NOT IN (null-aware
+        anti) join then means exactly NOT EXISTS, which is what the rebuilt join runs."""
+        for side, position in zip(join.inputs(), (0, 1), strict=True):
+            schema = self.planner.ctx.create_dataframe_from_logical_plan(side).schema()
+            for keys in join.to_variant().on():
+                column = as_column(wrap(keys[position]))
+                if column is None or schema.names.count(column[1]) != 1:
+                    return False
+                if schema.field(column[1]).nullable:
+                    return False
+        return True
+
+    def _place_join(
+        self,
+        join_type: str,
+        left: Part,
+        right: Part,
+        key_pairs: list[tuple[QualifiedColumn, QualifiedColumn]],
+    ) -> tuple[Part, Part, str, str]:
+        """Exchange the join's sides as its strategy needs; returns the sides to fuse, the
+        joined partitioning and why."""
+        if left.partitioning == SINGLE and right.partitioning == SINGLE:
+            return left, right, SINGLE, "join in one task: both sides are gathered"
+        may_right = join_type in _BROADCAST_RIGHT
+        may_left = join_type in _BROADCAST_LEFT
+        if left.partitioning == SINGLE and may_left:
+            self._note("broadcast join")
+            return self._broadcast(left), right, right.partitioning, "broadcast gathered left side"
+        if right.partitioning == SINGLE and may_right:
+            self._note("broadcast join")
+            return left, self._broadcast(right), left.partitioning, "broadcast gathered right side"
+        if SINGLE not in (left.partitioning, right.partitioning):
+            for a, b in key_pairs:
+                if {left.partitioning, right.partitioning} == {HASH} and (
+                    a in left.keys and b in right.keys
+                ):
+                    self._note("co-located join")
+                    return (
+                        left,
+                        right,
+                        HASH,
+                        f"join in place: both sides are hash-partitioned on {pair(a, b)}",
+                    )
+            small = [
+                (side.size, position)
+                for side, other, position, allowed in (
+                    (right, left, "right", may_right),
+                    (left, right, "left", may_left),
+                )
+                if allowed and self._worth_broadcasting(side, other)
+            ]
+            if small:
+                size, position = min(small)
+                self._note("broadcast join")
+                side, other = (right, left) if position == "right" else (left, right)
+                against = f", {other.name} ~{megabytes(other.size)}" if other.size else ""
+                why = (
+                    f"broadcast {side.name}: ~{megabytes(size)} ≤ threshold "
+                    f"{megabytes(self.threshold)}{against}"
+                )
+                if position == "right":
+                    return left, self._broadcast(right), left.partitioning, why
+                return self._broadcast(left), right, right.partitioning, why
+        if key_pairs:
+            return self._shuffle_join(left, right, key_pairs)
+        # No equi-join key: broadcast the smaller side the join type allows, or gather both.
+        if may_left and may_right and _smaller(left, right):
+            self._note("broadcast join")
+            why = f"broadcast {left.name}, the smaller side: the join has no equi-join key"
+            return self._broadcast(left), right, right.partitioning, why
+        if may_right and left.partitioning != SINGLE:
+            self._note("broadcast join")
+            why = f"broadcast {right.name}: the join has no equi-join key"
+            return left, self._broadcast(right), left.partitioning, why
+        if may_left and right.partitioning != SINGLE:
+            self._note("broadcast join")
+            why = f"broadcast {left.name}: the join has no equi-join key"
+            return self._broadcast(left), right, right.partitioning, why
+        self._note("gathered join")
+        return (
+            self._gather(left),
+            self._gather(right),
+            SINGLE,
+            "join in one task: no equi-join key and neither side may be broadcast",
+        )
+
+    def _worth_broadcasting(self, side: Part, other: Part) -> bool:
+        """A side is broadcast when it is known to fit the threshold and sending it to every
+        task costs less than shuffling both sides once: size x (tasks - 1) < the other side."""
+        if side.size is None or side.size > self.threshold:
+            return False
+        return other.size is None or side.size * (self.buckets - 1) < other.size
+
+    def _shuffle_join(
+        self,
+        left: Part,
+        right: Part,
+        key_pairs: list[tuple[QualifiedColumn, QualifiedColumn]],
+    ) -> tuple[Part, Part, str, str]:
+        # Prefer the key a side is already partitioned on: that side then stays in place.
+        a, b = max(key_pairs, key=lambda p: (p[0] in left.keys) + (p[1] in right.keys))
+        sides = []
+        for side, key in ((left, a), (right, b)):
+            if side.partitioning == HASH and key in side.keys:
+                sides.append(side)
+            else:
+                moved = self.exchange(side, HASH, hash_on=(key,), keys=frozenset({key}))
+                sides.append(replace(moved, why=()))  # the join's why says it all
+        self._note("shuffle join")
+        sizes = ", ".join(
+            f"{side.name} ~{megabytes(side.size)}" if side.size is not None else f"{side.name}"
+            for side in (left, right)
+        )
+        why = (
+            f"shuffle join on {pair(a, b)}: no side the join type lets go to every task is "
+            f"under the broadcast threshold {megabytes(self.threshold)} and cheaper to send "
+            f"to every task than to shuffle ({sizes})"
+        )
+        return sides[0], sides[1], HASH, why
+
+    def _broadcast(self, part: Part) -> Part:
+        return self.exchange(part, REPLICATED, output=BROADCAST)
+
+    def _gather(self, part: Part) -> Part:
+        if part.partitioning == SINGLE:
+            return part
+        return self.exchange(part, SINGLE)
+
+
+def _join_keys(
+    join_type: str,
+    left: Part,
+    right: Part,
+    key_pairs: list[tuple[QualifiedColumn, QualifiedColumn]],
+) -> frozenset[QualifiedColumn]:
+    """Columns whose hash still places each joined row: the preserved sides' keys, and for
+    inner joins the columns equal to them. Outer joins NULL-extend the other side."""
+    if join_type == "Inner":
+        keys = set(left.keys | right.keys)
+        for a, b in key_pairs:
+            if a in keys or b in keys:
+                keys |= {a, b}
+        return frozenset(keys)
+    if join_type in ("Left", "LeftSemi", "LeftAnti"):
+        return left.keys
+    if join_type in ("Right", "RightSemi", "RightAnti"):
+        return right.keys
+    return frozenset()
+
+
+def _smaller(left: Part, right: Part) -> bool:
+    """Whether the left side is known to be smaller than the right one."""
+    return left.size is not None and (right.size is None or left.size < right.size)

@@ -1,0 +1,141 @@
+"""Parts: relations computed per task of a stage that is not cut yet, and how their rows are
+spread over those tasks. The stage builder (``stages.py``) makes one per plan node; cutting a
+part makes a stage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import pyarrow as pa
+from datafusion import DataFrame, SessionContext
+
+from otel_dist.planner.exprs import NotDistributable, QualifiedColumn
+from otel_dist.planner.model import Stage
+from otel_dist.protocol import OutputPartitioning
+
+GATHER = OutputPartitioning("single")
+BROADCAST = OutputPartitioning("broadcast")
+ORDERING = {"sort", "top-k", "merge"}
+
+# How a part's rows are spread over the tasks of its (future) stage.
+FILES = "files"  # the fact table's file groups, one per task
+HASH = "hash"  # hash buckets of exchanged inputs, one per task
+SINGLE = "single"  # one task holds every row
+REPLICATED = "replicated"  # every task holds every row (a broadcast input)
+
+
+@dataclass(frozen=True)
+class Input:
+    """An upstream stage read by the stage being built, under a name unique in that stage."""
+
+    name: str
+    stage: Stage
+    row_ids: bool
+    schema: pa.Schema
+
+
+@dataclass(frozen=True)
+class View:
+    """A CTE over a row-numbered input that restores one qualifier's columns."""
+
+    name: str
+    cte: str
+    schema: pa.Schema
+
+
+Build = Callable[[SessionContext], DataFrame]
+
+
+@dataclass(frozen=True)
+class Part:
+    """A relation computed by each task of a stage that is not cut yet."""
+
+    build: Build
+    columns: tuple[QualifiedColumn, ...]
+    partitioning: str
+    name: str
+    keys: frozenset[QualifiedColumn] = frozenset()  # columns whose hash alone places a row
+    fact: str | None = None  # the table scanned from files (FILES)
+    inputs: tuple[Input, ...] = ()
+    views: tuple[View, ...] = ()
+    size: int | None = None  # upper bound of the bytes, None when unknown
+    ops: tuple[str, ...] = ()
+    why: tuple[str, ...] = ()
+    ordered: bool = False  # the rows come out sorted (a sort, merge or top-k is on top)
+    # An aggregate over several qualifiers is on top: DataFusion's unparser would merge it
+    # into an enclosing join's query block, so it must not be joined in this stage.
+    bare_aggregate: bool = False
+
+    def then(
+        self,
+        build: Build,
+        op: str,
+        *,
+        columns: tuple[QualifiedColumn, ...] | None = None,
+        keys: frozenset[QualifiedColumn] | None = None,
+        size: int | None = -1,  # -1 keeps the current size
+        name: str | None = None,
+    ) -> Part:
+        return replace(
+            self,
+            build=build,
+            columns=self.columns if columns is None else columns,
+            keys=self.keys if keys is None else keys,
+            size=self.size if size == -1 else size,
+            name=self.name if name is None else name,
+            ops=(*self.ops, op),
+            ordered=op in ORDERING or (self.ordered and op in ("limit", "project")),
+            bare_aggregate=self.bare_aggregate and op in ("project", "filter"),
+        )
+
+
+def joined(left: Part, right: Part, partitioning: str, why: str) -> Part:
+    """The parts of both join sides fused into one stage (inputs, views, fact and history)."""
+    facts = {p.fact for p in (left, right) if p.fact is not None}
+    if len(facts) > 1:
+        raise NotDistributable("two tables scanned from files in one stage")
+    return Part(
+        build=left.build,
+        columns=left.columns + right.columns,
+        partitioning=partitioning,
+        name=f"{left.name} ⋈ {right.name}",
+        fact=next(iter(facts), None),
+        inputs=left.inputs + right.inputs,
+        views=left.views + right.views,
+        ops=(*left.ops, *right.ops, "join"),
+        why=(*left.why, *right.why, why),
+    )
+
+
+def label(ops: tuple[str, ...]) -> str:
+    """A stage's kind from the operations fused into it, e.g. 'scan + join + partial
+    aggregate'; projections and filters are implied."""
+    seen: list[str] = []
+    for op in ops:
+        if op not in ("project", "filter") and op not in seen:
+            seen.append(op)
+    return " + ".join(seen) or "exchange"
+
+
+def column_name(column: QualifiedColumn) -> str:
+    qualifier, name = column
+    return f"{qualifier}.{name}" if qualifier else name
+
+
+def pair(a: QualifiedColumn, b: QualifiedColumn) -> str:
+    return f"{column_name(a)} = {column_name(b)}"
+
+
+def plural(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def megabytes(size: int) -> str:
+    if size < 1_000_000:
+        return f"{size / 1e3:.1f} kB"
+    return f"{size / 1e6:.1f} MB"
+
+
+def register_empty(ctx: SessionContext, name: str, schema: pa.Schema) -> None:
+    ctx.register_record_batches(name, [[pa.RecordBatch.from_pylist([], schema=schema)]])

@@ -1,0 +1,553 @@
+"""The stage builder: walks the optimized plan bottom-up, keeps a part per node, and cuts
+stages where an exchange is needed (see ``distribute.py`` for the decisions)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+from datafusion import DataFrame, Expr, SessionContext
+from datafusion.plan import LogicalPlan
+
+from otel_dist.planner.aggregates import split_aggregate
+from otel_dist.planner.exprs import (
+    NotDistributable,
+    QualifiedColumn,
+    as_column,
+    column_expr,
+    kind,
+    literal_int,
+    output_column,
+    quote_identifier,
+    sort_expr,
+    wrap,
+)
+from otel_dist.planner.joins import JoinPlanning
+from otel_dist.planner.model import FileScan, Stage, StageInput
+from otel_dist.planner.parts import (
+    FILES,
+    GATHER,
+    HASH,
+    REPLICATED,
+    SINGLE,
+    Input,
+    Part,
+    View,
+    column_name,
+    label,
+    plural,
+    register_empty,
+)
+from otel_dist.protocol import ROW_ID_COLUMN, OutputPartitioning
+from otel_dist.session import new_session, plain_schema
+
+if TYPE_CHECKING:
+    from otel_dist.planner.distribute import Planner
+
+
+class StageBuilder(JoinPlanning):
+    """Turns one query's optimized plan into stages, bottom-up."""
+
+    def __init__(self, planner: Planner) -> None:
+        self.planner = planner
+        self.catalog = planner.catalog
+        self.stages: list[Stage] = []
+        self.buckets = max(1, planner.options.tasks_per_stage)
+        self.threshold = planner.options.broadcast_threshold
+        self._strategies: list[str] = []
+
+    def distribute(self, plan: LogicalPlan, output_schema: pa.Schema) -> None:
+        root = self.part(plan)
+        if root.partitioning == REPLICATED:
+            raise NotDistributable("the query reads no table")
+        self.cut(root, GATHER, cast_to=output_schema)
+
+    def strategy(self) -> str:
+        return " + ".join(self._strategies) or "parallel scan"
+
+    def _note(self, strategy: str) -> None:
+        if strategy not in self._strategies:
+            self._strategies.append(strategy)
+
+    def cut(
+        self,
+        part: Part,
+        output: OutputPartitioning,
+        hash_on: tuple[QualifiedColumn, ...] = (),
+        cast_to: pa.Schema | None = None,
+    ) -> tuple[Stage, list[str]]:
+        """Make ``part`` a stage; ``hash_on`` makes its output a hash shuffle on those columns.
+        Output columns are named after the part's columns (``__c<i>`` when names repeat).
+        ``cast_to`` gives the root's column types where DataFusion's optimizer changed them
+        (a decimal sum over a rewritten COUNT(DISTINCT) widens, for one)."""
+        names = [name for _, name in part.columns]
+        unique = len(set(names)) == len(names) and ROW_ID_COLUMN not in names
+        out_names = names if unique else [f"__c{index}" for index in range(len(names))]
+        ctx = self._stage_context(part)
+        frame = part.build(ctx)
+        if part.ordered:
+            # A projection over the sort would become a derived table whose order SQL drops.
+            if not unique:
+                raise NotDistributable("duplicate column names under ORDER BY")
+        else:
+            types = [f.type for f in plain_schema(frame.schema())]
+            wanted = list(cast_to.types) if cast_to is not None else types
+            if len(wanted) != len(types):
+                raise NotDistributable("distributed plan produces a different number of columns")
+            frame = frame.select(
+                *[
+                    (column_expr(c) if have == want else column_expr(c).cast(want)).alias(o)
+                    for c, o, have, want in zip(part.columns, out_names, types, wanted, strict=True)
+                ]
+            )
+        prefix = "WITH " + ", ".join(v.cte for v in part.views) + " " if part.views else ""
+        sql, schema = self.planner.unparse(frame, ctx, prefix)
+        if schema.names != out_names:
+            raise NotDistributable(f"stage produces {schema.names}, expected {out_names}")
+        if hash_on:
+            keys = tuple(out_names[part.columns.index(c)] for c in hash_on)
+            output = OutputPartitioning("hash", self.buckets, keys)
+        why = list(part.why)
+        file_scan = None
+        if part.partitioning == FILES:
+            assert part.fact is not None
+            groups = self.catalog.file_groups(part.fact, self.buckets)
+            files = len(self.catalog.tables[part.fact].files)
+            why.insert(
+                0,
+                f"split {part.fact}'s {plural(files, 'file')} into {plural(len(groups), 'task')}",
+            )
+            file_scan = FileScan(part.fact, tuple(groups))
+            task_count = len(groups)
+        else:
+            task_count = self.buckets if part.partitioning == HASH else 1
+        if cast_to is not None:
+            why.append("the coordinator reads every task's output")
+        else:
+            why.append(_describe_output(output, part, hash_on))
+        stage = Stage(
+            stage_id=len(self.stages) + 1,
+            kind=label(part.ops),
+            sql=sql,
+            task_count=task_count,
+            output=output,
+            schema=schema,
+            file_scan=file_scan,
+            inputs=tuple(StageInput(i.name, i.stage.stage_id, i.row_ids) for i in part.inputs),
+            strategy="; ".join(why),
+        )
+        self.stages.append(stage)
+        return stage, out_names
+
+    def read(
+        self,
+        stage: Stage,
+        part: Part,
+        out_names: list[str],
+        partitioning: str,
+        keys: frozenset[QualifiedColumn] = frozenset(),
+    ) -> Part:
+        """A part reading a cut stage, with the cut part's columns and qualifiers restored."""
+        columns = part.columns
+        input_name = f"__s{stage.stage_id}"
+        qualifiers = sorted({q for q, _ in columns if q is not None})
+        names = [name for _, name in columns]
+        common = dict(columns=columns, partitioning=partitioning, name=part.name, keys=keys)
+        if len(qualifiers) <= 1 and out_names == names:
+            alias = qualifiers[0] if qualifiers else None
+
+            def build_plain(ctx: SessionContext) -> DataFrame:
+                frame = ctx.table(input_name)
+                return frame.alias(alias) if alias else frame
+
+            inputs = (Input(input_name, stage, False, stage.schema),)
+            return Part(build_plain, inputs=inputs, size=part.size, **common)  # type: ignore[arg-type]
+        # Columns of several qualifiers cannot live in one table: number the rows, split them
+        # into one view per qualifier and join the views back on the row number.
+        row_id = pa.field(ROW_ID_COLUMN, pa.int64(), nullable=False)
+        numbered = stage.schema.append(row_id)
+        groups: list[str | None] = [*qualifiers]
+        if any(q is None for q, _ in columns):
+            groups.append(None)
+        views: list[tuple[View, str | None]] = []
+        for index, qualifier in enumerate(groups):
+            mapping = [
+                (out, name)
+                for (q, name), out in zip(columns, out_names, strict=True)
+                if q == qualifier
+            ]
+            if len({name for _, name in mapping}) != len(mapping):
+                raise NotDistributable("duplicate column names under one qualifier")
+            view = f"{input_name}_{index}"
+            select = ", ".join(
+                f"{quote_identifier(out)} AS {quote_identifier(name)}" for out, name in mapping
+            )
+            cte = (
+                f"{quote_identifier(view)} AS (SELECT {select}, {quote_identifier(ROW_ID_COLUMN)}"
+                f" FROM {quote_identifier(input_name)})"
+            )
+            fields = [stage.schema.field(out).with_name(name) for out, name in mapping]
+            views.append((View(view, cte, pa.schema([*fields, row_id])), qualifier))
+
+        def build_views(ctx: SessionContext) -> DataFrame:
+            frame: DataFrame | None = None
+            first_ref = ""
+            for view, qualifier in views:
+                table = ctx.table(view.name)
+                if qualifier is not None:
+                    table = table.alias(qualifier)
+                ref = qualifier if qualifier is not None else view.name
+                if frame is None:
+                    frame, first_ref = table, ref
+                else:
+                    frame = frame.join_on(
+                        table,
+                        column_expr((first_ref, ROW_ID_COLUMN))
+                        == column_expr((ref, ROW_ID_COLUMN)),
+                        how="inner",
+                    )
+            assert frame is not None
+            return frame.select(*[column_expr(c) for c in columns])
+
+        return Part(
+            build_views,
+            inputs=(Input(input_name, stage, True, numbered),),
+            views=tuple(view for view, _ in views),
+            size=part.size,
+            **common,  # type: ignore[arg-type]
+        )
+
+    def exchange(
+        self,
+        part: Part,
+        partitioning: str,
+        *,
+        output: OutputPartitioning = GATHER,
+        hash_on: tuple[QualifiedColumn, ...] = (),
+        keys: frozenset[QualifiedColumn] = frozenset(),
+    ) -> Part:
+        """Cut ``part`` and read it back as a part of the next stage, partitioned as given."""
+        stage, out_names = self.cut(part, output, hash_on)
+        read = self.read(stage, part, out_names, partitioning, keys)
+        if partitioning == HASH:
+            return replace(read, why=(f"one task per bucket of stage {stage.stage_id}",))
+        if partitioning == SINGLE:
+            return replace(read, why=(f"one task over stage {stage.stage_id}'s gathered rows",))
+        return read
+
+    def _stage_context(self, part: Part) -> SessionContext:
+        """A session holding exactly the stage's inputs, as empty tables."""
+        ctx = new_session(self.planner.options.target_partitions)
+        if part.fact is not None:
+            register_empty(ctx, part.fact, self.planner.table_schema(part.fact))
+        for item in (*part.inputs, *part.views):
+            register_empty(ctx, item.name, item.schema)
+        return ctx
+
+    def part(self, node: LogicalPlan) -> Part:
+        handler = {
+            "TableScan": self._table_scan,
+            "Projection": self._projection,
+            "Filter": self._filter,
+            "SubqueryAlias": self._subquery_alias,
+            "Join": self._join,
+            "Aggregate": self._aggregate,
+            "Sort": self._sort,
+            "Limit": self._limit,
+            "WindowExpr": self._window,
+            "Union": self._union,
+        }.get(kind(node))
+        if handler is None:
+            raise NotDistributable(f"{kind(node)} is not distributed yet")
+        return handler(node)
+
+    def _table_scan(self, node: LogicalPlan) -> Part:
+        variant = node.to_variant()
+        table = variant.table_name()
+        if table not in self.catalog.tables:
+            raise NotDistributable(f"table {table} is not in the data folder")
+        columns = tuple((table, name) for _, name in variant.projection())
+        filters = [wrap(e) for e in variant.filters()]
+        fetch = variant.fetch()
+
+        def build(ctx: SessionContext) -> DataFrame:
+            frame = ctx.table(quote_identifier(table))
+            for predicate in filters:
+                frame = frame.filter(predicate)
+            frame = frame.select(*[column_expr(c) for c in columns])
+            return frame.limit(fetch) if fetch is not None else frame
+
+        return Part(
+            build,
+            columns=columns,
+            partitioning=FILES,
+            name=table,
+            fact=table,
+            size=self.catalog.column_bytes(table, [name for _, name in columns]),
+            ops=("scan",),
+        )
+
+    def _projection(self, node: LogicalPlan) -> Part:
+        child = self.part(node.inputs()[0])
+        # Computed columns are named explicitly: the unparser would otherwise name them after
+        # its own rewrite of the expression.
+        exprs = [_named(wrap(e)) for e in node.to_variant().projections()]
+        if child.ordered and any(e.variant_name() != "Column" for e in exprs):
+            raise NotDistributable("computed columns above ORDER BY are not distributed yet")
+        columns: list[QualifiedColumn] = []
+        keys: set[QualifiedColumn] = set()
+        for expr in exprs:
+            produced, passed = output_column(expr)
+            columns.append(produced)
+            if passed is not None and passed in child.keys:
+                keys.add(produced)
+
+        def build(ctx: SessionContext) -> DataFrame:
+            return child.build(ctx).select(*exprs)
+
+        return child.then(build, "project", columns=tuple(columns), keys=frozenset(keys))
+
+    def _filter(self, node: LogicalPlan) -> Part:
+        child = self.part(node.inputs()[0])
+        predicate = wrap(node.to_variant().predicate())
+
+        def build(ctx: SessionContext) -> DataFrame:
+            return child.build(ctx).filter(predicate)
+
+        return child.then(build, "filter")
+
+    def _subquery_alias(self, node: LogicalPlan) -> Part:
+        child = self.part(node.inputs()[0])
+        alias = node.to_variant().alias()
+
+        def build(ctx: SessionContext) -> DataFrame:
+            # The projection keeps the unparser from hoisting filters out of the alias.
+            frame = child.build(ctx).select(*[column_expr(c) for c in child.columns])
+            return frame.alias(alias)
+
+        return child.then(
+            build,
+            "project",
+            columns=tuple((alias, name) for _, name in child.columns),
+            keys=frozenset((alias, name) for _, name in child.keys),
+            name=alias,
+        )
+
+    def _aggregate(self, node: LogicalPlan) -> Part:
+        variant = node.to_variant()
+        groups = [wrap(e) for e in variant.group_by_exprs()]
+        aggregates = [wrap(e) for e in variant.aggregate_exprs()]
+        if any(g.variant_name() == "GroupingSet" for g in groups):
+            raise NotDistributable("grouping sets are not distributed yet")
+        child = self.part(node.inputs()[0])
+        group_columns = [as_column(g) for g in groups]
+        columns = tuple(
+            [
+                c if c is not None else (None, g.schema_name())
+                for c, g in zip(group_columns, groups, strict=True)
+            ]
+            + [(None, a.schema_name()) for a in aggregates]
+        )
+        size = 0 if not groups else child.size
+        qualifiers = {q for q, _ in columns if q is not None}
+        # The unparser keeps an aggregate in its own query block only under an alias.
+        alias = (
+            (next(iter(qualifiers)) if qualifiers else "__aggregate")
+            if len(qualifiers) < 2
+            else None
+        )
+
+        def finish(frame: DataFrame) -> DataFrame:
+            return frame.alias(alias) if alias is not None else frame
+
+        in_place = [c for c in group_columns if c is not None and c in child.keys]
+        if child.partitioning == SINGLE or (child.partitioning == HASH and in_place):
+
+            def build_local(ctx: SessionContext) -> DataFrame:
+                return finish(child.build(ctx).aggregate(groups, aggregates))
+
+            local = child.then(
+                build_local, "aggregate", columns=columns, keys=frozenset(in_place), size=size
+            )
+            return replace(local, bare_aggregate=alias is None)
+        output_types = self.planner.ctx.create_dataframe_from_logical_plan(node).schema()
+        try:
+            split = split_aggregate(groups, aggregates, variant, output_types)
+        except NotDistributable as reason:
+            # Not decomposable (median, DISTINCT with FILTER...): move the rows instead.
+            keys = [c for c in group_columns if c is not None]
+            if groups and len(keys) == len(groups):
+                self._note("shuffled aggregate")
+                moved = self.exchange(child, HASH, hash_on=tuple(keys))
+                why = f"shuffle rows on the group keys: {reason}"
+            else:
+                self._note("gathered aggregate")
+                moved = self._gather(child)
+                why = f"gather rows into one task: {reason}"
+            moved = replace(moved, why=(*moved.why, why))
+
+            def build_moved(ctx: SessionContext) -> DataFrame:
+                return finish(moved.build(ctx).aggregate(groups, aggregates))
+
+            keys_after = frozenset(keys) if len(keys) == 1 else frozenset()
+            aggregated = moved.then(
+                build_moved, "aggregate", columns=columns, keys=keys_after, size=size
+            )
+            return replace(aggregated, bare_aggregate=alias is None)
+
+        def build_partial(ctx: SessionContext) -> DataFrame:
+            return child.build(ctx).aggregate(split.partial_groups, split.partial_aggregates)
+
+        partial = child.then(
+            build_partial, "partial aggregate", columns=tuple(split.partial_columns)
+        )
+        self._note("two-phase aggregate")
+        if split.grouped:
+            keys = frozenset(split.key_columns) if len(split.key_columns) == 1 else frozenset()
+            read = self.exchange(partial, HASH, hash_on=tuple(split.key_columns))
+        else:
+            keys = frozenset()
+            read = self.exchange(partial, SINGLE)
+
+        def build_final(ctx: SessionContext) -> DataFrame:
+            return finish(read.build(ctx).aggregate(split.final_groups, split.final_aggregates))
+
+        final = read.then(
+            build_final,
+            "final aggregate",
+            columns=tuple(split.output_columns),
+            keys=keys,
+            size=size,
+        )
+        return replace(final, bare_aggregate=alias is None)
+
+    def _sort(self, node: LogicalPlan, skip: int = 0, fetch: int | None = None) -> Part:
+        """A sort, with the ``skip``/``fetch`` of a limit right above it if any."""
+        variant = node.to_variant()
+        raw = list(variant.sort_exprs())
+        per_task_fetch = variant.get_fetch_val()
+        if fetch is None:
+            fetch = per_task_fetch
+        elif per_task_fetch is None or per_task_fetch > skip + fetch:
+            per_task_fetch = skip + fetch
+        child = self.part(node.inputs()[0])
+
+        def sort(frame: DataFrame, limit: int | None, offset: int) -> DataFrame:
+            # Sorting a projection keeps ORDER BY in the unparsed query block (see ``cut``).
+            frame = frame.select(*[column_expr(c) for c in child.columns])
+            frame = frame.sort(*[sort_expr(s) for s in raw])
+            return frame.limit(limit, offset) if limit is not None else frame
+
+        if child.partitioning == SINGLE:
+            return child.then(lambda ctx: sort(child.build(ctx), fetch, skip), "sort")
+        per_task = child
+        if per_task_fetch is not None:
+            per_task = child.then(lambda ctx: sort(child.build(ctx), per_task_fetch, 0), "top-k")
+        merged = self._gather(per_task)
+        return merged.then(lambda ctx: sort(merged.build(ctx), fetch, skip), "merge")
+
+    def _limit(self, node: LogicalPlan) -> Part:
+        variant = node.to_variant()
+        skip = literal_int(variant.skip()) or 0
+        fetch = literal_int(variant.fetch())
+        if fetch is not None and kind(node.inputs()[0]) == "Sort":
+            return self._sort(node.inputs()[0], skip, fetch)
+        child = self.part(node.inputs()[0])
+        if fetch is None:
+            if skip:
+                raise NotDistributable("OFFSET without LIMIT is not distributed yet")
+            return child
+        if child.partitioning == SINGLE:
+            return child.then(lambda ctx: child.build(ctx).limit(fetch, skip), "limit")
+        per_task = child.then(lambda ctx: child.build(ctx).limit(fetch + skip), "limit")
+        merged = self._gather(per_task)
+        return merged.then(lambda ctx: merged.build(ctx).limit(fetch, skip), "merge")
+
+    def _window(self, node: LogicalPlan) -> Part:
+        variant = node.to_variant()
+        exprs = [wrap(e) for e in variant.get_window_expr()]
+        child = self.part(node.inputs()[0])
+        shared: set[QualifiedColumn] | None = None
+        ordered: list[QualifiedColumn] = []
+        for expr in exprs:
+            target = wrap(expr.to_variant().expr()) if expr.variant_name() == "Alias" else expr
+            partition = [as_column(wrap(p)) for p in variant.get_partition_exprs(target.expr)]
+            columns = {c for c in partition if c is not None}
+            ordered.extend(c for c in partition if c is not None and c not in ordered)
+            shared = columns if shared is None else shared & columns
+        shared = shared or set()
+        if child.partitioning == SINGLE or shared & child.keys:
+            ready = child
+        elif shared:
+            key = next(c for c in ordered if c in shared)
+            self._note("window shuffle")
+            ready = self.exchange(child, HASH, hash_on=(key,), keys=frozenset({key}))
+            ready = replace(ready, why=(f"shuffle on the PARTITION BY column {column_name(key)}",))
+        else:
+            self._note("gathered window")
+            ready = self._gather(child)
+            ready = replace(ready, why=("a window without a shared PARTITION BY runs in one task",))
+
+        def build(ctx: SessionContext) -> DataFrame:
+            return ready.build(ctx).window(*exprs)
+
+        columns = ready.columns + tuple((None, e.schema_name()) for e in exprs)
+        return ready.then(build, "window", columns=columns)
+
+    def _union(self, node: LogicalPlan) -> Part:
+        children = [self.part(child) for child in node.inputs()]
+        if all(child.partitioning == SINGLE for child in children):
+            ready = children
+        else:
+            ready = []
+            for child in children:
+                if child.partitioning == HASH:
+                    ready.append(child)
+                else:
+                    first = (child.columns[0],)
+                    ready.append(self.exchange(child, HASH, hash_on=first))
+            self._note("union per bucket")
+        partitioning = ready[0].partitioning
+        facts = {c.fact for c in ready if c.fact is not None}
+        if facts:
+            raise NotDistributable("a union over files in one stage")
+        builds = [c.build for c in ready]
+
+        def build(ctx: SessionContext) -> DataFrame:
+            frame = builds[0](ctx)
+            for other in builds[1:]:
+                frame = frame.union(other(ctx))
+            return frame
+
+        names = self.planner.ctx.create_dataframe_from_logical_plan(node).schema().names
+        sizes = [c.size for c in ready]
+        return Part(
+            build,
+            columns=tuple((None, name) for name in names),
+            partitioning=partitioning,
+            name="union",
+            inputs=tuple(i for c in ready for i in c.inputs),
+            views=tuple(v for c in ready for v in c.views),
+            size=None if None in sizes else sum(s for s in sizes if s is not None),
+            ops=(*(op for c in ready for op in c.ops), "union"),
+            why=(*(w for c in ready for w in c.why), "union of inputs hash-partitioned per bucket"),
+        )
+
+
+def _named(expr: Expr) -> Expr:
+    if expr.variant_name() in ("Column", "Alias"):
+        return expr
+    return expr.alias(expr.schema_name())
+
+
+def _describe_output(
+    output: OutputPartitioning, part: Part, hash_on: tuple[QualifiedColumn, ...]
+) -> str:
+    if output.kind == "hash":
+        return (
+            f"shuffle on {', '.join(column_name(c) for c in hash_on)} into {output.buckets} buckets"
+        )
+    if output.kind == "broadcast":
+        return f"broadcast {part.name} to every task that reads it"
+    return "gather into one task"
