@@ -45,6 +45,10 @@ _BROADCAST_HELP = (
     "broadcast a join side whose estimated size is at most this many bytes, else hash-shuffle "
     "both sides (default: OTEL_DIST_BROADCAST_THRESHOLD or 64000000)"
 )
+_MIN_TASK_HELP = (
+    "the least a scan task reads: smaller tables are read by fewer tasks, 0 splits every table "
+    "(default: OTEL_DIST_MIN_TASK_BYTES or 32000000)"
+)
 
 stderr = Console(stderr=True)
 # Off a terminal (pipes, logs, CI) rich would wrap tables at 80 columns; keep rows whole.
@@ -102,7 +106,10 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("-e", "--execute", dest="sql", required=True, help="SQL to run")
     local.add_argument("--output", type=Path, help="write the result (.parquet, .csv, .json)")
     local.add_argument("--tasks-per-stage", type=int)
-    local.add_argument("--broadcast-threshold", type=int, metavar="BYTES", help=_BROADCAST_HELP)
+    local.add_argument(
+        "--broadcast-threshold", type=_byte_count, metavar="BYTES", help=_BROADCAST_HELP
+    )
+    local.add_argument("--min-task-bytes", type=_byte_count, metavar="BYTES", help=_MIN_TASK_HELP)
     _explain_options(local)
     _security_options(local, server=True)
     _coordinator_options(local)
@@ -152,7 +159,10 @@ def _parser() -> argparse.ArgumentParser:
     coordinator.add_argument("--data", type=Path, required=True)
     coordinator.add_argument("--tasks-per-stage", type=int)
     coordinator.add_argument(
-        "--broadcast-threshold", type=int, metavar="BYTES", help=_BROADCAST_HELP
+        "--broadcast-threshold", type=_byte_count, metavar="BYTES", help=_BROADCAST_HELP
+    )
+    coordinator.add_argument(
+        "--min-task-bytes", type=_byte_count, metavar="BYTES", help=_MIN_TASK_HELP
     )
     coordinator.add_argument("--metrics-port", type=int, help=_METRICS_PORT_HELP)
     coordinator.add_argument(
@@ -250,6 +260,16 @@ def _coordinator_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _byte_count(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of bytes, not {raw!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
 def _env_int(name: str) -> int | None:
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -322,6 +342,7 @@ def _local(args: argparse.Namespace) -> int:
         data=args.data,
         tasks_per_stage=args.tasks_per_stage,
         broadcast_threshold=args.broadcast_threshold,
+        min_task_bytes=args.min_task_bytes,
         metrics_ports=_metrics_ports(args.metrics_ports),
         security=_security(args),
         redact_sql=args.redact_sql,
@@ -407,6 +428,7 @@ def _coordinator(args: argparse.Namespace) -> int:
             data=str(args.data),
             tasks_per_stage=args.tasks_per_stage,
             broadcast_threshold=args.broadcast_threshold,
+            min_task_bytes=args.min_task_bytes,
             security=security,
             **_limits(args),
         ),

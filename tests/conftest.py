@@ -24,12 +24,23 @@ def tpch_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def cluster(tpch_dir: Path) -> Iterator[LocalCluster]:
+    """A 3-worker cluster that splits every table into one scan task per worker, however small:
+    at the test scale every table is under the default ``min_task_bytes``."""
+    with LocalCluster(workers=3, data=tpch_dir, min_task_bytes=0) as local:
+        yield local
+
+
+@pytest.fixture(scope="session")
+def default_cluster(tpch_dir: Path) -> Iterator[LocalCluster]:
+    """A 3-worker cluster with the default settings: at the test scale every table is read by
+    one task, which broadcasts it or shuffles it into one bucket per worker."""
     with LocalCluster(workers=3, data=tpch_dir) as local:
         yield local
 
 
 @pytest.fixture(scope="session")
 def shuffle_cluster(tpch_dir: Path) -> Iterator[LocalCluster]:
-    """A 3-worker cluster that broadcasts nothing: every equi-join is hash-shuffled."""
-    with LocalCluster(workers=3, data=tpch_dir, broadcast_threshold=0) as local:
+    """A 3-worker cluster that broadcasts nothing and splits every table: every equi-join is
+    hash-shuffled."""
+    with LocalCluster(workers=3, data=tpch_dir, broadcast_threshold=0, min_task_bytes=0) as local:
         yield local

@@ -3,6 +3,7 @@ no hang and no worker process left behind."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,24 @@ def test_worker_coordinator_query_across_processes(tpch_dir: Path) -> None:
         assert "5" in result.stdout
         bad = run_cli("query", "--coordinator", coordinator_url, "-e", "select * from nope")
         assert_one_line_error(bad, "nope")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "needle"),
+    [
+        ("OTEL_DIST_MIN_TASK_BYTES", "32MB", "whole number of bytes"),
+        ("OTEL_DIST_BROADCAST_THRESHOLD", "-1", "must not be negative"),
+    ],
+)
+def test_bad_planner_setting_in_the_environment(
+    tpch_dir: Path, variable: str, value: str, needle: str
+) -> None:
+    result = subprocess.run(
+        [*CLI, "local", "--workers", "1", "--data", str(tpch_dir), "-e", "select 1"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, variable: value},
+    )
+    assert_one_line_error(result, variable, needle)

@@ -84,7 +84,7 @@ def test_killed_worker_fails_the_query_fast_and_the_next_runs_elsewhere(tpch_dir
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
             "OTEL_BSP_SCHEDULE_DELAY": "100",
         }
-        with LocalCluster(workers=3, data=tpch_dir, env=env) as cluster:
+        with LocalCluster(workers=3, data=tpch_dir, env=env, min_task_bytes=0) as cluster:
             urls = list(cluster.worker_urls)
             victim, survivors = urls[1], [urls[0], urls[2]]
             thread, outcome = _run_in_thread(cluster.explain_analyze, CROSS_JOIN)
@@ -207,6 +207,7 @@ def test_a_hung_worker_fails_the_query_in_bounded_time(
         CoordinatorConfig(
             workers=(url, *cluster.worker_urls),
             data=str(tpch_dir),
+            min_task_bytes=0,  # every worker gets a scan task, the hung one too
             health_interval_s=0.2,
             health_timeout_s=0.5,
         ),

@@ -40,7 +40,7 @@ def _env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def traced(receiver: OtlpReceiver, tpch_dir: Path) -> Iterator[LocalCluster]:
     env = _env(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint)
-    with LocalCluster(workers=3, data=tpch_dir, env=env) as local:
+    with LocalCluster(workers=3, data=tpch_dir, env=env, min_task_bytes=0) as local:
         yield local
 
 

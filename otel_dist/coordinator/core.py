@@ -41,6 +41,7 @@ from otel_dist.planner.distribute import (
     Planner,
     PlannerOptions,
     broadcast_threshold_from_env,
+    min_task_bytes_from_env,
 )
 from otel_dist.planner.model import DistributedPlan
 from otel_dist.protocol import (
@@ -107,6 +108,7 @@ class CoordinatorConfig:
     tasks_per_stage: int | None = None
     target_partitions: int = 2
     broadcast_threshold: int | None = None  # None: OTEL_DIST_BROADCAST_THRESHOLD or 64 MB
+    min_task_bytes: int | None = None  # None: OTEL_DIST_MIN_TASK_BYTES or 32 MB
     rpc_timeout_s: float = 10.0
     query_timeout_s: float = 600.0
     telemetry_fetch_timeout_s: float = 15.0
@@ -207,8 +209,12 @@ class Coordinator:
         threshold = config.broadcast_threshold
         if threshold is None:
             threshold = broadcast_threshold_from_env()
+        min_task_bytes = config.min_task_bytes
+        if min_task_bytes is None:
+            min_task_bytes = min_task_bytes_from_env()
         self.planner = Planner(
-            self.catalog, PlannerOptions(tasks, config.target_partitions, threshold)
+            self.catalog,
+            PlannerOptions(tasks, config.target_partitions, threshold, min_task_bytes),
         )
         if telemetry is None:
             telemetry, default_metrics = start_process_telemetry("otel-dist-coordinator")

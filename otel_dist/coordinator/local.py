@@ -55,6 +55,7 @@ class LocalCluster:
         tasks_per_stage: int | None = None,
         target_partitions: int = 2,
         broadcast_threshold: int | None = None,
+        min_task_bytes: int | None = None,
         memory_budget_bytes: int | None = None,
         start_timeout_s: float = 30.0,
         env: dict[str, str] | None = None,
@@ -77,7 +78,9 @@ class LocalCluster:
 
         ``broadcast_threshold`` is the largest estimated join side (bytes) the planner
         broadcasts; larger sides are hash-shuffled (default: ``OTEL_DIST_BROADCAST_THRESHOLD``
-        or 64 MB).
+        or 64 MB). ``min_task_bytes`` is the least a scan task reads: a table whose scanned
+        columns are smaller is read by fewer tasks (default: ``OTEL_DIST_MIN_TASK_BYTES`` or
+        32 MB; 0 splits every table into one task per worker).
 
         ``security`` turns on TLS and/or the shared-secret token between the coordinator and
         the workers (default: neither). ``max_sql_bytes`` and ``max_result_bytes`` are the
@@ -95,6 +98,7 @@ class LocalCluster:
         self.tasks_per_stage = tasks_per_stage
         self.target_partitions = target_partitions
         self.broadcast_threshold = broadcast_threshold
+        self.min_task_bytes = min_task_bytes
         self.memory_budget_bytes = memory_budget_bytes
         self.start_timeout_s = start_timeout_s
         self.env = env
@@ -151,6 +155,7 @@ class LocalCluster:
                     tasks_per_stage=self.tasks_per_stage,
                     target_partitions=self.target_partitions,
                     broadcast_threshold=self.broadcast_threshold,
+                    min_task_bytes=self.min_task_bytes,
                     max_sql_bytes=self.max_sql_bytes,
                     max_result_bytes=self.max_result_bytes,
                     security=self.security,

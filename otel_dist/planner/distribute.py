@@ -11,7 +11,8 @@ the unparser gets wrong becomes a marked fallback instead of a wrong answer.
 
 Decisions, each recorded as the stage's strategy for ``EXPLAIN``:
 
-* scans split a table's files across tasks; filters and projections run in the scan's stage;
+* scans split a table's files across tasks, one task per ``min_task_bytes`` of the columns read
+  at most one per bucket; filters and projections run in the scan's stage;
 * joins broadcast a side whose size (parquet metadata, projected columns) is under the
   broadcast threshold and that the join type allows; otherwise both sides are hash-shuffled
   on an equi-join key into the same buckets, or joined in place when they already are;
@@ -56,11 +57,13 @@ from otel_dist.session import QUERY_ONLY, plain_schema
 
 __all__ = [
     "DEFAULT_BROADCAST_THRESHOLD",
+    "DEFAULT_MIN_TASK_BYTES",
     "NotAQuery",
     "Planner",
     "PlannerOptions",
     "PlanningError",
     "broadcast_threshold_from_env",
+    "min_task_bytes_from_env",
 ]
 
 
@@ -75,34 +78,45 @@ class NotAQuery(PlanningError):
 _NOT_A_QUERY = re.compile(r"(DDL|DML|Statement) not supported: (.*)")
 
 DEFAULT_BROADCAST_THRESHOLD = 64_000_000
+DEFAULT_MIN_TASK_BYTES = 32_000_000
 
 BROADCAST_THRESHOLD_ENV = "OTEL_DIST_BROADCAST_THRESHOLD"
+MIN_TASK_BYTES_ENV = "OTEL_DIST_MIN_TASK_BYTES"
+
+
+def _bytes_from_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number of bytes, not {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, got {value}")
+    return value
 
 
 def broadcast_threshold_from_env() -> int:
     """``OTEL_DIST_BROADCAST_THRESHOLD`` in bytes, or the default (64 MB)."""
-    raw = os.environ.get(BROADCAST_THRESHOLD_ENV, "").strip()
-    if not raw:
-        return DEFAULT_BROADCAST_THRESHOLD
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(
-            f"{BROADCAST_THRESHOLD_ENV} must be a whole number of bytes, not {raw!r}"
-        ) from None
-    if value < 0:
-        raise ValueError(f"{BROADCAST_THRESHOLD_ENV} must not be negative, got {value}")
-    return value
+    return _bytes_from_env(BROADCAST_THRESHOLD_ENV, DEFAULT_BROADCAST_THRESHOLD)
+
+
+def min_task_bytes_from_env() -> int:
+    """``OTEL_DIST_MIN_TASK_BYTES`` in bytes, or the default (32 MB)."""
+    return _bytes_from_env(MIN_TASK_BYTES_ENV, DEFAULT_MIN_TASK_BYTES)
 
 
 @dataclass(frozen=True)
 class PlannerOptions:
     """Knobs of the planner: tasks per stage (also buckets per shuffle), DataFusion partitions
-    per task, and the largest estimated size of a join side that is broadcast."""
+    per task, the largest estimated size of a join side that is broadcast, and the bytes a scan
+    task reads at the least (smaller tables are read by fewer tasks; 0 splits every table)."""
 
     tasks_per_stage: int
     target_partitions: int = 2
     broadcast_threshold: int = DEFAULT_BROADCAST_THRESHOLD
+    min_task_bytes: int = DEFAULT_MIN_TASK_BYTES
 
 
 class Planner:

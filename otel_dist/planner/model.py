@@ -15,6 +15,7 @@ class FileScan:
 
     table_name: str
     groups: tuple[tuple[str, ...], ...]
+    scan_bytes: int = 0  # estimated bytes of the columns the stage reads (parquet metadata)
 
 
 @dataclass(frozen=True)

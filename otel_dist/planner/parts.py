@@ -57,6 +57,7 @@ class Part:
     name: str
     keys: frozenset[QualifiedColumn] = frozenset()  # columns whose hash alone places a row
     fact: str | None = None  # the table scanned from files (FILES)
+    fact_bytes: int = 0  # estimated bytes of the fact table's columns the stage reads
     inputs: tuple[Input, ...] = ()
     views: tuple[View, ...] = ()
     size: int | None = None  # upper bound of the bytes, None when unknown
@@ -101,6 +102,7 @@ def joined(left: Part, right: Part, partitioning: str, why: str) -> Part:
         partitioning=partitioning,
         name=f"{left.name} ⋈ {right.name}",
         fact=next(iter(facts), None),
+        fact_bytes=left.fact_bytes + right.fact_bytes,
         inputs=left.inputs + right.inputs,
         views=left.views + right.views,
         ops=(*left.ops, *right.ops, "join"),

@@ -36,6 +36,7 @@ from otel_dist.planner.parts import (
     View,
     column_name,
     label,
+    megabytes,
     plural,
     register_empty,
 )
@@ -55,6 +56,7 @@ class StageBuilder(JoinPlanning):
         self.stages: list[Stage] = []
         self.buckets = max(1, planner.options.tasks_per_stage)
         self.threshold = planner.options.broadcast_threshold
+        self.min_task_bytes = planner.options.min_task_bytes
         self._strategies: list[str] = []
 
     def distribute(self, plan: LogicalPlan, output_schema: pa.Schema) -> None:
@@ -112,13 +114,18 @@ class StageBuilder(JoinPlanning):
         file_scan = None
         if part.partitioning == FILES:
             assert part.fact is not None
-            groups = self.catalog.file_groups(part.fact, self.buckets)
+            groups = self.catalog.file_groups(part.fact, self._scan_tasks(part.fact_bytes))
             files = len(self.catalog.tables[part.fact].files)
-            why.insert(
-                0,
-                f"split {part.fact}'s {plural(files, 'file')} into {plural(len(groups), 'task')}",
+            split = (
+                f"split {part.fact}'s {plural(files, 'file')} into {plural(len(groups), 'task')}"
             )
-            file_scan = FileScan(part.fact, tuple(groups))
+            if len(groups) < min(files, self.buckets):
+                split += (
+                    f": ~{megabytes(part.fact_bytes)} to read, "
+                    f"{megabytes(self.min_task_bytes)} a task at the least"
+                )
+            why.insert(0, split)
+            file_scan = FileScan(part.fact, tuple(groups), part.fact_bytes)
             task_count = len(groups)
         else:
             task_count = self.buckets if part.partitioning == HASH else 1
@@ -139,6 +146,13 @@ class StageBuilder(JoinPlanning):
         )
         self.stages.append(stage)
         return stage, out_names
+
+    def _scan_tasks(self, scan_bytes: int) -> int:
+        """Tasks that scan ``scan_bytes``: one per ``min_task_bytes``, at most one per bucket;
+        below that, a task's fixed costs (session, plan, streams, spans) outweigh its share."""
+        if self.min_task_bytes <= 0:
+            return self.buckets
+        return max(1, min(self.buckets, -(-scan_bytes // self.min_task_bytes)))
 
     def read(
         self,
@@ -268,6 +282,7 @@ class StageBuilder(JoinPlanning):
         if table not in self.catalog.tables:
             raise NotDistributable(f"table {table} is not in the data folder")
         columns = tuple((table, name) for _, name in variant.projection())
+        size = self.catalog.column_bytes(table, [name for _, name in columns])
         filters = [wrap(e) for e in variant.filters()]
         fetch = variant.fetch()
 
@@ -284,7 +299,8 @@ class StageBuilder(JoinPlanning):
             partitioning=FILES,
             name=table,
             fact=table,
-            size=self.catalog.column_bytes(table, [name for _, name in columns]),
+            fact_bytes=size,
+            size=size,
             ops=("scan",),
         )
 
