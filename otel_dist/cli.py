@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         stderr.print(f"otel-dist: error: {error}", markup=False, highlight=False)
         return EXIT_USER_ERROR
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     configure_logging(getattr(args, "log_format", "text"))
     try:
         return int(args.run(args) or 0)
@@ -382,8 +383,13 @@ def _explain_outputs(analysis: object, args: argparse.Namespace, show_tree: bool
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from otel_dist.worker.allocator import lacks_allocator_settings, worker_environment
     from otel_dist.worker.process import run_worker
     from otel_dist.worker.server import WorkerConfig
+
+    if lacks_allocator_settings(os.environ):  # read at library load: too late in this process
+        command = [sys.executable, "-m", "otel_dist.cli", *args.argv]
+        os.execve(sys.executable, command, worker_environment(os.environ))
 
     if args.redact_sql:  # read by the worker's telemetry set-up, in this process only
         os.environ["OTEL_DIST_REDACT_SQL"] = "true"

@@ -3,6 +3,7 @@ queries dropped after their TTL when no coordinator releases them."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from otel_dist.planner.distribute import Planner, PlannerOptions
 from otel_dist.protocol import BucketTicket
 from otel_dist.worker.server import WorkerConfig, WorkerServer
 from tests.oracle import assert_same_rows, single_node
-from tests.support import worker_health
+from tests.support import start_worker, stop, worker_health
 
 GROUPED = (
     "select l_orderkey % 97 as k, count(*) as n, sum(l_quantity) as q from lineitem group by 1"
@@ -92,3 +93,31 @@ def test_unreleased_queries_expire_after_their_ttl(worker: WorkerServer, tpch_di
         assert time.monotonic() < deadline, "the query was never expired"
         time.sleep(0.2)
     assert worker_health(worker.url)["memory_used_bytes"] == 0
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def test_workers_keep_freed_memory_for_reuse(cluster: LocalCluster) -> None:
+    """mimalloc reads its options at load time: a cluster's workers start with them."""
+    for process in cluster.processes:
+        assert _environ(process.pid)["MIMALLOC_PURGE_DELAY"] == "-1"
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "-1"), ("10", "10")])
+def test_worker_command_sets_its_allocator_unless_told(
+    tpch_dir: Path, given: str | None, expected: str
+) -> None:
+    """Started without the setting (a container, a unit file), ``otel-dist worker`` executes
+    itself once more with it, and still serves; a value in the environment is kept."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIMALLOC_")}
+    if given is not None:
+        env["MIMALLOC_PURGE_DELAY"] = given
+    process, url = start_worker("--port", "0", "--data-root", str(tpch_dir), env=env)
+    try:
+        assert _environ(process.pid)["MIMALLOC_PURGE_DELAY"] == expected
+        assert worker_health(url)["running_tasks"] == 0
+    finally:
+        stop(process)

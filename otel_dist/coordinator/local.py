@@ -37,6 +37,7 @@ from otel_dist.explain.statements import ExplainAnalysis, explain_analyze, run_s
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.model import DistributedPlan
 from otel_dist.telemetry.metrics import MetricsConfig, start_process_telemetry
+from otel_dist.worker.allocator import worker_environment
 from otel_dist.worker.process import METRICS_PREFIX, READY_PREFIX
 
 
@@ -211,7 +212,7 @@ class LocalCluster:
     def _child_env(self) -> dict[str, str]:
         """The workers' environment (also the coordinator's telemetry settings): the given
         one, with this cluster's security and redaction settings in place of any inherited."""
-        env = dict(os.environ if self.env is None else self.env)
+        env = worker_environment(os.environ if self.env is None else self.env)
         for name in (AUTH_TOKEN_ENV, TLS_CERT_ENV, TLS_KEY_ENV, TLS_CA_ENV):
             env.pop(name, None)
         if self.security.token is not None:
