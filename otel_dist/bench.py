@@ -1,6 +1,7 @@
 """``otel-dist bench``: the cost of distribution and of telemetry, side by side in one run.
 
-Per TPC-H query, interleaved run by run so drift hits every system alike:
+Per TPC-H query, interleaved run by run, in an order that rotates, so drift hits every system
+alike:
 
 * ``datafusion``: single-node DataFusion on the same files, with the cluster's thread budget;
 * ``otel_dist``: a local cluster with telemetry off;
@@ -86,9 +87,12 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, object]:
             for runner in runners.values():
                 runner(sql)
         for run in range(options.runs):
-            for number in options.queries:
+            for index, number in enumerate(options.queries):
                 sql = tpch.query(number)
-                for system in SYSTEMS:
+                # The order rotates so that no system always runs right after another one
+                # (whose processes may still be releasing the last query's memory).
+                shift = (run + index) % len(SYSTEMS)
+                for system in SYSTEMS[shift:] + SYSTEMS[:shift]:
                     started = time.perf_counter()
                     runners[system](sql)
                     timings[number][system].append(time.perf_counter() - started)
