@@ -47,7 +47,7 @@ _BROADCAST_HELP = (
 )
 _MIN_TASK_HELP = (
     "the least a scan task reads: smaller tables are read by fewer tasks, 0 splits every table "
-    "(default: OTEL_DIST_MIN_TASK_BYTES or 32000000)"
+    "(default: OTEL_DIST_MIN_TASK_BYTES or 64000000)"
 )
 
 stderr = Console(stderr=True)

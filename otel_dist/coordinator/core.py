@@ -108,7 +108,7 @@ class CoordinatorConfig:
     tasks_per_stage: int | None = None
     target_partitions: int = 2
     broadcast_threshold: int | None = None  # None: OTEL_DIST_BROADCAST_THRESHOLD or 64 MB
-    min_task_bytes: int | None = None  # None: OTEL_DIST_MIN_TASK_BYTES or 32 MB
+    min_task_bytes: int | None = None  # None: OTEL_DIST_MIN_TASK_BYTES or 64 MB
     rpc_timeout_s: float = 10.0
     query_timeout_s: float = 600.0
     telemetry_fetch_timeout_s: float = 15.0

@@ -81,7 +81,7 @@ class LocalCluster:
         broadcasts; larger sides are hash-shuffled (default: ``OTEL_DIST_BROADCAST_THRESHOLD``
         or 64 MB). ``min_task_bytes`` is the least a scan task reads: a table whose scanned
         columns are smaller is read by fewer tasks (default: ``OTEL_DIST_MIN_TASK_BYTES`` or
-        32 MB; 0 splits every table into one task per worker).
+        64 MB; 0 splits every table into one task per worker).
 
         ``security`` turns on TLS and/or the shared-secret token between the coordinator and
         the workers (default: neither). ``max_sql_bytes`` and ``max_result_bytes`` are the

@@ -78,7 +78,7 @@ class NotAQuery(PlanningError):
 _NOT_A_QUERY = re.compile(r"(DDL|DML|Statement) not supported: (.*)")
 
 DEFAULT_BROADCAST_THRESHOLD = 64_000_000
-DEFAULT_MIN_TASK_BYTES = 32_000_000
+DEFAULT_MIN_TASK_BYTES = 64_000_000
 
 BROADCAST_THRESHOLD_ENV = "OTEL_DIST_BROADCAST_THRESHOLD"
 MIN_TASK_BYTES_ENV = "OTEL_DIST_MIN_TASK_BYTES"
@@ -103,7 +103,7 @@ def broadcast_threshold_from_env() -> int:
 
 
 def min_task_bytes_from_env() -> int:
-    """``OTEL_DIST_MIN_TASK_BYTES`` in bytes, or the default (32 MB)."""
+    """``OTEL_DIST_MIN_TASK_BYTES`` in bytes, or the default (64 MB)."""
     return _bytes_from_env(MIN_TASK_BYTES_ENV, DEFAULT_MIN_TASK_BYTES)
 
 
