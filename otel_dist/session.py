@@ -6,6 +6,10 @@ import pyarrow as pa
 from datafusion import SessionConfig, SessionContext, SQLOptions
 
 DEFAULT_TARGET_PARTITIONS = 2
+# Rows per batch, DataFusion's default being 8192. Every batch a worker exchanges crosses Python
+# a few times (drain, hash partition, bucket, Flight, reader), so at TPC-H SF 1 the larger
+# batches took a fifth off the distributed queries' time, and 5% off single-node DataFusion's.
+DEFAULT_BATCH_SIZE = 32_768
 
 # Only queries run anywhere: DDL would change a session (CREATE EXTERNAL TABLE ... LOCATION
 # '/etc/passwd'), DML and COPY would write files.
@@ -13,10 +17,12 @@ QUERY_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow
 
 
 def new_session(target_partitions: int = DEFAULT_TARGET_PARTITIONS) -> SessionContext:
-    """A DataFusion session with otel_dist's settings (partitions sized for small machines)."""
+    """A DataFusion session with otel_dist's settings (partitions sized for small machines,
+    larger batches); single-node DataFusion, the oracle and the benchmark baseline, uses it too."""
     config = (
         SessionConfig()
         .with_target_partitions(max(1, target_partitions))
+        .with_batch_size(DEFAULT_BATCH_SIZE)
         .set("datafusion.sql_parser.map_string_types_to_utf8view", "false")
     )
     return SessionContext(config)
