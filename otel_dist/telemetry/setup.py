@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
@@ -154,6 +154,7 @@ class Telemetry:
         self.config = config
         self.instance_id = uuid.uuid4().hex
         self.provider: TracerProvider | None = None
+        self._processors: list[SpanProcessor] = []
         if not config.enabled:
             self.tracer: trace.Tracer = trace.NoOpTracer()
             return
@@ -162,14 +163,22 @@ class Telemetry:
         )
         exporter = _exporter(config)
         if exporter is not None:
-            self.provider.add_span_processor(BatchSpanProcessor(exporter))
-        for processor in extra_processors:
+            self._processors.append(BatchSpanProcessor(exporter))
+        self._processors.extend(extra_processors)
+        for processor in self._processors:
             self.provider.add_span_processor(processor)
         self.tracer = self.provider.get_tracer("otel_dist")
 
     @property
     def enabled(self) -> bool:
         return self.provider is not None
+
+    def emit_finished(self, spans: Sequence[ReadableSpan]) -> None:
+        """Hand spans built after the fact (``task_spans``), already ended, to the span
+        processors, as ending them would."""
+        for processor in self._processors:
+            for span in spans:
+                processor.on_end(span)
 
     def _resource(self) -> Resource:
         attributes = _parse_pairs(self.config.resource_attributes)

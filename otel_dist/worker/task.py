@@ -338,7 +338,7 @@ class Task:
             parent = TraceContextTextMapPropagator().extract(self.spec.trace_context)
             if operators is not None and telemetry.config.redact_sql:
                 operators = without_details(operators)
-            spans = record_task_spans(telemetry.tracer, parent, record, operators)
+            spans = record_task_spans(telemetry, parent, record, operators)
             if not spans:
                 return
             own = encode_spans(spans).SerializeToString()
