@@ -1,6 +1,7 @@
 """Opt-in (``pytest -m slow``): all 22 TPC-H queries at SF 1 on 3 workers equal single-node
-DataFusion, and keep their multi-task stages at that scale (where the default 64 MB broadcast
-threshold shuffles the large joins), and again with every equi-join shuffled."""
+DataFusion, and keep multi-task stages at that scale (where the default 64 MB broadcast
+threshold shuffles the large joins and only tables under the default 64 MB a scan task are read
+by one task), and again with every equi-join shuffled."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from otel_dist import tpch
 from otel_dist.coordinator.local import LocalCluster
+from otel_dist.planner.distribute import DEFAULT_MIN_TASK_BYTES
 from otel_dist.tpch.datagen import default_cache_dir, generate
 from tests.oracle import assert_same_rows, has_order_by, single_node
 from tests.test_plan_distribution import check_distributed
@@ -33,5 +35,6 @@ def sf1_cluster(sf1: Path, request: pytest.FixtureRequest) -> Iterator[LocalClus
 def test_tpch_sf1_matches_single_node(sf1_cluster: LocalCluster, sf1: Path, number: int) -> None:
     sql = tpch.query(number)
     plan = sf1_cluster.plan(sql)
-    check_distributed(plan)
+    check_distributed(plan, DEFAULT_MIN_TASK_BYTES)
+    assert any(stage.task_count > 1 for stage in plan.stages), plan.describe()
     assert_same_rows(sf1_cluster.sql(sql), single_node(sf1, sql), ordered=has_order_by(sql))
