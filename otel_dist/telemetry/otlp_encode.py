@@ -209,7 +209,7 @@ def _add_attributes(target: Any, attributes: Mapping[str, object] | None) -> Non
                 add(key=key).value.string_value = value
             elif kind is int and _INT64_MIN <= value < _INT64_END:  # type: ignore[operator]
                 add(key=key).value.int_value = value
-            elif kind is tuple:  # the SDK keeps sequences as tuples
+            elif kind is tuple or kind is list:  # the SDK keeps sequences as tuples
                 _add_array(add(key=key).value.array_value, value)  # type: ignore[arg-type]
             else:
                 add(key=key, value=_any_value(value))
@@ -220,7 +220,7 @@ def _add_attributes(target: Any, attributes: Mapping[str, object] | None) -> Non
             log.exception("Failed to encode key %s: %s", key, error)
 
 
-def _add_array(target: Any, items: tuple[object, ...]) -> None:
+def _add_array(target: Any, items: Sequence[object]) -> None:
     target.SetInParent()
     add = target.values.add
     for item in items:
