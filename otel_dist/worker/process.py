@@ -12,12 +12,19 @@ from otel_dist.worker.server import WorkerConfig, WorkerServer
 
 log = logging.getLogger(__name__)
 
+# A worker's threads hand data to each other (Flight streams, partition drains, bucket readers)
+# and, with telemetry on, to a few short telemetry threads. A thread that wakes up waits for
+# the GIL up to the switch interval (Python's default 5 ms) while another thread computes:
+# 1 ms took 4-5% off traced queries at TPC-H SF 1 and changed nothing without telemetry.
+SWITCH_INTERVAL_S = 0.001
+
 READY_PREFIX = "otel-dist worker listening on "
 METRICS_PREFIX = "otel-dist worker metrics on "
 
 
 def run_worker(config: WorkerConfig, parent_pid: int | None = None) -> None:
     """Serve until SIGTERM/SIGINT, or until the parent process (if given) goes away."""
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     if not config.data_roots:
         log.warning("no --data-root given: tasks may read any parquet file this process can read")
     server = WorkerServer(config)
