@@ -202,6 +202,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--scale", type=float, default=1.0)
     bench.add_argument("--workers", type=int, default=3)
     bench.add_argument("--runs", type=int, default=3)
+    bench.add_argument(
+        "--target-partitions",
+        type=int,
+        default=1,
+        help="DataFusion partitions per worker task; single-node DataFusion gets workers times "
+        "this many (default: 1)",
+    )
     bench.add_argument("--json", type=Path, help="write the report as JSON")
     bench.add_argument("--queries", help="comma-separated TPC-H query numbers (default: all 22)")
     bench.add_argument("--data", type=Path, help="an existing TPC-H folder (default: generated)")
@@ -632,11 +639,19 @@ def _bench(args: argparse.Namespace) -> int:
         unknown = [q for q in queries if q not in QUERY_NUMBERS]
         if unknown:
             raise UserError(f"no TPC-H query {unknown[0]}: queries are 1 to 22")
-    if args.scale <= 0 or args.workers < 1 or args.runs < 1:
-        raise UserError("--scale must be positive, --workers and --runs at least 1")
-    report = run_bench(
-        BenchOptions(args.scale, args.workers, args.runs, queries, data=args.data), stdout
+    if args.scale <= 0 or min(args.workers, args.runs, args.target_partitions) < 1:
+        raise UserError(
+            "--scale must be positive, --workers, --runs and --target-partitions at least 1"
+        )
+    options = BenchOptions(
+        args.scale,
+        args.workers,
+        args.runs,
+        queries,
+        target_partitions=args.target_partitions,
+        data=args.data,
     )
+    report = run_bench(options, stdout)
     if args.json:
         write_report(report, args.json)
         stderr.print(f"report written to {args.json}", markup=False)

@@ -1,0 +1,44 @@
+"""``otel-dist bench`` runs the three systems side by side and writes the report the benchmark
+issue names; the numbers themselves are reported, never asserted."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_bench_writes_the_report(tpch_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "otel_dist.cli", "bench", "--data", str(tpch_dir)]
+        + ["--scale", "0.01", "--workers", "2", "--runs", "2", "--queries", "1,6"]
+        + ["--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "distributed_vs_datafusion=" in result.stdout and "q06" in result.stdout
+    report = json.loads(out.read_text())
+    assert {"machine", "scale", "queries", "totals", "ratios"} <= set(report)
+    assert report["scale"] == 0.01 and report["machine"]["cpus"] >= 1
+    systems = {"datafusion", "otel_dist", "otel_dist_traced"}
+    assert set(report["queries"]) == {"q01", "q06"}
+    for medians in report["queries"].values():
+        assert set(medians) == systems and all(v > 0 for v in medians.values())
+    totals, ratios = report["totals"], report["ratios"]
+    for system in systems:
+        assert math.isclose(totals[system], sum(q[system] for q in report["queries"].values()))
+    assert math.isclose(
+        ratios["distributed_vs_datafusion"], totals["otel_dist"] / totals["datafusion"]
+    )
+    assert math.isclose(
+        ratios["traced_vs_untraced"], totals["otel_dist_traced"] / totals["otel_dist"]
+    )
+    router = report["router"]
+    assert math.isclose(ratios["router_vs_raw_flight"], router["router_mb_s"] / router["raw_mb_s"])
+    assert report["explain_build_ms_10k_spans"] > 0
