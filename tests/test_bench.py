@@ -13,9 +13,11 @@ from pathlib import Path
 def test_bench_writes_the_report(tpch_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "-m", "otel_dist.cli", "bench", "--data", str(tpch_dir)]
-        + ["--scale", "0.01", "--workers", "2", "--runs", "2", "--queries", "1,6"]
-        + ["--json", str(out)],
+        [
+            *(sys.executable, "-m", "otel_dist.cli", "bench", "--data", str(tpch_dir)),
+            *("--scale", "0.01", "--workers", "2", "--runs", "2", "--queries", "1,6"),
+            *("--json", str(out)),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
