@@ -11,7 +11,7 @@ the unparser gets wrong becomes a marked fallback instead of a wrong answer.
 
 Decisions, each recorded as the stage's strategy for ``EXPLAIN``:
 
-* scans split a table's files across tasks, one task per ``min_task_bytes`` of the columns read
+* scans split a table's files across tasks, one task per ``min_task_bytes`` of the columns read,
   at most one per bucket; filters and projections run in the scan's stage;
 * joins broadcast a side whose size (parquet metadata, projected columns) is under the
   broadcast threshold and that the join type allows; otherwise both sides are hash-shuffled
