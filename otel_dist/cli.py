@@ -30,7 +30,7 @@ from otel_dist.coordinator.core import QueryError
 from otel_dist.errors import one_line
 from otel_dist.logs import configure_logging
 from otel_dist.planner.catalog import CatalogError
-from otel_dist.planner.distribute import PlanningError
+from otel_dist.planner.distribute import PlanningError, parse_byte_count
 
 DEMO_SCALE = 0.1
 DEMO_QUERY = 1
@@ -270,12 +270,9 @@ def _coordinator_options(parser: argparse.ArgumentParser) -> None:
 
 def _byte_count(raw: str) -> int:
     try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number of bytes, not {raw!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return value
+        return parse_byte_count(raw)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _env_int(name: str) -> int | None:

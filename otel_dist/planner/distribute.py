@@ -64,6 +64,7 @@ __all__ = [
     "PlanningError",
     "broadcast_threshold_from_env",
     "min_task_bytes_from_env",
+    "parse_byte_count",
 ]
 
 
@@ -84,17 +85,25 @@ BROADCAST_THRESHOLD_ENV = "OTEL_DIST_BROADCAST_THRESHOLD"
 MIN_TASK_BYTES_ENV = "OTEL_DIST_MIN_TASK_BYTES"
 
 
+def parse_byte_count(raw: str) -> int:
+    """A size in bytes as the user wrote it; ``ValueError`` says what is wrong with it."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"must be a whole number of bytes, not {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"must not be negative, got {value}")
+    return value
+
+
 def _bytes_from_env(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a whole number of bytes, not {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{name} must not be negative, got {value}")
-    return value
+        return parse_byte_count(raw)
+    except ValueError as error:
+        raise ValueError(f"{name} {error}") from None
 
 
 def broadcast_threshold_from_env() -> int:
