@@ -35,7 +35,7 @@ from otel_dist.exchange.router import route
 from otel_dist.planner.catalog import Catalog
 from otel_dist.session import plain_schema
 from otel_dist.telemetry import envelope
-from otel_dist.telemetry.envelope import Envelope, TaskRef
+from otel_dist.telemetry.envelope import TaskRef
 from otel_dist.testing.otlp_receiver import OtlpReceiver
 from otel_dist.tpch.datagen import default_cache_dir, generate
 
@@ -163,7 +163,9 @@ def router_throughput(data: Path, repeats: int = 15) -> dict[str, float]:
     lineitem takes about 0.4 s and varies by a few percent from read to read)."""
     table = pq.read_table(Path(data) / "lineitem")
     table = table.cast(plain_schema(table.schema))  # as workers exchange it
-    message = envelope.encode(Envelope("bench", (TaskRef(1, 0),), _synthetic_request(50)))
+    message = envelope.encode(
+        "bench", [(TaskRef(1, 0), _synthetic_request(50).SerializeToString())]
+    )
     server = _StreamServer(table, message)
     client = flight.FlightClient(f"grpc://127.0.0.1:{server.port}")
     megabytes = table.nbytes / 1e6

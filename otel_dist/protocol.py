@@ -55,12 +55,15 @@ class OutputPartitioning:
 
 @dataclass(frozen=True)
 class BucketSource:
-    """One upstream bucket a task reads: which worker, which task, which bucket."""
+    """One upstream bucket a task reads: which worker, which task, which bucket, and whether
+    the stream ends with the upstream task's telemetry (each task's telemetry travels to one
+    reader only: the others would receive, parse and forward copies)."""
 
     worker_url: str
     stage_id: int
     task_index: int
     bucket: int
+    telemetry: bool = True
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ class TaskSpec:
                             stage_id=_index(s["stage_id"]),
                             task_index=_index(s["task_index"]),
                             bucket=_index(s["bucket"]),
+                            telemetry=s.get("telemetry", True) is not False,
                         )
                         for s in map(_dict, _list(item.get("sources", [])))
                     ),
@@ -194,6 +198,7 @@ class BucketTicket:
     stage_id: int
     task_index: int
     bucket: int
+    telemetry: bool = True  # end the stream with the task's telemetry
 
     @property
     def task_key(self) -> TaskKey:
@@ -213,6 +218,7 @@ class BucketTicket:
                 stage_id=_int(raw["stage_id"]),
                 task_index=_int(raw["task_index"]),
                 bucket=_int(raw["bucket"]),
+                telemetry=raw.get("telemetry", True) is not False,
             )
         except (KeyError, TypeError) as error:
             raise ProtocolError(f"malformed ticket: missing or invalid field {error}") from None

@@ -487,11 +487,14 @@ class Coordinator:
         for stats in run.read_stats:
             stats.wait_for_telemetry(max(0.0, deadline - time.monotonic()))
         planned = _planned_tasks(run.plan)
+        worker_request = run.collector.request()  # first: a damaged task's spans are missing
         in_band = run.collector.tasks()
         fetched, lost = self._fetch_missing(run, planned - in_band)
-        worker_spans = run.collector.spans()
+        if fetched:
+            worker_request = run.collector.request()
+        worker_spans = span_records([worker_request])
         if self.relay is not None:
-            self.relay.submit(run.collector.request())
+            self.relay.submit(worker_request)
         task_ends: dict[int, int] = {}
         for span in worker_spans:
             if span.name == c.SPAN_TASK:
@@ -515,7 +518,6 @@ class Coordinator:
         run.query_span.end(end_time=ended)
         own.append(run.query_span)  # type: ignore[arg-type]
         own_request = encode_spans(own)
-        run.collector.add_own_request(own_request)
         return QueryTelemetry(
             query_id=run.query_id,
             trace_id=format(run.query_span.get_span_context().trace_id, "032x"),
@@ -527,7 +529,9 @@ class Coordinator:
             malformed_messages=run.collector.malformed,
             truncated_messages=run.collector.truncated,
             final_message_bytes=run.collector.message_bytes,
-            otlp=run.collector.request(),
+            otlp=ExportTraceServiceRequest(
+                resource_spans=[*worker_request.resource_spans, *own_request.resource_spans]
+            ),
         )
 
     def _record_metrics(

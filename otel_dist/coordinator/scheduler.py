@@ -75,11 +75,18 @@ def _inputs(
         inputs.append(
             TaskInput(stage.file_scan.table_name, files=stage.file_scan.groups[task_index])
         )
-    for stage_input in stage.inputs:
+    for position, stage_input in enumerate(stage.inputs):
         upstream = plan.stage(stage_input.stage_id)
         bucket = task_index if upstream.output.kind == "hash" else 0
+        reads_telemetry = _telemetry_reader(plan, upstream.stage_id) == (stage.stage_id, position)
         sources = tuple(
-            BucketSource(placement[(upstream.stage_id, t)], upstream.stage_id, t, bucket)
+            BucketSource(
+                placement[(upstream.stage_id, t)],
+                upstream.stage_id,
+                t,
+                bucket,
+                telemetry=reads_telemetry and t % stage.task_count == task_index,
+            )
             for t in range(upstream.task_count)
         )
         inputs.append(
@@ -91,3 +98,14 @@ def _inputs(
             )
         )
     return tuple(inputs)
+
+
+def _telemetry_reader(plan: DistributedPlan, stage_id: int) -> tuple[int, int]:
+    """Which input (consumer stage id, position among its inputs) of a stage's output has
+    its tasks' telemetry: the first one. Of that consumer's tasks, task ``t % task_count``
+    reads upstream task ``t``'s, so each task's telemetry reaches one reader, spread evenly."""
+    for consumer in plan.consumers(stage_id):
+        for position, stage_input in enumerate(consumer.inputs):
+            if stage_input.stage_id == stage_id:
+                return consumer.stage_id, position
+    return -1, -1

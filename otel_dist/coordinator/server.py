@@ -24,6 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.flight as flight
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otel_dist.coordinator.core import Coordinator, QueryError, QueryRejected
 from otel_dist.errors import one_line
@@ -42,7 +43,7 @@ from otel_dist.protocol import (
     not_found,
 )
 from otel_dist.telemetry import envelope
-from otel_dist.telemetry.envelope import Envelope
+from otel_dist.telemetry.envelope import NO_TASK
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class CoordinatorServer(flight.FlightServerBase):
         if isinstance(result, pa.Table):
             return flight.GeneratorStream(result.schema, _stream(context, result, None))
         final = (
-            envelope.encode(Envelope(result.query_id, (), result.telemetry.otlp))
+            _query_envelope(result.query_id, result.telemetry.otlp)
             if result.telemetry is not None and result.telemetry.otlp is not None
             else None
         )
@@ -158,7 +159,7 @@ class CoordinatorServer(flight.FlightServerBase):
         query = self.recent.get(query_id)
         if query is None or query.otlp is None:
             raise not_found(f"no telemetry for query {query_id[:100]}")
-        return iter([envelope.encode(Envelope(query.query_id, (), query.otlp))])
+        return iter([_query_envelope(query.query_id, query.otlp)])
 
 
 class _Named:
@@ -191,3 +192,8 @@ def _stream(
         yield batch
     if final is not None:
         yield pa.RecordBatch.from_pylist([], schema=table.schema), pa.py_buffer(final)
+
+
+def _query_envelope(query_id: str, spans: ExportTraceServiceRequest) -> bytes:
+    """A whole query's spans as one telemetry message, for a client's explain."""
+    return envelope.encode(query_id, [(NO_TASK, spans.SerializeToString())])

@@ -25,7 +25,9 @@ def read_bucket(
     security: SecurityConfig = NO_SECURITY,
 ) -> Iterator[pa.RecordBatch]:
     """Stream one upstream bucket through the router."""
-    ticket = BucketTicket(query_id, source.stage_id, source.task_index, source.bucket)
+    ticket = BucketTicket(
+        query_id, source.stage_id, source.task_index, source.bucket, source.telemetry
+    )
     client = client_for(source.worker_url, security)
     reader = client.do_get(
         flight.Ticket(ticket.to_bytes()), options=call_options(timeout_s, headers)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.flight as flight
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otel_dist.errors import one_line
 from otel_dist.exchange.security import (
@@ -47,7 +46,7 @@ from otel_dist.protocol import (
 )
 from otel_dist.telemetry import envelope
 from otel_dist.telemetry.cache import TelemetryCache
-from otel_dist.telemetry.envelope import DATA_END, Envelope, TaskRef
+from otel_dist.telemetry.envelope import DATA_END, TaskRef
 from otel_dist.telemetry.metrics import Metrics, WorkerObservers, start_process_telemetry
 from otel_dist.telemetry.setup import Telemetry
 from otel_dist.worker.buckets import Bucket, BucketError, MemoryBudget
@@ -236,9 +235,7 @@ class WorkerServer(flight.FlightServerBase):
         payload = self.telemetry_cache.get(query_id, task_ref)
         if payload is None:
             raise not_found(f"no telemetry for task {task_ref} of {query_id[:100]}")
-        spans = ExportTraceServiceRequest()
-        spans.ParseFromString(payload)
-        return envelope.encode(Envelope(query_id, (task_ref,), spans))
+        return envelope.encode(query_id, [(task_ref, payload)])
 
     def health(self) -> dict[str, object]:
         with self._lock:
@@ -277,18 +274,19 @@ class WorkerServer(flight.FlightServerBase):
         if request.bucket >= len(task.buckets):
             raise invalid_argument(f"bucket {request.bucket} out of range for {request.task_key}")
         bucket = task.buckets[request.bucket]
-        return flight.GeneratorStream(bucket.schema, self._serve(task, bucket))
+        return flight.GeneratorStream(bucket.schema, self._serve(task, bucket, request.telemetry))
 
     def _serve(
-        self, task: Task, bucket: Bucket
+        self, task: Task, bucket: Bucket, with_telemetry: bool
     ) -> Iterator[pa.RecordBatch | tuple[pa.RecordBatch, pa.Buffer]]:
-        """The bucket's batches, a data-end marker, then the task's telemetry as a zero-row
-        final message once it is recorded (which no reader's data waits for)."""
+        """The bucket's batches; for the reader that asked for it, a data-end marker, then
+        the task's telemetry as a zero-row final message once it is recorded (which no
+        reader's data waits for)."""
         try:
             yield from bucket.read(self.config.read_timeout_s)
         except BucketError as error:
             raise flight.FlightServerError(str(error)) from None
-        if not self.telemetry.enabled:
+        if not self.telemetry.enabled or not with_telemetry:
             return
         empty = pa.RecordBatch.from_pylist([], schema=bucket.schema)
         yield empty, pa.py_buffer(DATA_END)

@@ -117,7 +117,6 @@ class Task:
             for b in range(self.spec.output.buckets)
         ]
         self._scratch = tempfile.mkdtemp(prefix=f"task-{tag}-", dir=self.settings.spill_dir)
-        self._plan: object | None = None
         self._operators: OperatorMetrics | None = None
 
     @property
@@ -148,12 +147,12 @@ class Task:
     def _run(self) -> None:
         self.state = "running"
         self.started_ns = time.time_ns()
+        plan: object | None = None
         try:
             ctx = new_session(self.settings.target_partitions)
             for task_input in self.spec.inputs:
                 self._register(ctx, task_input)
             plan = ctx.sql_with_options(self.spec.sql, QUERY_ONLY).execution_plan()
-            self._plan = plan
             self._execute(ctx, plan)
             self.state = "finished"
         except Exception as error:
@@ -176,7 +175,10 @@ class Task:
                 bucket.finish()
             else:
                 bucket.fail(self.error or self.state)
-        self._record_telemetry()
+        # The plan holds the task's inputs: it is read for its metrics and then let go, so that
+        # memory is free for the next task rather than held until the query is released.
+        self._record_telemetry(plan)
+        del plan
         self._done.set()
         self._record_metrics()  # after the data is complete: never delays a reader
 
@@ -309,15 +311,15 @@ class Task:
 
     # ---- telemetry -----------------------------------------------------------------------
 
-    def _record_telemetry(self) -> None:
+    def _record_telemetry(self, plan: object | None) -> None:
         """Spans, cache entry and final message; a failure here never affects the data."""
         telemetry = self.settings.telemetry
         if not telemetry.enabled:
             return
         try:
             operators: OperatorMetrics | None = None
-            if self._plan is not None:
-                operators = self._operators = operator_metrics(self._plan)
+            if plan is not None:
+                operators = self._operators = operator_metrics(plan)
             record = TaskRecord(
                 query_id=self.spec.query_id,
                 stage_id=self.spec.stage_id,
