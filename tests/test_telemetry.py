@@ -7,6 +7,7 @@ import os
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from otel_dist import tpch
 from otel_dist.coordinator.core import Coordinator, CoordinatorConfig, QueryError
 from otel_dist.coordinator.local import LocalCluster
+from otel_dist.coordinator.scheduler import assign, task_specs
 from otel_dist.planner.catalog import Catalog
 from otel_dist.telemetry import conventions as c
 from otel_dist.telemetry.envelope import TaskRef
@@ -95,6 +97,29 @@ def test_one_trace_spans_coordinator_and_every_worker(
     assert all(
         isinstance(s.attributes.get(c.METRIC_PREFIX + "output_rows"), int) for s in computing
     )
+
+
+@pytest.mark.parametrize("number", [2, 5, 9, 21], ids=lambda n: f"q{n:02d}")
+def test_each_tasks_telemetry_travels_on_one_stream(traced: LocalCluster, number: int) -> None:
+    plan = traced.plan(tpch.query(number))
+    readers: Counter[tuple[int, int]] = Counter()
+    for spec in task_specs(plan, "q", assign(plan, traced.worker_urls)):
+        for task_input in spec.inputs:
+            for source in task_input.sources:
+                readers[(source.stage_id, source.task_index)] += source.telemetry
+    upstream = {
+        (stage.stage_id, task)
+        for stage in plan.stages
+        if stage is not plan.root
+        for task in range(stage.task_count)
+    }
+    assert readers == Counter(dict.fromkeys(upstream, 1))
+    result = traced.execute(tpch.query(number))
+    assert result.telemetry is not None
+    assert result.telemetry.in_band_tasks == result.telemetry.planned_tasks
+    assert not result.telemetry.fetched_tasks and not result.telemetry.malformed_messages
+    span_ids = [span.span_id for span in result.telemetry.spans]
+    assert len(span_ids) == len(set(span_ids))
 
 
 def _sum_metric(spans: list[SpanRecord], operator: str, metric: str, stage_id: int) -> int:
