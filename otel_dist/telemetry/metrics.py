@@ -541,18 +541,25 @@ class WorkerMetrics:
             self.task_duration.record(max(0.0, task.duration_s), {**kind, c.TASK_STATUS: status})
             self.task_rows.add(task.output_rows, kind)
             self.task_bytes.add(task.output_bytes, kind)
+            # Summed by label set first: one instrument call per series, not per operator.
             if task.operators is not None:
+                rows: dict[str, int] = {}
+                sizes: dict[str, int] = {}
                 for operator in _walk(task.operators):
-                    name = {OPERATOR_NAME: _bounded(operator.name)}
-                    rows = operator.totals.get("output_rows")
-                    size = operator.totals.get("output_bytes")
-                    if rows is not None:
-                        self.operator_rows.add(rows, name)
-                    if size is not None:
-                        self.operator_bytes.add(size, name)
+                    for totals, metric in ((rows, "output_rows"), (sizes, "output_bytes")):
+                        value = operator.totals.get(metric)
+                        if value is not None:
+                            totals[operator.name] = totals.get(operator.name, 0) + value
+                for name, value in rows.items():
+                    self.operator_rows.add(value, {OPERATOR_NAME: _bounded(name)})
+                for name, value in sizes.items():
+                    self.operator_bytes.add(value, {OPERATOR_NAME: _bounded(name)})
+            shuffled: dict[str, int] = {}
             for read in task.reads:
                 locality = "local" if read.endpoint == task.worker_url else "remote"
-                self.shuffle.add(read.bytes, {**kind, SHUFFLE_LOCALITY: locality})
+                shuffled[locality] = shuffled.get(locality, 0) + read.bytes
+            for locality, size in shuffled.items():
+                self.shuffle.add(size, {**kind, SHUFFLE_LOCALITY: locality})
             if task.final_message_bytes is not None:
                 self.final_message.record(task.final_message_bytes)
             if task.malformed_messages:

@@ -47,6 +47,7 @@ from opentelemetry.sdk.trace.sampling import (
     SamplingResult,
     TraceIdRatioBased,
 )
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.types import Attributes
 
@@ -153,6 +154,7 @@ class Telemetry:
     ) -> None:
         self.config = config
         self.instance_id = uuid.uuid4().hex
+        self.scope = InstrumentationScope("otel_dist")  # of every span this process makes
         self.provider: TracerProvider | None = None
         self._processors: list[SpanProcessor] = []
         if not config.enabled:
@@ -167,7 +169,7 @@ class Telemetry:
         self._processors.extend(extra_processors)
         for processor in self._processors:
             self.provider.add_span_processor(processor)
-        self.tracer = self.provider.get_tracer("otel_dist")
+        self.tracer = self.provider.get_tracer(self.scope.name)
 
     @property
     def enabled(self) -> bool:

@@ -15,9 +15,11 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from otel_dist.telemetry import conventions as c
 from otel_dist.telemetry.setup import Telemetry
@@ -142,83 +144,104 @@ def record_task_spans(
     task: TaskRecord,
     operators: OperatorMetrics | None,
 ) -> list[ReadableSpan]:
-    """Create and end the task's spans; return them (empty when the tracer does not record).
+    """Build the task's spans, finished, and hand them to the span processors; return them
+    (empty when the sampler does not record the task span).
 
-    The task span goes through the SDK's tracer, so the configured sampler decides. Its
-    children (operators, reads) inherit that decision and are built as finished
-    ``ReadableSpan``s and handed to the span processors directly: every value they carry is
-    an int, a str or a list of ints made here, so the SDK's per-attribute checks and copies
-    on span start, a third of a task's telemetry time, buy nothing.
+    The task span is sampled by the tracer provider's sampler, as the SDK's ``start_span``
+    would; its children (operators, reads) inherit that decision. Every span is built as a
+    finished ``ReadableSpan``: every value they carry is an int, a str or a list of ints made
+    here, so the SDK's per-attribute checks and copies on span start, and its locking on end,
+    buy nothing while costing a good part of a task's telemetry time.
     """
+    assert telemetry.provider is not None, "record_task_spans needs telemetry on"
     common = {c.QUERY_ID: task.query_id, c.STAGE_ID: task.stage_id, c.TASK_INDEX: task.task_index}
-    task_span = telemetry.tracer.start_span(
-        c.SPAN_TASK,
-        context=parent,
-        start_time=task.started_ns,
-        attributes={
-            **common,
-            c.TASK_PARTITIONS: list(task.partitions),
-            c.WORKER_URL: task.worker_url,
-            c.TASK_STATUS: task.status,
-            c.TASK_OUTPUT_ROWS: task.output_rows,
-            c.TASK_OUTPUT_BYTES: task.output_bytes,
-        },
+    attributes: dict[str, Any] = {
+        **common,
+        c.TASK_PARTITIONS: list(task.partitions),
+        c.WORKER_URL: task.worker_url,
+        c.TASK_STATUS: task.status,
+        c.TASK_OUTPUT_ROWS: task.output_rows,
+        c.TASK_OUTPUT_BYTES: task.output_bytes,
+    }
+    parent_context: SpanContext | None = trace.get_current_span(parent).get_span_context()
+    if parent_context is None or not parent_context.is_valid:
+        parent_context = None
+        trace_id = _Children.ids.generate_trace_id()
+    else:
+        trace_id = parent_context.trace_id
+    sampling = telemetry.provider.sampler.should_sample(
+        parent, trace_id, c.SPAN_TASK, SpanKind.INTERNAL, attributes
     )
-    if not task_span.is_recording():
-        task_span.end(end_time=task.ended_ns)
+    if not sampling.decision.is_recording():
         return []
-    children = _Children(task_span)  # type: ignore[arg-type]
+    flags = TraceFlags(TraceFlags.SAMPLED if sampling.decision.is_sampled() else 0)
+    context = SpanContext(
+        trace_id, _Children.ids.generate_span_id(), False, flags, sampling.trace_state
+    )
+    children = _Children(context, telemetry.provider.resource, telemetry.scope)
     if operators is not None:
-        _operator_spans(children, children.parent, operators, "0", common, task)
+        _operator_spans(children, context, operators, "0", common, task)
     for read in task.reads:
         children.add(
-            c.SPAN_READ,
-            children.parent,
-            read_attributes(read, common),
-            read.started_ns,
-            read.ended_ns,
+            c.SPAN_READ, context, read_attributes(read, common), read.started_ns, read.ended_ns
         )
+    status = Status(StatusCode.UNSET)
+    events: tuple[Event, ...] = ()
     if task.status != "finished":
-        task_span.set_attribute(c.TASK_ERROR, task.error or task.status)
-        task_span.set_status(Status(StatusCode.ERROR, task.error or task.status))
-        task_span.add_event(task.status, timestamp=task.ended_ns)
-    task_span.end(end_time=max(task.ended_ns, task.started_ns))
+        attributes[c.TASK_ERROR] = task.error or task.status
+        status = Status(StatusCode.ERROR, task.error or task.status)
+        events = (Event(task.status, timestamp=task.ended_ns),)
+    children.spans.append(
+        ReadableSpan(
+            c.SPAN_TASK,
+            context=context,
+            parent=parent_context,
+            resource=children.resource,
+            attributes={**sampling.attributes, **attributes} if sampling.attributes else attributes,
+            events=events,
+            kind=SpanKind.INTERNAL,
+            status=status,
+            start_time=task.started_ns,
+            end_time=max(task.ended_ns, task.started_ns),
+            instrumentation_scope=children.scope,
+        )
+    )
     telemetry.emit_finished(children.spans)
-    return [*children.spans, task_span]  # type: ignore[list-item]
+    return children.spans
 
 
 class _Children:
-    """Finished child spans of one task span: same trace, sampling, resource and scope."""
+    """Finished spans of one task: same trace, sampling, resource and scope."""
 
-    _ids = RandomIdGenerator()
+    ids = RandomIdGenerator()
 
-    def __init__(self, task_span: ReadableSpan) -> None:
-        context = task_span.get_span_context()  # type: ignore[attr-defined]
-        self.parent: SpanContext = context
-        self._trace_id = context.trace_id
-        self._flags = context.trace_flags
-        self._state = context.trace_state
-        self._resource = task_span.resource
-        self._scope = task_span.instrumentation_scope
+    def __init__(
+        self, task: SpanContext, resource: Resource, scope: InstrumentationScope | None
+    ) -> None:
+        self._trace_id = task.trace_id
+        self._flags = task.trace_flags
+        self._state = task.trace_state
+        self.resource = resource
+        self.scope = scope
         self.spans: list[ReadableSpan] = []
 
     def add(
         self, name: str, parent: SpanContext, attributes: dict[str, Any], start: int, end: int
     ) -> SpanContext:
         context = SpanContext(
-            self._trace_id, self._ids.generate_span_id(), False, self._flags, self._state
+            self._trace_id, self.ids.generate_span_id(), False, self._flags, self._state
         )
         self.spans.append(
             ReadableSpan(
                 name,
                 context=context,
                 parent=parent,
-                resource=self._resource,
+                resource=self.resource,
                 attributes=attributes,
                 kind=SpanKind.INTERNAL,
                 start_time=start,
                 end_time=max(end, start),
-                instrumentation_scope=self._scope,
+                instrumentation_scope=self.scope,
             )
         )
         return context
