@@ -39,6 +39,7 @@ def task_specs(
     """Every task of the plan as a spec, upstream stages first, each with its stage's
     W3C trace context so the task span becomes a child of the stage span."""
     specs: list[TaskSpec] = []
+    readers = _telemetry_readers(plan)
     for stage in plan.stages:
         for task_index in range(stage.task_count):
             specs.append(
@@ -48,7 +49,7 @@ def task_specs(
                     task_index=task_index,
                     task_count=stage.task_count,
                     sql=stage.sql,
-                    inputs=_inputs(plan, stage, task_index, placement),
+                    inputs=_inputs(plan, stage, task_index, placement, readers),
                     output=stage.output,
                     output_schema_ipc=encode_schema(stage.schema),
                     worker_url=placement[(stage.stage_id, task_index)],
@@ -68,7 +69,11 @@ def partitions_of(stage: Stage, task_index: int) -> tuple[int, ...]:
 
 
 def _inputs(
-    plan: DistributedPlan, stage: Stage, task_index: int, placement: dict[tuple[int, int], str]
+    plan: DistributedPlan,
+    stage: Stage,
+    task_index: int,
+    placement: dict[tuple[int, int], str],
+    readers: dict[int, tuple[int, int]],
 ) -> tuple[TaskInput, ...]:
     inputs: list[TaskInput] = []
     if stage.file_scan is not None:
@@ -78,7 +83,7 @@ def _inputs(
     for position, stage_input in enumerate(stage.inputs):
         upstream = plan.stage(stage_input.stage_id)
         bucket = task_index if upstream.output.kind == "hash" else 0
-        reads_telemetry = _telemetry_reader(plan, upstream.stage_id) == (stage.stage_id, position)
+        reads_telemetry = readers.get(upstream.stage_id) == (stage.stage_id, position)
         sources = tuple(
             BucketSource(
                 placement[(upstream.stage_id, t)],
@@ -100,12 +105,12 @@ def _inputs(
     return tuple(inputs)
 
 
-def _telemetry_reader(plan: DistributedPlan, stage_id: int) -> tuple[int, int]:
-    """Which input (consumer stage id, position among its inputs) of a stage's output has
-    its tasks' telemetry: the first one. Of that consumer's tasks, task ``t % task_count``
+def _telemetry_readers(plan: DistributedPlan) -> dict[int, tuple[int, int]]:
+    """Per stage, which input (consumer stage id, position among its inputs) reading its output
+    gets its tasks' telemetry: the first one. Of that consumer's tasks, task ``t % task_count``
     reads upstream task ``t``'s, so each task's telemetry reaches one reader, spread evenly."""
-    for consumer in plan.consumers(stage_id):
+    readers: dict[int, tuple[int, int]] = {}
+    for consumer in plan.stages:
         for position, stage_input in enumerate(consumer.inputs):
-            if stage_input.stage_id == stage_id:
-                return consumer.stage_id, position
-    return -1, -1
+            readers.setdefault(stage_input.stage_id, (consumer.stage_id, position))
+    return readers

@@ -175,10 +175,9 @@ class Task:
                 bucket.finish()
             else:
                 bucket.fail(self.error or self.state)
-        # The plan holds the task's inputs: it is read for its metrics and then let go, so that
-        # memory is free for the next task rather than held until the query is released.
+        # The plan holds the task's inputs, so it is passed for its metrics and not kept on the
+        # task (which lives until the query is released).
         self._record_telemetry(plan)
-        del plan
         self._done.set()
         self._record_metrics()  # after the data is complete: never delays a reader
 
