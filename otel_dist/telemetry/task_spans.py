@@ -88,6 +88,9 @@ def _read_operator(plan: Any) -> OperatorMetrics:
     partitions: dict[str, dict[int, int]] = {}
     starts: list[dt.datetime] = []
     ends: list[dt.datetime] = []
+    # A metric's partition is the output partition whose execution recorded it, so with one
+    # output partition there is nothing to split by (a scan has some 20 metrics per file).
+    by_partition = plan.partition_count > 1
     metrics_set = plan.metrics()
     for metric in metrics_set.metrics() if metrics_set is not None else ():
         value = metric.value
@@ -103,13 +106,15 @@ def _read_operator(plan: Any) -> OperatorMetrics:
                 continue
         metric_name = metric.name
         totals[metric_name] = totals.get(metric_name, 0) + value
+        if not by_partition:
+            continue
         partition = metric.partition
         if partition is not None:
-            by_partition = partitions.get(metric_name)
-            if by_partition is None:
+            values = partitions.get(metric_name)
+            if values is None:
                 partitions[metric_name] = {partition: value}
             else:
-                by_partition[partition] = by_partition.get(partition, 0) + value
+                values[partition] = values.get(partition, 0) + value
     per_partition = {
         metric_name: [values[p] for p in sorted(values)]
         for metric_name, values in partitions.items()
