@@ -107,6 +107,14 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, object]:
         for number, by_system in timings.items()
     }
     totals = {system: sum(q[system] for q in queries.values()) for system in SYSTEMS}
+    # Each run's totals: how far one run's ratios move shows what a difference in the medians'
+    # ratios means (single queries vary by 10% and more from run to run on 2 cores).
+    run_totals = {
+        system: [
+            sum(timings[q][system][run] for q in options.queries) for run in range(options.runs)
+        ]
+        for system in SYSTEMS
+    }
     router = router_throughput(data)
     explain_ms = explain_build_ms(10_000)
     report: dict[str, object] = {
@@ -122,11 +130,20 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, object]:
             "traced_vs_untraced": totals["otel_dist_traced"] / totals["otel_dist"],
             "router_vs_raw_flight": router["router_mb_s"] / router["raw_mb_s"],
         },
+        "run_totals": run_totals,
+        "run_ratios": {
+            "distributed_vs_datafusion": _ratios(run_totals["otel_dist"], run_totals["datafusion"]),
+            "traced_vs_untraced": _ratios(run_totals["otel_dist_traced"], run_totals["otel_dist"]),
+        },
         "router": router,
         "explain_build_ms_10k_spans": explain_ms,
     }
     _print(report, console)
     return report
+
+
+def _ratios(numerators: list[float], denominators: list[float]) -> list[float]:
+    return [n / d for n, d in zip(numerators, denominators, strict=True)]
 
 
 def _traced(cluster: LocalCluster, sql: str, build_tree: Callable[..., object]) -> object:
@@ -269,6 +286,14 @@ def _print(report: dict[str, object], console: Console) -> None:
         f"router_vs_raw_flight={ratios['router_vs_raw_flight']:.3f} "
         f"({router['router_mb_s']:.0f} vs {router['raw_mb_s']:.0f} MB/s)  "
         f"explain build (10,000 spans)={report['explain_build_ms_10k_spans']:.1f} ms"
+    )
+    run_ratios: dict[str, list[float]] = report["run_ratios"]  # type: ignore[assignment]
+    console.print(
+        "run by run: "
+        + "  ".join(
+            f"{name} {min(values):.3f}-{max(values):.3f}" for name, values in run_ratios.items()
+        ),
+        style="dim",
     )
 
 

@@ -44,3 +44,18 @@ def test_bench_writes_the_report(tpch_dir: Path, tmp_path: Path) -> None:
     router = report["router"]
     assert math.isclose(ratios["router_vs_raw_flight"], router["router_mb_s"] / router["raw_mb_s"])
     assert report["explain_build_ms_10k_spans"] > 0
+    runs = report["runs"]
+    for system in systems:
+        assert len(report["run_totals"][system]) == runs
+        assert all(total > 0 for total in report["run_totals"][system])
+    run_totals, run_ratios = report["run_totals"], report["run_ratios"]
+    for run in range(runs):
+        assert math.isclose(
+            run_ratios["traced_vs_untraced"][run],
+            run_totals["otel_dist_traced"][run] / run_totals["otel_dist"][run],
+        )
+        assert math.isclose(
+            run_ratios["distributed_vs_datafusion"][run],
+            run_totals["otel_dist"][run] / run_totals["datafusion"][run],
+        )
+    assert "run by run: distributed_vs_datafusion" in result.stdout
