@@ -54,6 +54,12 @@ class BenchOptions:
     # DataFusion on this 2-core machine (two each was six, and 12% more worker CPU for the same
     # queries), and single-node DataFusion gets the same budget of three (its fastest here).
     target_partitions: int = 1
+    # Unmeasured passes over the queries. Workers keep the memory they free (see
+    # worker/allocator.py), so their heaps grow to what the queries need over the first passes,
+    # and until then the kernel zeroes new pages: a fresh cluster ran Q18 at SF 1 in 1.3 s on
+    # its second pass and 0.6 s from about its eighth, with the same DataFusion CPU and seven
+    # times the kernel's (perf: clear_page_erms).
+    warmup: int = 3
     data: Path | None = None
 
 
@@ -86,9 +92,11 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, object]:
             "otel_dist": plain.sql,
             "otel_dist_traced": lambda sql: _traced(traced, sql, build_tree),
         }
-        for sql in (tpch.query(q) for q in options.queries):  # warm caches and processes
-            for runner in runners.values():
-                runner(sql)
+        for _ in range(options.warmup):
+            for sql in (tpch.query(q) for q in options.queries):
+                for runner in runners.values():
+                    runner(sql)
+            console.print("warm-up pass done", style="dim")
         for run in range(options.runs):
             for index, number in enumerate(options.queries):
                 sql = tpch.query(number)
@@ -123,6 +131,7 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, object]:
         "workers": options.workers,
         "target_partitions": options.target_partitions,
         "runs": options.runs,
+        "warmup": options.warmup,
         "queries": queries,
         "totals": totals,
         "ratios": {
@@ -260,7 +269,8 @@ def _print(report: dict[str, object], console: Console) -> None:
     table = Table(
         title=(
             f"TPC-H SF {report['scale']} · {report['workers']} workers x "
-            f"{report['target_partitions']} partitions · median of {report['runs']}"
+            f"{report['target_partitions']} partitions · median of {report['runs']} after "
+            f"{report['warmup']} warm-up passes"
         )
     )
     table.add_column("query")

@@ -203,6 +203,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--workers", type=int, default=3)
     bench.add_argument("--runs", type=int, default=3)
     bench.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="unmeasured passes over the queries first: workers keep freed memory, and their "
+        "heaps take several passes to grow to what the queries need (default: 3)",
+    )
+    bench.add_argument(
         "--target-partitions",
         type=int,
         default=1,
@@ -642,12 +649,15 @@ def _bench(args: argparse.Namespace) -> int:
         raise UserError(
             "--scale must be positive, --workers, --runs and --target-partitions at least 1"
         )
+    if args.warmup < 0:
+        raise UserError(f"--warmup must be 0 or more, got {args.warmup}")
     options = BenchOptions(
         args.scale,
         args.workers,
         args.runs,
         queries,
         target_partitions=args.target_partitions,
+        warmup=args.warmup,
         data=args.data,
     )
     report = run_bench(options, stdout)

@@ -151,3 +151,16 @@ def test_bad_planner_setting_in_the_environment(
         env={**os.environ, variable: value},
     )
     assert_one_line_error(result, variable, needle)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--warmup", "-1"), "--warmup must be 0 or more"),
+        (("--runs", "0"), "--runs"),
+        (("--queries", "23"), "no TPC-H query 23"),
+    ],
+)
+def test_bench_rejects_bad_options(tpch_dir: Path, args: tuple[str, ...], needle: str) -> None:
+    result = run_cli("bench", "--data", str(tpch_dir), "--scale", "0.01", *args)
+    assert_one_line_error(result, needle)

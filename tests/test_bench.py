@@ -16,6 +16,7 @@ def test_bench_writes_the_report(tpch_dir: Path, tmp_path: Path) -> None:
         [
             *(sys.executable, "-m", "otel_dist.cli", "bench", "--data", str(tpch_dir)),
             *("--scale", "0.01", "--workers", "2", "--runs", "2", "--queries", "1,6"),
+            *("--warmup", "1"),
             *("--json", str(out)),
         ],
         capture_output=True,
@@ -28,6 +29,8 @@ def test_bench_writes_the_report(tpch_dir: Path, tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert {"machine", "scale", "queries", "totals", "ratios"} <= set(report)
     assert report["scale"] == 0.01 and report["machine"]["cpus"] >= 1
+    assert report["runs"] == 2 and report["warmup"] == 1
+    assert result.stdout.count("warm-up pass done") == 1
     systems = {"datafusion", "otel_dist", "otel_dist_traced"}
     assert set(report["queries"]) == {"q01", "q06"}
     for medians in report["queries"].values():
