@@ -588,3 +588,70 @@ def test_stage_skew_is_longest_over_median() -> None:
         SpanRecord("other", "t", "x", "", 0, 999, {c.STAGE_ID: 1}, {}, 0, ()),
     ]
     assert stage_skews(spans, {0: "partial aggregate", 1: "merge"}) == [("partial aggregate", 3.0)]
+
+
+def test_worker_task_counters_sum_every_task_by_series() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from otel_dist.telemetry.task_spans import OperatorMetrics, ReadRecord
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    idle = m.WorkerObservers(lambda: 0, lambda: 0, lambda: 0, lambda: 0)
+    worker = m.WorkerMetrics(provider.get_meter("test"), True, idle)
+
+    def operator(name: str, rows: int, children: list[OperatorMetrics]) -> OperatorMetrics:
+        totals = {"output_rows": rows, "output_bytes": rows * 8}
+        return OperatorMetrics(name, name, totals, {}, None, None, children)
+
+    def read(endpoint: str, size: int) -> ReadRecord:
+        return ReadRecord(endpoint, 1, 0, 0, 0, 1, 10, 1, size, None, 0, 0)
+
+    plan = operator(
+        "ProjectionExec", 5, [operator("FilterExec", 5, [operator("DataSourceExec", 9, [])])]
+    )
+    here = "grpc://127.0.0.1:1"
+    for kind, rows in (("scan", 5), ("scan", 7), ("join", 11)):
+        worker.record_task(
+            m.TaskOutcome(
+                kind,
+                "finished",
+                0.01,
+                rows,
+                rows * 10,
+                here,
+                plan,
+                [read(here, 100), read("grpc://127.0.0.1:2", 40), read(here, 1)],
+            )
+        )
+
+    points: dict[str, dict[frozenset[tuple[str, Any]], Any]] = {}
+    data = reader.get_metrics_data()
+    assert data is not None
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                points[metric.name] = {
+                    frozenset(p.attributes.items()): getattr(p, "value", None)
+                    for p in metric.data.data_points
+                }
+    kind = c.STAGE_KIND
+    assert points[m.TASK_OUTPUT_ROWS] == {
+        frozenset({(kind, "scan")}): 12,
+        frozenset({(kind, "join")}): 11,
+    }
+    assert points[m.TASK_OUTPUT_SIZE][frozenset({(kind, "scan")})] == 120
+    by_operator = {dict(k)[m.OPERATOR_NAME]: v for k, v in points[m.OPERATOR_OUTPUT_ROWS].items()}
+    assert by_operator == {"ProjectionExec": 15, "FilterExec": 15, "DataSourceExec": 27}
+    assert points[m.OPERATOR_OUTPUT_SIZE][frozenset({(m.OPERATOR_NAME, "DataSourceExec")})] == 216
+    shuffle = {
+        (dict(k)[kind], dict(k)[m.SHUFFLE_LOCALITY]): v for k, v in points[m.SHUFFLE_IO].items()
+    }
+    assert shuffle == {
+        ("scan", "local"): 202,
+        ("scan", "remote"): 80,
+        ("join", "local"): 101,
+        ("join", "remote"): 40,
+    }
+    provider.shutdown()

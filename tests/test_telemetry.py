@@ -179,6 +179,32 @@ def _assert_every_task_accounted(telemetry: object) -> None:
     assert task_spans == planned
 
 
+def test_operator_metrics_split_by_partition_only_where_there_are_several(
+    tpch_dir: Path,
+) -> None:
+    ctx = Catalog.from_folder(tpch_dir).session(4)
+    sql = "select l_returnflag, count(*) from lineitem group by l_returnflag"
+    plan = ctx.sql(sql).execution_plan()
+    for partition in range(plan.partition_count):
+        for _ in ctx.execute(plan, partition):
+            pass
+    raw_operators = [getattr(plan, "_raw_plan", plan)]
+    read, split = 0, 0
+    stack = [operator_metrics(plan)]
+    while stack:
+        node, raw = stack.pop(), raw_operators.pop()
+        read += 1
+        if raw.partition_count == 1:
+            assert node.per_partition == {}, node.name
+        for name, values in node.per_partition.items():
+            split += 1
+            assert len(values) <= raw.partition_count
+            assert sum(values) == node.totals[name], (node.name, name)
+        stack.extend(node.children)
+        raw_operators.extend(raw.children())
+    assert read > 3 and split > 0
+
+
 def test_limit_query_accounts_for_every_task(traced: LocalCluster) -> None:
     result = traced.execute("select l_orderkey, l_comment from lineitem limit 3")
     assert result.table.num_rows == 3
