@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,11 +18,13 @@ from otel_dist.explain import (
     ExplainTree,
     OperatorNode,
     StageNode,
+    TaskNode,
     build_tree,
     load_trace_file,
     render_text,
     tree_to_dict,
 )
+from otel_dist.explain.build import aggregate_operators
 from otel_dist.explain.format import format_bytes, format_duration, format_metric
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.model import DistributedPlan
@@ -152,6 +155,33 @@ def test_aggregated_operators_sum_the_tasks_and_keep_their_spread(query: QueryRe
         for task in stage.tasks:
             compute = sum(op.metrics.get("elapsed_compute", 0) for op in _walk(task.operators))
             assert task.metrics["elapsed_compute"] == compute
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [[7], [5, 1, 9], [4, 1, 10, 2], [3, 4]],
+    ids=["one task", "odd count", "even count", "even count, half-way median"],
+)
+def test_operator_spread_across_tasks(rows: list[int]) -> None:
+    tasks = [
+        TaskNode(
+            task_index=index,
+            worker=f"grpc://w{index}",
+            partitions=(index,),
+            duration_ns=1,
+            status="finished",
+            error=None,
+            operators=[OperatorNode("ScanExec", "ScanExec", "0", {"output_rows": value})],
+        )
+        for index, value in enumerate(rows)
+    ]
+    (operator,) = aggregate_operators(tasks)
+    stats = operator.metric_stats["output_rows"]
+    assert operator.metrics == {"output_rows": sum(rows)}
+    assert (stats.min, stats.max) == (min(rows), max(rows))
+    assert stats.median == round(statistics.median(rows))
+    assert rows[stats.max_task] == max(rows)
+    assert operator.tasks == tuple(range(len(rows)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -540,7 +540,19 @@ def aggregate_operators(tasks: Sequence[TaskNode]) -> list[OperatorNode]:
 
 
 def _merge(entries: Sequence[tuple[int, OperatorNode]]) -> OperatorNode:
-    first = entries[0][1]
+    first_task, first = entries[0]
+    if len(entries) == 1:  # most stages run one task: nothing to sum or spread
+        return OperatorNode(
+            name=first.name,
+            display=first.display,
+            path=first.path,
+            metrics=dict(first.metrics),
+            metric_stats={
+                name: MetricStats(value, value, value, first_task)
+                for name, value in first.metrics.items()
+            },
+            tasks=(first_task,),
+        )
     per_metric: dict[str, list[tuple[int, int]]] = {}
     for task_index, operator in entries:
         for name, value in operator.metrics.items():
@@ -556,14 +568,14 @@ def _merge(entries: Sequence[tuple[int, OperatorNode]]) -> OperatorNode:
 
 
 def _stats(values: Sequence[tuple[int, int]]) -> MetricStats:
-    numbers = [v for _, v in values]
-    max_task, max_value = max(values, key=lambda item: item[1])
-    return MetricStats(
-        min=min(numbers),
-        median=round(statistics.median(numbers)),
-        max=max_value,
-        max_task=max_task,
+    numbers = sorted(v for _, v in values)
+    middle = len(numbers) // 2
+    # statistics.median's value, without its type checks (a third of building a tree)
+    median = (
+        numbers[middle] if len(numbers) % 2 else round((numbers[middle - 1] + numbers[middle]) / 2)
     )
+    max_task, max_value = max(values, key=lambda item: item[1])
+    return MetricStats(min=numbers[0], median=median, max=max_value, max_task=max_task)
 
 
 def walk(operators: Iterable[OperatorNode]) -> Iterable[OperatorNode]:
