@@ -80,6 +80,10 @@ def test_router_passes_data_and_hands_telemetry_to_the_sink(server_factory) -> N
     assert [b.num_rows for b in batches] == [3] * 5
     assert received == [good]
     assert stats.rows == 15 and stats.telemetry_messages == 1 and stats.first_batch_ns is not None
+    assert stats.batches == 5 and stats.telemetry_bytes == len(good)
+    # the bytes received: each batch's buffers, its logical size up to the bitmaps' padding
+    assert stats.bytes == sum(b.get_total_buffer_size() for b in batches)
+    assert 0 < sum(b.nbytes for b in batches) <= stats.bytes <= sum(b.nbytes + 64 for b in batches)
 
 
 def test_malformed_telemetry_never_alters_data(server_factory) -> None:  # type: ignore[no-untyped-def]

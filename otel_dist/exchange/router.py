@@ -85,7 +85,10 @@ def route(
             stats.first_batch_ns = time.time_ns() - stats.started_ns
         stats.rows += data.num_rows
         stats.batches += 1
-        stats.bytes += data.nbytes
+        # The Arrow buffers received, what crossed the network less IPC framing (a received
+        # batch owns its buffers, so this is its nbytes up to padding): nbytes would walk the
+        # columns' offsets, 24 us for an 11 MB batch of lineitem against 0.5 us.
+        stats.bytes += data.get_total_buffer_size()
         yield data
 
 
