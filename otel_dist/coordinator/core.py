@@ -656,7 +656,7 @@ class Coordinator:
                 if run.cancelled.is_set():
                     raise QueryError(f"query {run.query_id} was cancelled")
                 with run.lock:
-                    run.result_bytes += batch.nbytes
+                    run.result_bytes += batch.get_total_buffer_size()  # received: owns its buffers
                     too_large = run.result_bytes > self.config.max_result_bytes
                 if too_large:
                     raise QueryError(
