@@ -58,8 +58,10 @@ class BenchOptions:
     # worker/allocator.py), so their heaps grow to what the queries need over the first passes,
     # and until then the kernel zeroes new pages: a fresh cluster ran Q18 at SF 1 in 1.3 s on
     # its second pass and 0.6 s from about its eighth, with the same DataFusion CPU and seven
-    # times the kernel's (perf: clear_page_erms).
-    warmup: int = 3
+    # times the kernel's (perf: clear_page_erms). After 3 passes the two clusters were still on
+    # that curve, at different points: Q18 ran 2-13% slower traced than untraced in four bench
+    # runs; after 8, 0.710 s against 0.708 s.
+    warmup: int = 8
     data: Path | None = None
 
 

@@ -205,9 +205,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--warmup",
         type=int,
-        default=3,
+        default=8,
         help="unmeasured passes over the queries first: workers keep freed memory, and their "
-        "heaps take several passes to grow to what the queries need (default: 3)",
+        "heaps take several passes to grow to what the queries need (default: 8)",
     )
     bench.add_argument(
         "--target-partitions",
