@@ -12,8 +12,10 @@ import pytest
 
 from otel_dist import tpch
 from otel_dist.coordinator.local import LocalCluster
+from otel_dist.coordinator.scheduler import assign, task_specs
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.distribute import DEFAULT_MIN_TASK_BYTES, Planner, PlannerOptions
+from otel_dist.planner.joins import LOCAL_SCAN_BYTES
 from otel_dist.planner.model import DistributedPlan, Stage
 
 
@@ -70,6 +72,43 @@ def test_explain_names_the_broadcast_side_and_its_size(cluster: LocalCluster) ->
     assert "output=broadcast" in explain
     assert "why: " in explain and "broadcast customer: ~" in explain
     assert "≤ threshold 64.0 MB" in explain
+
+
+def test_a_small_broadcast_table_is_read_by_every_task_that_joins_it(
+    default_cluster: LocalCluster, cluster: LocalCluster
+) -> None:
+    """Q5 at the default settings: nation and region (far under 1 MB) are read from their files
+    by each task that joins them, not sent from stages of their own. With every table split
+    (``min_task_bytes`` 0) they are broadcast from their own stages as before."""
+    catalog = Catalog.from_folder(default_cluster.data)
+    plan = default_cluster.plan(tpch.query(5))
+    local = {scan.table_name: scan for stage in plan.stages for scan in stage.local_scans}
+    assert {"nation", "region"} <= set(local)
+    for table, scan in local.items():
+        assert scan.files == catalog.tables[table].files
+        assert 0 < scan.scan_bytes <= LOCAL_SCAN_BYTES
+    scanned = {s.file_scan.table_name for s in plan.stages if s.file_scan is not None}
+    assert not scanned & set(local), "a table read by every task has no stage of its own"
+    assert "read nation's 1 file in every task: ~" in plan.describe()
+    for spec in task_specs(plan, "q", assign(plan, default_cluster.worker_urls)):
+        stage = plan.stage(spec.stage_id)
+        whole = {i.table_name: i.files for i in spec.inputs if i.files}
+        for scan in stage.local_scans:
+            assert whole[scan.table_name] == scan.files, "every task reads every file"
+
+    split = cluster.plan(tpch.query(5))
+    assert not any(stage.local_scans for stage in split.stages)
+    assert "nation" in {s.file_scan.table_name for s in split.stages if s.file_scan is not None}
+
+
+def test_a_table_split_over_the_tasks_is_not_also_read_whole(default_cluster: LocalCluster) -> None:
+    """Q21 joins lineitem with itself: at the test scale a lineitem scan is under 1 MB, but the
+    stage that splits lineitem's files over its tasks must not read lineitem whole too."""
+    plan = default_cluster.plan(tpch.query(21))
+    check_distributed(plan, DEFAULT_MIN_TASK_BYTES)
+    for stage in plan.stages:
+        if stage.file_scan is not None:
+            assert stage.file_scan.table_name not in {s.table_name for s in stage.local_scans}
 
 
 def test_explain_names_the_shuffle_keys(shuffle_cluster: LocalCluster) -> None:

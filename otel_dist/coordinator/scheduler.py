@@ -80,6 +80,7 @@ def _inputs(
         inputs.append(
             TaskInput(stage.file_scan.table_name, files=stage.file_scan.groups[task_index])
         )
+    inputs.extend(TaskInput(local.table_name, files=local.files) for local in stage.local_scans)
     for position, stage_input in enumerate(stage.inputs):
         upstream = plan.stage(stage_input.stage_id)
         bucket = task_index if upstream.output.kind == "hash" else 0

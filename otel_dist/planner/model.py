@@ -19,6 +19,16 @@ class FileScan:
 
 
 @dataclass(frozen=True)
+class LocalScan:
+    """A small table every task of a stage reads whole from its files, rather than receiving
+    it from a stage of its own (see ``LOCAL_SCAN_BYTES`` in ``planner/joins.py``)."""
+
+    table_name: str
+    files: tuple[str, ...]
+    scan_bytes: int = 0  # estimated bytes of the columns the stage reads (parquet metadata)
+
+
+@dataclass(frozen=True)
 class StageInput:
     """An upstream stage a stage reads, under the table name its SQL uses."""
 
@@ -39,6 +49,7 @@ class Stage:
     schema: pa.Schema
     file_scan: FileScan | None = None
     inputs: tuple[StageInput, ...] = ()
+    local_scans: tuple[LocalScan, ...] = ()
     fallback_reason: str | None = None
     strategy: str = ""  # how the stage is partitioned and why, for EXPLAIN
 
@@ -72,6 +83,7 @@ class DistributedPlan:
         for stage in reversed(self.stages):
             reads = ", ".join(f"{i.table_name}<-stage {i.stage_id}" for i in stage.inputs)
             scan = f" scan={stage.file_scan.table_name}" if stage.file_scan else ""
+            scan += "".join(f" local={local.table_name}" for local in stage.local_scans)
             fallback = (
                 f" [single-task fallback: {stage.fallback_reason}]" if stage.is_fallback else ""
             )

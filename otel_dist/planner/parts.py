@@ -58,6 +58,7 @@ class Part:
     keys: frozenset[QualifiedColumn] = frozenset()  # columns whose hash alone places a row
     fact: str | None = None  # the table scanned from files (FILES)
     fact_bytes: int = 0  # estimated bytes of the fact table's columns the stage reads
+    local: tuple[tuple[str, int], ...] = ()  # small tables every task reads whole, with bytes
     inputs: tuple[Input, ...] = ()
     views: tuple[View, ...] = ()
     size: int | None = None  # upper bound of the bytes, None when unknown
@@ -96,6 +97,12 @@ def joined(left: Part, right: Part, partitioning: str, why: str) -> Part:
     facts = {p.fact for p in (left, right) if p.fact is not None}
     if len(facts) > 1:
         raise NotDistributable("two tables scanned from files in one stage")
+    local_bytes: dict[str, int] = {}
+    for table, scan_bytes in (*left.local, *right.local):  # a table under two aliases once
+        local_bytes[table] = max(scan_bytes, local_bytes.get(table, 0))
+    local = tuple(local_bytes.items())
+    if facts & set(local_bytes):
+        raise NotDistributable("a table both split over the tasks and read whole by each")
     return Part(
         build=left.build,
         columns=left.columns + right.columns,
@@ -103,6 +110,7 @@ def joined(left: Part, right: Part, partitioning: str, why: str) -> Part:
         name=f"{left.name} ⋈ {right.name}",
         fact=next(iter(facts), None),
         fact_bytes=left.fact_bytes + right.fact_bytes,
+        local=local,
         inputs=left.inputs + right.inputs,
         views=left.views + right.views,
         ops=(*left.ops, *right.ops, "join"),

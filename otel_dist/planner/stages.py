@@ -24,7 +24,7 @@ from otel_dist.planner.exprs import (
     wrap,
 )
 from otel_dist.planner.joins import JoinPlanning
-from otel_dist.planner.model import FileScan, Stage, StageInput
+from otel_dist.planner.model import FileScan, LocalScan, Stage, StageInput
 from otel_dist.planner.parts import (
     FILES,
     GATHER,
@@ -142,6 +142,10 @@ class StageBuilder(JoinPlanning):
             schema=schema,
             file_scan=file_scan,
             inputs=tuple(StageInput(i.name, i.stage.stage_id, i.row_ids) for i in part.inputs),
+            local_scans=tuple(
+                LocalScan(table, self.catalog.tables[table].files, scan_bytes)
+                for table, scan_bytes in part.local
+            ),
             strategy="; ".join(why),
         )
         self.stages.append(stage)
@@ -253,8 +257,8 @@ class StageBuilder(JoinPlanning):
     def _stage_context(self, part: Part) -> SessionContext:
         """A session holding exactly the stage's inputs, as empty tables."""
         ctx = new_session(self.planner.options.target_partitions)
-        if part.fact is not None:
-            register_empty(ctx, part.fact, self.planner.table_schema(part.fact))
+        for table in (*([part.fact] if part.fact is not None else []), *(t for t, _ in part.local)):
+            register_empty(ctx, table, self.planner.table_schema(table))
         for item in (*part.inputs, *part.views):
             register_empty(ctx, item.name, item.schema)
         return ctx
