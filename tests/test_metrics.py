@@ -217,12 +217,14 @@ def workload(observed: LocalCluster, prometheus: Prometheus) -> Workload:
         lambda: f"targets not all up: {prometheus.query('up')}",
     )
     done = Workload(started=time.time())
+    tasks = 0
     for round_number in (1, 2):
         for number in OK_QUERIES[: 2 if round_number == 1 else 3]:
             result = observed.execute(tpch.query(number))
             assert result.telemetry is not None
             done.trace_ids.append(result.telemetry.trace_id)
             done.query_ids.append(result.query_id)
+            tasks += sum(stage.task_count for stage in result.plan.stages)
         # Under a caller's span, so the failed query's trace id is known here.
         with (
             _CALLER.start_as_current_span("caller") as caller,
@@ -237,6 +239,15 @@ def workload(observed: LocalCluster, prometheus: Prometheus) -> Workload:
             ),
             15,
             lambda: "Prometheus did not scrape the finished queries",
+        )
+        # The workers too: a round can finish between two of their scrapes, and a rate needs
+        # the second round to land in a later scrape than the first.
+        _wait(
+            lambda tasks=tasks: (
+                _scalar(prometheus, "sum(otel_dist_task_duration_seconds_count)") >= tasks
+            ),
+            15,
+            lambda: "Prometheus did not scrape the workers' finished tasks",
         )
     return done
 
