@@ -234,6 +234,42 @@ def test_a_hung_worker_fails_the_query_in_bounded_time(
     wait_until(lambda: _idle(cluster.worker_urls), 10, "the workers to drop the query")
 
 
+def test_a_worker_that_hangs_during_submission_is_left_out_without_waiting_for_the_rpc(
+    cluster: LocalCluster, tpch_dir: Path
+) -> None:
+    """Stopped just before a query, a worker is still up as far as the coordinator knows, so
+    tasks are placed on it and their submission hangs. As soon as its probes find it down, the
+    query is placed again on the others, well within the 10 s RPC timeout; once it is back,
+    it is told to release whatever reached it."""
+    process, url = start_worker("--port", "0", "--data-root", str(tpch_dir))
+    coordinator = Coordinator(
+        CoordinatorConfig(
+            workers=(url, *cluster.worker_urls),
+            data=str(tpch_dir),
+            min_task_bytes=0,  # every worker gets a scan task, the hung one too
+            health_interval_s=0.2,
+            health_timeout_s=0.5,
+            rpc_timeout_s=10.0,
+        ),
+        _quiet_telemetry(),
+    )
+    sql = tpch.query(6)
+    try:
+        process.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        result = coordinator.execute(sql)
+        assert time.monotonic() - started < 5.0
+        assert url not in coordinator.worker_health.healthy()
+        assert_same_rows(result.table, single_node(tpch_dir, sql), ordered=False)
+        process.send_signal(signal.SIGCONT)
+        wait_until(lambda: url in coordinator.worker_health.healthy(), 10, "the worker back")
+        wait_until(lambda: worker_health(url)["tasks"] == 0, 10, "the worker to drop the query")
+    finally:
+        process.send_signal(signal.SIGCONT)
+        coordinator.close()
+        stop(process)
+
+
 # ---- the collector down, slow or absent -----------------------------------------------------
 
 

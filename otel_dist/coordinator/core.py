@@ -73,6 +73,9 @@ from otel_dist.telemetry.task_spans import ReadRecord, record_read_span
 
 log = logging.getLogger(__name__)
 
+# How often a submission in flight checks whether its worker was found down meanwhile.
+_SUBMIT_POLL_S = 0.1
+
 MAX_UNDELIVERED_RELEASES = 10_000
 DEFAULT_MAX_SQL_BYTES = 1 << 20
 DEFAULT_MAX_RESULT_BYTES = 2 << 30
@@ -431,6 +434,7 @@ class Coordinator:
                 if not error.url or error.url in excluded:
                     raise
                 excluded.add(error.url)
+                self._remember_release(error.url, run.query_id)  # what reached it, once back
                 log.warning(
                     "query %s: worker %s unreachable while submitting, placing again: %s",
                     run.query_id,
@@ -595,16 +599,32 @@ class Coordinator:
 
     def _submit(self, specs: list[TaskSpec]) -> None:
         """Submit every task; wait for all answers (bounded), then raise the first failure,
-        an unreachable worker first, so that no submission is still in flight after it."""
-        futures = [
-            self._pool.submit(self._action, spec.worker_url, ACTION_SUBMIT_TASK, spec.to_json())
+        an unreachable worker first, so that no submission is still in flight after it. A
+        worker the health checker finds down meanwhile (a hung process accepts connections
+        but never answers) fails the submission at once instead of at the RPC timeout; what
+        is still in flight to it stays there, and its worker releases it on its TTL."""
+        futures = {
+            self._pool.submit(
+                self._action, spec.worker_url, ACTION_SUBMIT_TASK, spec.to_json()
+            ): spec.worker_url
             for spec in specs
-        ]
-        _, pending = wait(futures, timeout=self.config.rpc_timeout_s * 2)
-        if pending:
-            raise QueryError(
-                f"submitting tasks timed out after {self.config.rpc_timeout_s * 2:.0f}s"
+        }
+        deadline = time.monotonic() + self.config.rpc_timeout_s * 2
+        pending = set(futures)
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise QueryError(
+                    f"submitting tasks timed out after {self.config.rpc_timeout_s * 2:.0f}s"
+                )
+            _, pending = wait(pending, timeout=min(left, _SUBMIT_POLL_S))
+            down = next(
+                (futures[f] for f in pending if not self.worker_health.is_up(futures[f])), None
             )
+            if down is not None:
+                raise WorkerUnreachable(
+                    f"worker {down} went down while its tasks were submitted", down, timed_out=True
+                )
         errors = [f.exception() for f in futures if f.exception() is not None]
         unreachable = [e for e in errors if isinstance(e, WorkerUnreachable)]
         if unreachable or errors:
