@@ -197,11 +197,11 @@ def test_a_worker_that_returns_is_used_again(cluster: LocalCluster, tpch_dir: Pa
         stop(process)
 
 
-def test_a_hung_worker_fails_the_query_in_bounded_time(
+def _with_worker_to_hang(
     cluster: LocalCluster, tpch_dir: Path
-) -> None:
-    """A stopped process (SIGSTOP) accepts connections but never answers: its probes time out
-    and after a few of them the worker is down, failing the query that has tasks there."""
+) -> tuple[subprocess.Popen[str], str, Coordinator]:
+    """A worker of its own (to stop with SIGSTOP) and a coordinator over it and the cluster's
+    workers, probing every 0.2 s with 0.5 s to answer; RPCs keep their 10 s timeout."""
     process, url = start_worker("--port", "0", "--data-root", str(tpch_dir))
     coordinator = Coordinator(
         CoordinatorConfig(
@@ -210,9 +210,19 @@ def test_a_hung_worker_fails_the_query_in_bounded_time(
             min_task_bytes=0,  # every worker gets a scan task, the hung one too
             health_interval_s=0.2,
             health_timeout_s=0.5,
+            rpc_timeout_s=10.0,
         ),
         _quiet_telemetry(),
     )
+    return process, url, coordinator
+
+
+def test_a_hung_worker_fails_the_query_in_bounded_time(
+    cluster: LocalCluster, tpch_dir: Path
+) -> None:
+    """A stopped process (SIGSTOP) accepts connections but never answers: its probes time out
+    and after a few of them the worker is down, failing the query that has tasks there."""
+    process, url, coordinator = _with_worker_to_hang(cluster, tpch_dir)
     try:
         thread, outcome = _run_in_thread(coordinator.execute, CROSS_JOIN)
         wait_until(lambda: worker_health(url)["running_tasks"], 20, "the query to run")
@@ -241,18 +251,7 @@ def test_a_worker_that_hangs_during_submission_is_left_out_without_waiting_for_t
     tasks are placed on it and their submission hangs. As soon as its probes find it down, the
     query is placed again on the others, well within the 10 s RPC timeout; once it is back,
     it is told to release whatever reached it."""
-    process, url = start_worker("--port", "0", "--data-root", str(tpch_dir))
-    coordinator = Coordinator(
-        CoordinatorConfig(
-            workers=(url, *cluster.worker_urls),
-            data=str(tpch_dir),
-            min_task_bytes=0,  # every worker gets a scan task, the hung one too
-            health_interval_s=0.2,
-            health_timeout_s=0.5,
-            rpc_timeout_s=10.0,
-        ),
-        _quiet_telemetry(),
-    )
+    process, url, coordinator = _with_worker_to_hang(cluster, tpch_dir)
     sql = tpch.query(6)
     try:
         process.send_signal(signal.SIGSTOP)
