@@ -599,10 +599,10 @@ class Coordinator:
 
     def _submit(self, specs: list[TaskSpec]) -> None:
         """Submit every task; wait for all answers (bounded), then raise the first failure,
-        an unreachable worker first, so that no submission is still in flight after it. A
-        worker the health checker finds down meanwhile (a hung process accepts connections
-        but never answers) fails the submission at once instead of at the RPC timeout; what
-        is still in flight to it stays there, and its worker releases it on its TTL."""
+        an unreachable worker first, so that no submission is still in flight after it.
+        The one exception: a worker the health checker finds down meanwhile (a hung process
+        accepts connections but never answers) fails the submission at once rather than at
+        the RPC timeout, and what is still in flight to it is left to its query TTL."""
         futures = {
             self._pool.submit(
                 self._action, spec.worker_url, ACTION_SUBMIT_TASK, spec.to_json()

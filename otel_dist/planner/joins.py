@@ -42,7 +42,7 @@ _JOIN_HOW = {
 # A broadcast side that is a scan (filtered, projected) of a table reading at most this many
 # bytes, and no more than a scan task's least (``min_task_bytes``), is read whole from its
 # files by every task that joins it, instead of by a stage of its own that sends it to them: a
-# task costs about 2 ms of CPU and a round trip whatever it reads (45 of the 216 tasks of
+# task costs about 2 ms of CPU and a round trip whatever it reads (26 of the 216 tasks of
 # TPC-H at SF 1 were such stages, for nation, region and supplier), while reading a 1 MB
 # table again in each of a few tasks costs about as much as receiving it.
 LOCAL_SCAN_BYTES = 1_000_000

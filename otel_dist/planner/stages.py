@@ -257,7 +257,10 @@ class StageBuilder(JoinPlanning):
     def _stage_context(self, part: Part) -> SessionContext:
         """A session holding exactly the stage's inputs, as empty tables."""
         ctx = new_session(self.planner.options.target_partitions)
-        for table in (*([part.fact] if part.fact is not None else []), *(t for t, _ in part.local)):
+        tables = [table for table, _ in part.local]
+        if part.fact is not None:
+            tables.insert(0, part.fact)
+        for table in tables:
             register_empty(ctx, table, self.planner.table_schema(table))
         for item in (*part.inputs, *part.views):
             register_empty(ctx, item.name, item.schema)
