@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,32 @@ from otel_dist.coordinator.local import LocalCluster
 from otel_dist.tpch.datagen import generate
 
 TEST_SCALE = float(os.environ.get("OTEL_DIST_TEST_SCALE", "0.01"))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the test process once pytest is done, without tearing the interpreter down.
+
+    The session has run gRPC, Flight and DataFusion in this process; their native threads
+    outlive the Python objects, and freeing everything in module order at exit aborted the
+    process once in about ten full runs (glibc: "malloc_consolidate(): unaligned fastbin chunk
+    detected", after every test had passed). Exit handlers still run (cached Flight clients
+    close, span processors flush); only the interpreter's own teardown is skipped.
+    """
+    status = config.stash.get(_EXIT_STATUS, None)
+    if status is None:  # pytest stopped before the session ran (a usage error): its own exit
+        return
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+_EXIT_STATUS = pytest.StashKey[int]()
 
 
 @pytest.fixture(scope="session")

@@ -312,6 +312,11 @@ def test_kubernetes_manifests() -> None:
     assert workers["spec"]["serviceName"] == "otel-dist-workers"
     labels = workers["spec"]["template"]["metadata"]["labels"]
     assert headless["spec"]["selector"].items() <= labels.items()
+    # Under a memory limit the workers hand freed memory back (README, "Workers").
+    worker = workers["spec"]["template"]["spec"]["containers"][0]
+    assert "limits" in worker["resources"]
+    env = {variable["name"]: variable.get("value") for variable in worker["env"]}
+    assert int(env["MIMALLOC_PURGE_DELAY"]) >= 0
     coordinator = _find(documents, "Deployment", "otel-dist-coordinator")
     args = coordinator["spec"]["template"]["spec"]["containers"][0]["args"]
     urls = args[args.index("--workers") + 1].split(",")
