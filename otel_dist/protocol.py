@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -19,7 +20,7 @@ import pyarrow.flight as flight
 PROTOCOL_VERSION = 1
 
 # Flight action names.
-ACTION_SUBMIT_TASK = "submit_task"
+ACTION_SUBMIT_TASKS = "submit_tasks"
 ACTION_RELEASE_QUERY = "release_query"
 ACTION_CANCEL_QUERY = "cancel_query"
 ACTION_HEALTH = "health"
@@ -30,6 +31,7 @@ ACTION_QUERY_TELEMETRY = "query_telemetry"
 ROW_ID_COLUMN = "__rowid"
 MAX_TICKET_BYTES = 64 * 1024
 MAX_TASK_BYTES = 16 * 1024 * 1024
+MAX_SUBMISSION_TASKS = 1_000
 MAX_BUCKETS = 10_000
 
 PartitioningKind = Literal["hash", "single", "broadcast"]
@@ -116,7 +118,13 @@ class TaskSpec:
         """Decode and validate a task spec; raises ``ProtocolError`` and nothing else."""
         if len(data) > MAX_TASK_BYTES:
             raise ProtocolError(f"task spec of {len(data)} bytes exceeds {MAX_TASK_BYTES}")
-        raw = _load_object(data, "task spec")
+        return TaskSpec.from_object(_load_object(data, "task spec"))
+
+    @staticmethod
+    def from_object(raw: object) -> TaskSpec:
+        """Validate a task spec decoded from JSON; raises ``ProtocolError`` and nothing else."""
+        if not isinstance(raw, dict):
+            raise ProtocolError("malformed task spec: not a JSON object")
         try:
             output = _dict(raw["output"])
             inputs = tuple(
@@ -176,6 +184,27 @@ class TaskSpec:
             if task_input.is_stage_input:
                 task_input.schema()
         return spec
+
+
+def encode_submission(specs: Sequence[TaskSpec]) -> bytes:
+    """The body of a ``submit_tasks`` action: the tasks one worker is to run for one query."""
+    return b'{"tasks":[' + b",".join(spec.to_json() for spec in specs) + b"]}"
+
+
+def decode_submission(data: bytes) -> list[TaskSpec]:
+    """The task specs of a ``submit_tasks`` body, every one validated; raises
+    ``ProtocolError`` and nothing else."""
+    if len(data) > MAX_TASK_BYTES:
+        raise ProtocolError(f"task submission of {len(data)} bytes exceeds {MAX_TASK_BYTES}")
+    tasks = _load_object(data, "task submission").get("tasks")
+    if not isinstance(tasks, list) or not 1 <= len(tasks) <= MAX_SUBMISSION_TASKS:
+        raise ProtocolError(
+            f"malformed task submission: 'tasks' is not a list of 1 to {MAX_SUBMISSION_TASKS}"
+        )
+    specs = [TaskSpec.from_object(raw) for raw in tasks]
+    if len({spec.query_id for spec in specs}) != 1:
+        raise ProtocolError("malformed task submission: tasks of more than one query")
+    return specs
 
 
 @dataclass(frozen=True)

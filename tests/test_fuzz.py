@@ -27,7 +27,7 @@ from otel_dist.protocol import (
     ACTION_CANCEL_QUERY,
     ACTION_GET_TASK_TELEMETRY,
     ACTION_RELEASE_QUERY,
-    ACTION_SUBMIT_TASK,
+    ACTION_SUBMIT_TASKS,
     BucketSource,
     BucketTicket,
     OutputPartitioning,
@@ -281,7 +281,7 @@ def test_a_worker_survives_random_tickets_and_actions(
     options = flight.FlightCallOptions(timeout=5)
     invalid = 0
     actions = [
-        ACTION_SUBMIT_TASK,
+        ACTION_SUBMIT_TASKS,
         ACTION_CANCEL_QUERY,
         ACTION_RELEASE_QUERY,
         ACTION_GET_TASK_TELEMETRY,

@@ -1,22 +1,67 @@
-"""The wire protocol: a task spec survives its JSON round trip with every field."""
+"""The wire protocol: a task spec survives its JSON round trip with every field, and a
+submission (one worker's tasks of one query) is taken whole or refused with a reason."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pyarrow as pa
+import pytest
 
 from otel_dist.protocol import (
+    MAX_SUBMISSION_TASKS,
     BucketSource,
     BucketTicket,
     OutputPartitioning,
+    ProtocolError,
     TaskInput,
     TaskSpec,
+    decode_submission,
     encode_schema,
+    encode_submission,
 )
 
 
 def test_task_spec_round_trip_keeps_every_field() -> None:
+    spec = _spec()
+    assert TaskSpec.from_json(spec.to_json()) == spec
+
+
+def test_submission_round_trip_keeps_every_task_in_order() -> None:
+    specs = [dataclasses.replace(_spec(), task_index=i, task_count=3) for i in (2, 0, 1)]
+    assert decode_submission(encode_submission(specs)) == specs
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"[]", "not a JSON object"),
+        (b"{}", "'tasks' is not a list"),
+        (b'{"tasks": []}', "'tasks' is not a list"),
+        (b'{"tasks": {}}', "'tasks' is not a list"),
+        (b'{"tasks": [1]}', "task spec: not a JSON object"),
+        (b'{"tasks": [{"sql": "select 1"}]}', "malformed task spec"),
+    ],
+)
+def test_a_malformed_submission_is_refused_with_its_reason(body: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError, match=reason):
+        decode_submission(body)
+
+
+def test_a_submission_holds_one_query_and_a_bounded_number_of_tasks() -> None:
+    spec = _spec()
+    other_query = dataclasses.replace(spec, query_id="q2")
+    with pytest.raises(ProtocolError, match="more than one query"):
+        decode_submission(encode_submission([spec, other_query]))
+    too_many = json.dumps({"tasks": [{}] * (MAX_SUBMISSION_TASKS + 1)}).encode()
+    with pytest.raises(ProtocolError, match="'tasks' is not a list of 1 to"):
+        decode_submission(too_many)
+
+
+def _spec() -> TaskSpec:
     schema = encode_schema(pa.schema([("a", pa.int64()), ("b", pa.string())]))
-    spec = TaskSpec(
+    return TaskSpec(
         query_id="q1",
         stage_id=3,
         task_index=1,
@@ -37,7 +82,6 @@ def test_task_spec_round_trip_keeps_every_field() -> None:
         partitions=(1,),
         trace_context={"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"},
     )
-    assert TaskSpec.from_json(spec.to_json()) == spec
 
 
 def test_bucket_ticket_round_trip() -> None:

@@ -4,12 +4,14 @@ not queries, and SQL redaction in exported spans."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
@@ -20,12 +22,13 @@ from otel_dist.exchange.clients import new_client
 from otel_dist.exchange.security import AUTH_TOKEN_ENV, SecurityConfig, SecurityError
 from otel_dist.protocol import (
     ACTION_HEALTH,
-    ACTION_SUBMIT_TASK,
+    ACTION_SUBMIT_TASKS,
     BucketTicket,
     OutputPartitioning,
     TaskInput,
     TaskSpec,
     encode_schema,
+    encode_submission,
 )
 from otel_dist.telemetry import conventions as c
 from otel_dist.telemetry.redaction import redact_sql
@@ -88,7 +91,7 @@ def test_a_worker_refuses_every_call_without_the_token() -> None:
             with pytest.raises(flight.FlightUnauthenticatedError):
                 list(client.list_actions(options=options))
             with pytest.raises(flight.FlightUnauthenticatedError):
-                list(client.do_action(flight.Action(ACTION_SUBMIT_TASK, b"{}"), options=options))
+                list(client.do_action(flight.Action(ACTION_SUBMIT_TASKS, b"{}"), options=options))
         assert _health(right)["tasks"] == 0
     finally:
         for client in (plain, wrong, right):
@@ -218,8 +221,6 @@ def test_the_coordinator_refuses_unauthenticated_clients(
 def _spec(
     files: tuple[str, ...], sql: str = "select count(*) as n from t", query_id: str = "roots"
 ) -> TaskSpec:
-    import pyarrow as pa
-
     return TaskSpec(
         query_id=query_id,
         stage_id=0,
@@ -240,8 +241,12 @@ def test_a_worker_refuses_files_outside_its_data_roots(tpch_dir: Path, tmp_path:
     client = flight.FlightClient(server.url)
     options = flight.FlightCallOptions(timeout=10)
 
-    def submit(spec: TaskSpec) -> None:
-        list(client.do_action(flight.Action(ACTION_SUBMIT_TASK, spec.to_json()), options=options))
+    def submit(*specs: TaskSpec) -> None:
+        list(
+            client.do_action(
+                flight.Action(ACTION_SUBMIT_TASKS, encode_submission(specs)), options=options
+            )
+        )
 
     try:
         outside = [
@@ -254,6 +259,14 @@ def test_a_worker_refuses_files_outside_its_data_roots(tpch_dir: Path, tmp_path:
         for path in outside:
             with pytest.raises(flight.FlightUnauthorizedError, match="permission denied"):
                 submit(_spec((path,)))
+        # A submission is taken whole or not at all: the task inside the roots did not start.
+        beside = dataclasses.replace(_spec(("/etc/hostname",)), task_index=1, task_count=2)
+        with pytest.raises(flight.FlightUnauthorizedError, match="permission denied"):
+            submit(dataclasses.replace(_spec((str(inside),)), task_count=2), beside)
+        # So is one that names a task twice.
+        with pytest.raises(pa.ArrowInvalid, match="already submitted"):  # INVALID_ARGUMENT
+            submit(_spec((str(inside),)), _spec((str(inside),)))
+        assert _health(client)["tasks"] == 0
         submit(_spec((str(inside),)))  # inside the resolved root: accepted
         ticket = flight.Ticket(BucketTicket("roots", 0, 0, 0).to_bytes())
         assert client.do_get(ticket, options=options).read_all().column("n")[0].as_py() == 25

@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from otel_dist.background import run_in_background
 from otel_dist.coordinator.health import ProbeFailed, WorkerHealth
 from otel_dist.coordinator.scheduler import assign, task_specs
 from otel_dist.errors import one_line
@@ -49,10 +50,11 @@ from otel_dist.protocol import (
     ACTION_GET_TASK_TELEMETRY,
     ACTION_HEALTH,
     ACTION_RELEASE_QUERY,
-    ACTION_SUBMIT_TASK,
+    ACTION_SUBMIT_TASKS,
     BucketSource,
     TaskSpec,
     encode_json,
+    encode_submission,
 )
 from otel_dist.session import conform, plain_schema
 from otel_dist.telemetry import conventions as c
@@ -598,16 +600,20 @@ class Coordinator:
     # ---- data ----------------------------------------------------------------------------
 
     def _submit(self, specs: list[TaskSpec]) -> None:
-        """Submit every task; wait for all answers (bounded), then raise the first failure,
-        an unreachable worker first, so that no submission is still in flight after it.
-        The one exception: a worker the health checker finds down meanwhile (a hung process
-        accepts connections but never answers) fails the submission at once rather than at
-        the RPC timeout, and what is still in flight to it is left to its query TTL."""
+        """Submit every task, one call per worker; wait for all answers (bounded), then raise
+        the first failure, an unreachable worker first, so that no submission is still in
+        flight after it. The one exception: a worker the health checker finds down meanwhile
+        (a hung process accepts connections but never answers) fails the submission at once
+        rather than at the RPC timeout, and what is still in flight to it is left to its
+        query TTL."""
+        by_worker: dict[str, list[TaskSpec]] = {}
+        for spec in specs:
+            by_worker.setdefault(spec.worker_url, []).append(spec)
         futures = {
             self._pool.submit(
-                self._action, spec.worker_url, ACTION_SUBMIT_TASK, spec.to_json()
-            ): spec.worker_url
-            for spec in specs
+                self._action, url, ACTION_SUBMIT_TASKS, encode_submission(worker_specs)
+            ): url
+            for url, worker_specs in by_worker.items()
         }
         deadline = time.monotonic() + self.config.rpc_timeout_s * 2
         pending = set(futures)
@@ -733,12 +739,8 @@ class Coordinator:
                 if action == ACTION_RELEASE_QUERY:  # delivered when the worker is back
                     self._remember_release(url, query_id)
 
-        threads = [threading.Thread(target=send, args=(url,), daemon=True) for url in set(urls)]
-        deadline = time.monotonic() + self.config.rpc_timeout_s + 1
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        sends = [run_in_background(send, url) for url in set(urls)]
+        wait(sends, timeout=self.config.rpc_timeout_s + 1)
 
     def health(self) -> list[dict[str, object]]:
         """Every worker's own health report, or why it is unreachable."""

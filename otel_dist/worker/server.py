@@ -32,7 +32,7 @@ from otel_dist.protocol import (
     ACTION_GET_TASK_TELEMETRY,
     ACTION_HEALTH,
     ACTION_RELEASE_QUERY,
-    ACTION_SUBMIT_TASK,
+    ACTION_SUBMIT_TASKS,
     MAX_TICKET_BYTES,
     BucketTicket,
     ProtocolError,
@@ -40,6 +40,7 @@ from otel_dist.protocol import (
     TaskSpec,
     decode_json_object,
     decode_query_id,
+    decode_submission,
     invalid_argument,
     not_found,
     permission_denied,
@@ -120,7 +121,7 @@ class WorkerServer(flight.FlightServerBase):
 
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
         return [
-            (ACTION_SUBMIT_TASK, "Run a task (JSON TaskSpec)"),
+            (ACTION_SUBMIT_TASKS, "Run tasks of one query (JSON: {tasks: [TaskSpec]})"),
             (ACTION_CANCEL_QUERY, "Cancel a query's tasks ({query_id})"),
             (ACTION_RELEASE_QUERY, "Drop a query's tasks and buffers ({query_id})"),
             (ACTION_HEALTH, "Liveness and load"),
@@ -145,8 +146,8 @@ class WorkerServer(flight.FlightServerBase):
 
     def _action(self, action: flight.Action) -> bytes:
         body = action.body.to_pybytes() if action.body is not None else b""
-        if action.type == ACTION_SUBMIT_TASK:
-            self.submit(TaskSpec.from_json(body))
+        if action.type == ACTION_SUBMIT_TASKS:
+            self.submit_all(decode_submission(body))
             return b"{}"
         if action.type == ACTION_CANCEL_QUERY:
             self.cancel_query(decode_query_id(body))
@@ -161,9 +162,14 @@ class WorkerServer(flight.FlightServerBase):
         raise ProtocolError(f"unknown action {action.type[:100]!r}")
 
     def submit(self, spec: TaskSpec) -> Task:
+        return self.submit_all([spec])[0]
+
+    def submit_all(self, specs: list[TaskSpec]) -> list[Task]:
+        """Start tasks, all of them or (on any error) none."""
         if self._stopping.is_set():
             raise flight.FlightUnavailableError("unavailable: the worker is stopping")
-        self._check_paths(spec)
+        for spec in specs:
+            self._check_paths(spec)
         settings = TaskSettings(
             worker_url=self.url,
             target_partitions=self.config.target_partitions,
@@ -175,15 +181,19 @@ class WorkerServer(flight.FlightServerBase):
             metrics=self.task_metrics,
             security=self.config.security,
         )
-        task = Task(spec, settings)
         with self._lock:
-            if spec.key in self._tasks:
-                raise ProtocolError(f"{spec.key} of query {spec.query_id} was already submitted")
-            self._tasks[spec.key] = task
-            self._query_seen[spec.query_id] = time.monotonic()
+            keys = [spec.key for spec in specs]
+            for index, key in enumerate(keys):
+                if key in self._tasks or key in keys[:index]:
+                    raise ProtocolError(f"{key} of query {key.query_id} was already submitted")
+            tasks = [Task(spec, settings) for spec in specs]
+            for task in tasks:
+                self._tasks[task.spec.key] = task
+                self._query_seen[task.spec.query_id] = time.monotonic()
             self._lock.notify_all()
-        task.start()
-        return task
+        for task in tasks:
+            task.start()
+        return tasks
 
     def _check_paths(self, spec: TaskSpec) -> None:
         """Refuse a task that names a file outside the data roots. Paths are normalised

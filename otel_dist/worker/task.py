@@ -116,7 +116,8 @@ class Task:
             )
             for b in range(self.spec.output.buckets)
         ]
-        self._scratch = tempfile.mkdtemp(prefix=f"task-{tag}-", dir=self.settings.spill_dir)
+        self._tag = tag
+        self._scratch: str | None = None  # links to the task's files, made when it has some
         self._operators: OperatorMetrics | None = None
 
     @property
@@ -140,7 +141,8 @@ class Task:
         self.cancel()
         for bucket in self.buckets:
             bucket.close()
-        shutil.rmtree(self._scratch, ignore_errors=True)
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
     # ---- execution -----------------------------------------------------------------------
 
@@ -233,6 +235,10 @@ class Task:
 
     def _register(self, ctx: SessionContext, task_input: TaskInput) -> None:
         if not task_input.is_stage_input:
+            if self._scratch is None:
+                self._scratch = tempfile.mkdtemp(
+                    prefix=f"task-{self._tag}-", dir=self.settings.spill_dir
+                )
             folder = os.path.join(self._scratch, task_input.table_name)
             os.makedirs(folder, exist_ok=True)
             for index, path in enumerate(task_input.files):
