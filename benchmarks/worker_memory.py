@@ -1,0 +1,61 @@
+"""Resident memory of each worker of a local cluster over rounds of TPC-H queries.
+
+Workers keep the memory they free (``MIMALLOC_PURGE_DELAY=-1``, see
+``otel_dist/worker/allocator.py``); this shows how far their resident size grows, and how fast
+the rounds run, under another setting passed through the environment:
+
+    python benchmarks/worker_memory.py --scale 1 --rounds 25
+    python benchmarks/worker_memory.py --scale 1 --rounds 25 --env MIMALLOC_PURGE_DELAY=1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from otel_dist import tpch
+from otel_dist.coordinator.local import LocalCluster
+from otel_dist.tpch.datagen import default_cache_dir, generate
+
+
+def resident_mb(pid: int) -> int:
+    """The process's resident set size in MB (Linux)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--queries", default="all", help="comma-separated numbers, or all")
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the workers")
+    options = parser.parse_args()
+    queries = (
+        list(tpch.QUERY_NUMBERS)
+        if options.queries == "all"
+        else [int(number) for number in options.queries.split(",")]
+    )
+    env = {**os.environ, "OTEL_DIST_TELEMETRY": "off"}
+    env.update(pair.split("=", 1) for pair in options.env)
+    data = generate(options.scale, default_cache_dir(options.scale))
+    with LocalCluster(workers=options.workers, data=data, target_partitions=1, env=env) as cluster:
+        for number in range(1, options.rounds + 1):
+            started = time.perf_counter()
+            for query in queries:
+                cluster.sql(tpch.query(query))
+            sizes = [resident_mb(process.pid) for process in cluster.processes]
+            print(
+                f"round {number:3d}  {time.perf_counter() - started:6.2f} s  "
+                f"worker RSS (MB): {sizes}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
