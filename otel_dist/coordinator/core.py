@@ -229,6 +229,7 @@ class Coordinator:
         self.relay = (
             SpanRelay(telemetry.config) if telemetry.enabled and telemetry.config.relay else None
         )
+        # Short calls to workers (submissions, releases, telemetry fetches, probes).
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="coordinator")
         self._running: dict[str, _Run] = {}
         self._running_lock = threading.Lock()
@@ -646,7 +647,9 @@ class Coordinator:
             BucketSource(run.placement[(root.stage_id, t)], root.stage_id, t, 0)
             for t in range(root.task_count)
         ]
-        futures = [self._pool.submit(self._read_source, run, source) for source in sources]
+        # Not on the bounded pool: a read lasts as long as its query, and 32 long queries
+        # reading would leave every other query's submissions and telemetry fetches waiting.
+        futures = [run_in_background(self._read_source, run, source) for source in sources]
         pending: Iterable[Future[list[pa.RecordBatch]]] = futures
         while pending:
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
