@@ -2,10 +2,11 @@
 
 Workers keep the memory they free (``MIMALLOC_PURGE_DELAY=-1``, see
 ``otel_dist/worker/allocator.py``); this shows how far their resident size grows, and how fast
-the rounds run, under another setting passed through the environment:
+the rounds run, under another setting passed through the environment (from the repository
+root, which holds the tests' process helpers too):
 
-    python benchmarks/worker_memory.py --scale 1 --rounds 25
-    python benchmarks/worker_memory.py --scale 1 --rounds 25 --env MIMALLOC_PURGE_DELAY=1000
+    python -m benchmarks.worker_memory --scale 1 --rounds 25
+    python -m benchmarks.worker_memory --scale 1 --rounds 25 --env MIMALLOC_PURGE_DELAY=1000
 """
 
 from __future__ import annotations
@@ -17,15 +18,7 @@ import time
 from otel_dist import tpch
 from otel_dist.coordinator.local import LocalCluster
 from otel_dist.tpch.datagen import default_cache_dir, generate
-
-
-def resident_mb(pid: int) -> int:
-    """The process's resident set size in MB (Linux)."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) // 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+from tests.support import process_usage
 
 
 def main() -> None:
@@ -49,7 +42,7 @@ def main() -> None:
             started = time.perf_counter()
             for query in queries:
                 cluster.sql(tpch.query(query))
-            sizes = [resident_mb(process.pid) for process in cluster.processes]
+            sizes = [process_usage(process.pid).rss_bytes >> 20 for process in cluster.processes]
             print(
                 f"round {number:3d}  {time.perf_counter() - started:6.2f} s  "
                 f"worker RSS (MB): {sizes}",
