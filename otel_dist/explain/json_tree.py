@@ -36,7 +36,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from otel_dist.explain.model import ExplainTree, OperatorNode, StageNode, TaskNode
+from otel_dist.explain.model import CriticalPath, ExplainTree, OperatorNode, StageNode, TaskNode
 
 
 def tree_to_dict(tree: ExplainTree) -> dict[str, Any]:
@@ -52,7 +52,46 @@ def tree_to_dict(tree: ExplainTree) -> dict[str, Any]:
         "output_rows": tree.output_rows,
         "reads": [asdict(read) for read in tree.reads],
         "stages": [stage_to_dict(stage) for stage in tree.stages],
+        "critical_path": critical_path_to_list(tree.critical_path),
+        "critical_path_coordinator_ns": None
+        if tree.critical_path is None
+        else {"before": tree.critical_path.before_ns, "after": tree.critical_path.after_ns},
     }
+
+
+def critical_path_to_list(path: CriticalPath | None) -> list[dict[str, Any]]:
+    """The critical path's steps from the root task down. Each step's ``ns`` is the task's
+    stretch of the path (``task_ns``) plus the coordinator's time next to it
+    (``coordinator_ns``): after the root task (reading the result, collecting telemetry) on
+    the first step, before the last (planning, scheduling) on the last step; so the ``ns``
+    add up to the query's duration."""
+    if path is None:
+        return []
+    result = []
+    for position, step in enumerate(path.steps):
+        coordinator = (path.after_ns if position == 0 else 0) + (
+            path.before_ns if position == len(path.steps) - 1 else 0
+        )
+        result.append(
+            {
+                "stage_id": step.stage_id,
+                "task_index": step.task_index,
+                "ns": step.ns + coordinator,
+                "task_ns": step.ns,
+                "coordinator_ns": coordinator,
+                "start_ns": step.start_ns,
+                "end_ns": step.end_ns,
+                "duration_ns": step.duration_ns,
+                "worker": step.worker,
+                "operator": step.operator,
+                "wait_ns": step.wait_ns,
+                "waited_on": None
+                if step.waited_on is None
+                else {"stage_id": step.waited_on[0], "task_index": step.waited_on[1]},
+                "time_breakdown_ns": dict(step.parts),
+            }
+        )
+    return result
 
 
 def stage_to_dict(stage: StageNode) -> dict[str, Any]:
@@ -64,6 +103,8 @@ def stage_to_dict(stage: StageNode) -> dict[str, Any]:
         "fallback_reason": stage.fallback_reason,
         "strategy": stage.strategy,
         "duration_ns": stage.duration_ns,
+        "scheduling_delay_ns": stage.scheduling_delay_ns,
+        "time_stats": {name: asdict(stats) for name, stats in stage.time_stats.items()},
         "sql": stage.sql,
         "inputs": list(stage.inputs),
         "skew": None if stage.skew is None else asdict(stage.skew),
@@ -80,6 +121,8 @@ def task_to_dict(task: TaskNode) -> dict[str, Any]:
         "partitions": None if task.partitions is None else list(task.partitions),
         "start_ns": task.started_ns,
         "duration_ns": task.duration_ns,
+        "time_breakdown_ns": dict(task.time_breakdown_ns),
+        "output_done_ns": task.output_done_ns,
         "status": task.status,
         "error": task.error,
         "metrics": dict(task.metrics),
