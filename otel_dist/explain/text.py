@@ -13,6 +13,7 @@ an operator's display is elided (``…``) before its metrics, other lines at the
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -48,7 +49,12 @@ _STATS_METRICS = frozenset({"output_rows", "elapsed_compute", "time_elapsed_proc
 _FIRST_METRICS = ("output_rows", "elapsed_compute")
 NOT_A_TERMINAL_WIDTH = 160
 _MIN_HEAD = 24  # an elided display keeps at least this many characters
+_LAST_HEAD = 10  # with no shorter tail left, a display keeps this many characters
 _ELLIPSIS = "…"
+_FILE_GROUPS = re.compile(r"file_groups=\{[^{}]*\},?\s*")
+_FILE = re.compile(r"([^\s\[\],{}]+\.parquet)")
+# dropped first when a scan's line is too long: its processing time says how long it took
+_BRIEF_DROPS = frozenset({"time_elapsed_scanning_total"})
 
 
 @dataclass
@@ -56,7 +62,7 @@ class _Line:
     text: str
     children: list[_Line] = field(default_factory=list)
     tail: str = ""  # kept whole when the line is elided to fit: the text is cut first
-    short_tail: str | None = None  # a shorter tail for when ``tail`` leaves no room
+    shorter_tails: tuple[str, ...] = ()  # shorter tails, in order, for when ``tail`` leaves no room
 
 
 def terminal_width() -> int:
@@ -110,22 +116,30 @@ def _draw(nodes: Sequence[_Line], prefix: str, out: list[str], width: int | None
     for position, node in enumerate(nodes):
         last = position == len(nodes) - 1
         lead = f"{prefix}{'└─ ' if last else '├─ '}"
-        if width is None:
+        inner = prefix + ("   " if last else "│  ")
+        room = None if width is None else width - len(lead)
+        shortest = (node.shorter_tails or (node.tail,))[-1]
+        if room is None:
             out.append(lead + node.text + node.tail)
+        elif shortest and len(shortest) + 1 + _LAST_HEAD > room:
+            # too deep for the metrics beside the display: they go on a line of their own
+            out.append(lead + _fit(node.text, "", room))
+            below = inner + ("│  " if node.children else "   ")
+            out.append(below + _fit("", shortest.strip(), width - len(below)))  # type: ignore[operator]
         else:
-            out.append(lead + _fit(node.text, node.tail, width - len(lead), node.short_tail))
-        _draw(node.children, prefix + ("   " if last else "│  "), out, width)
+            out.append(lead + _fit(node.text, node.tail, room, node.shorter_tails))
+        _draw(node.children, inner, out, width)
 
 
-def _fit(text: str, tail: str, width: int, short_tail: str | None = None) -> str:
-    """``text + tail`` in ``width`` characters: ``text`` elided first, then ``short_tail``
-    used instead of ``tail``, then the whole elided."""
+def _fit(text: str, tail: str, width: int, shorter_tails: tuple[str, ...] = ()) -> str:
+    """``text + tail`` in ``width`` characters: ``text`` elided first, then the shorter tails
+    tried instead of ``tail``, then the whole elided."""
     if len(text) + len(tail) <= width:
         return text + tail
     room = width - len(tail) - 1
-    if short_tail is not None and room < min(_MIN_HEAD, len(text)):
-        return _fit(text, short_tail, width)
-    if room >= min(_MIN_HEAD, len(text)):
+    if shorter_tails and room < min(_MIN_HEAD, len(text)):
+        return _fit(text, shorter_tails[0], width, shorter_tails[1:])
+    if room >= min(_MIN_HEAD, len(text)) or (not shorter_tails and room >= _LAST_HEAD):
         return text[:room] + _ELLIPSIS + tail
     whole = text + tail
     return whole[: max(0, width - 1)] + _ELLIPSIS
@@ -316,16 +330,40 @@ def _operator_line(operator: OperatorNode, context: _OperatorContext) -> _Line:
         tail += "  tasks=" + _int_list(operator.tasks)
     with_stats = context.with_stats and len(operator.tasks) > 1
     metrics = format_metrics(operator, context.verbose, with_stats)
-    short_tail = None
-    if with_stats and not context.verbose:
-        short_tail = tail + f"  metrics=[{format_metrics(operator, False, False)}]"
+    shorter: list[str] = []
+    if not context.verbose:
+        if with_stats:
+            shorter.append(tail + f"  metrics=[{format_metrics(operator, False, False)}]")
+        brief = format_metrics(operator, False, False, brief=True)
+        if brief:
+            shorter.append(tail + f"  metrics=[{brief}]")
+        display = _scan_display(operator.name, display)
     if metrics:
         tail += f"  metrics=[{metrics}]"
     children = [_operator_line(child, context) for child in operator.children]
-    return _Line(display, children, tail, short_tail)
+    return _Line(display, children, tail, tuple(shorter))
 
 
-def format_metrics(operator: OperatorNode, verbose: bool = False, with_stats: bool = False) -> str:
+def _scan_display(name: str, display: str) -> str:
+    """A file scan's display with its files listed first, by name: ``DataSourceExec:
+    lineitem/lineitem.1.parquet, lineitem.2.parquet; file_groups=...``."""
+    if name != "DataSourceExec":
+        return display
+    files = _FILE.findall(display)
+    if not files:
+        return display
+    shown: list[str] = []
+    for path in files:
+        table, _, file = path.rpartition("/")
+        table = table.rsplit("/", 1)[-1]
+        shown.append(file if shown and shown[0].startswith(f"{table}/") else f"{table}/{file}")
+    rest = _FILE_GROUPS.sub("", display.split(":", 1)[1]).strip()
+    return f"{name}: {', '.join(shown)}" + (f"; {rest}" if rest else "")
+
+
+def format_metrics(
+    operator: OperatorNode, verbose: bool = False, with_stats: bool = False, brief: bool = False
+) -> str:
     """``output_rows`` and ``elapsed_compute`` first, then the rest alphabetically.
 
     Without ``verbose`` only the headline metrics (rows, compute time, a scan's reading time
@@ -345,7 +383,7 @@ def format_metrics(operator: OperatorNode, verbose: bool = False, with_stats: bo
         )
         if scan and name == "elapsed_compute":
             headline = False  # a scan's compute time leaves its reading out: misleading
-        if not verbose and not headline:
+        if (not verbose and not headline) or (brief and name in _BRIEF_DROPS):
             continue
         item = f"{name}={format_metric(name, value)}"
         stats = operator.metric_stats.get(name)
