@@ -253,7 +253,7 @@ def test_text_formats_numbers_for_people(results: dict[str, QueryResult]) -> Non
     # a scan shows the time it took reading and the bytes it read, not its compute time alone
     assert re.search(r"output_rows=\d{1,3}(,\d{3})+", scan)
     assert re.search(r"bytes_scanned=\d+(\.\d)? [kM]?B", scan)
-    assert re.search(r"time_elapsed_processing=\d+(\.\d+)?(ns|µs|ms|s)", scan)
+    assert re.search(r"time_elapsed_scanning_total=\d+(\.\d+)?(ns|µs|ms|s)", scan)
     assert "elapsed_compute" not in scan.split("metrics=")[1]
     assert "spill_count=0" not in text and "output_bytes" not in text
     verbose = render_text(_tree(results["q1"]), verbose=True)

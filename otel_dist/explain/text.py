@@ -53,8 +53,8 @@ _LAST_HEAD = 10  # with no shorter tail left, a display keeps this many characte
 _ELLIPSIS = "…"
 _FILE_GROUPS = re.compile(r"file_groups=\{[^{}]*\},?\s*")
 _FILE = re.compile(r"([^\s\[\],{}]+\.parquet)")
-# dropped first when a scan's line is too long: its processing time says how long it took
-_BRIEF_DROPS = frozenset({"time_elapsed_scanning_total"})
+# dropped first when a scan's line is too long: its total scanning time says how long it took
+_BRIEF_DROPS = frozenset({"time_elapsed_processing"})
 
 
 @dataclass
