@@ -248,3 +248,15 @@ def test_tpch_sf01_explain_numbers_hold_up() -> None:
     for settings in ({"min_task_bytes": 0}, {}):
         with LocalCluster(workers=3, data=data, **settings) as cluster:  # type: ignore[arg-type]
             _check_all(_run_all(cluster), data, 100_000)
+
+
+def test_spilled_output_shows_as_spill_time(tpch_dir: Path) -> None:
+    scan = "select l_orderkey, l_linenumber, l_comment from lineitem where l_quantity > 10"
+    with LocalCluster(workers=2, data=tpch_dir, memory_budget_bytes=64 * 1024) as small:
+        result = small.execute(scan)
+    assert result.telemetry is not None
+    tree = build_tree(result.telemetry.spans, result.query_id)
+    check_time_parts(tree)
+    spills = [t.time_breakdown_ns["spill"] for _, t in _tasks(tree)]  # type: ignore[attr-defined]
+    assert any(ns > 0 for ns in spills), spills
+    assert "spill " in render_text(tree, verbose=True)
