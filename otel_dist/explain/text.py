@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import shutil
 import sys
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -86,8 +87,9 @@ def render_text(
     lines = _header(tree, limit)
     if trace_url_template:
         lines.append(f"Trace: {trace_url_template.replace('{trace_id}', tree.trace_id)}")
-    if tree.error:
-        lines.append(f"Error: {_one_line(tree.error)}")
+    if tree.error:  # wrapped rather than elided: the error names what failed, and where
+        error = f"Error: {_one_line(tree.error)}"
+        lines += _wrap(error, limit) if limit else [error]
     if tree.critical_path is not None:
         path = _critical_path_line(tree.critical_path)
         lines.append(path.text)
@@ -101,6 +103,12 @@ def render_text(
     if limit is not None:
         lines = [_fit(line, "", limit) for line in lines]
     return "\n".join(lines) + "\n"
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    return textwrap.wrap(
+        text, width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False
+    )
 
 
 def _header(tree: ExplainTree, width: int | None) -> list[str]:
