@@ -187,7 +187,8 @@ def _stage(stage: StageNode, colors: dict[int, str]) -> str:
     task_rows = "".join(_task_row(stage, task) for task in stage.tasks)
     tasks_table = (
         "<details><summary>tasks</summary><table><tr><th>task</th><th>worker</th>"
-        "<th>partitions</th><th>duration</th><th>rows</th><th>status</th></tr>"
+        "<th>partitions</th><th>duration</th><th>rows</th><th>status</th>"
+        "<th>where the time went</th></tr>"
         f"{task_rows}</table></details>"
     )
     children = "".join(_stage(child, colors) for child in stage.children)
@@ -222,10 +223,16 @@ def _ordered(metrics: dict[str, int]) -> list[tuple[str, int]]:
 def _task_row(stage: StageNode, task: TaskNode) -> str:
     partitions = ",".join(str(p) for p in task.partitions or ())
     rows = format_number(task.rows) if task.rows is not None else "?"
+    parts = ", ".join(
+        f"{format_part(name)} {format_duration(ns)}"
+        for name, ns in sorted(task.time_breakdown_ns.items(), key=lambda item: -item[1])
+        if ns > 0
+    )
     return (
         f"<tr><td>{task.task_index}</td><td>{_e(task.worker or '?')}</td><td>[{_e(partitions)}]</td>"
         f"<td class='num'>{_e(format_duration(task.duration_ns))}</td><td class='num'>{_e(rows)}</td>"
-        f"<td>{_e(task.status)}{(': ' + _e(task.error)) if task.error else ''}</td></tr>"
+        f"<td>{_e(task.status)}{(': ' + _e(task.error)) if task.error else ''}</td>"
+        f"<td>{_e(parts)}</td></tr>"
     )
 
 
