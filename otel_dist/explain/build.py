@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Final
 
 from otel_dist.errors import one_line
+from otel_dist.explain.critical_path import critical_path
 from otel_dist.explain.model import (
     STATUS_UNKNOWN,
     ExplainTree,
@@ -45,6 +46,11 @@ _OPERATOR_DISPLAY = c.OPERATOR_DISPLAY
 _METRIC_PREFIX = c.METRIC_PREFIX
 _METRIC_PREFIX_LENGTH = len(c.METRIC_PREFIX)
 _PARTITIONS_SUFFIX = c.PARTITIONS_SUFFIX
+_TIME_PREFIX = c.TASK_TIME_PREFIX
+# DataFusion's output_bytes counts every buffer a batch holds, whole, even when the batch is a
+# small slice of a shared one (8 rows of a RepartitionExec showed 13.5 MB): not a size anyone
+# can reconcile, so the tree leaves it out.
+_DROPPED_METRICS = frozenset({"output_bytes"})
 _UNSEEN: Final = object()
 
 
@@ -114,7 +120,7 @@ def _build_tree(
     index = _SpanIndex([s for s in unique if s.attributes.get(c.QUERY_ID) == selected])
     stages = _stage_nodes(index, skew_threshold)
     query_span = index.first(c.SPAN_QUERY)
-    return ExplainTree(
+    tree = ExplainTree(
         query_id=selected,
         trace_id=_trace_id(index, query_span),
         sql=(_str(query_span.attributes.get(c.DB_QUERY_TEXT)) or "") if query_span else "",
@@ -125,7 +131,10 @@ def _build_tree(
         strategy=_str(query_span.attributes.get(c.QUERY_STRATEGY)) if query_span else None,
         output_rows=_int(query_span.attributes.get(c.QUERY_ROWS)) if query_span else None,
         reads=[_read_node(s) for s in index.coordinator_reads()],
+        started_ns=query_span.start_ns if query_span else None,
     )
+    tree.critical_path = critical_path(tree)
+    return tree
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,6 +194,7 @@ class _SpanIndex:
         self.stage_spans = _by_stage(stages)
         self.task_spans = _by_task(tasks)
         self.endpoints = _task_endpoints(reads)
+        self.sent = _bytes_sent(reads)
         self.stage_tasks: dict[int, list[int]] = {}  # stage id -> its task indexes, sorted
         self.metric_names: dict[str, str | None] = {}  # see _operator_metrics
         for stage_id, task_index in sorted(self.task_spans):
@@ -255,6 +265,18 @@ def _task_endpoints(reads: Iterable[SpanRecord]) -> dict[_TaskKey, str]:
     return result
 
 
+def _bytes_sent(reads: Iterable[SpanRecord]) -> dict[_TaskKey, int]:
+    """The bytes each task's readers received of its output, as their routers counted."""
+    result: dict[_TaskKey, int] = {}
+    for read in reads:
+        stage_id = _int(read.attributes.get(c.READ_STAGE_ID))
+        task_index = _int(read.attributes.get(c.READ_TASK_INDEX))
+        if stage_id is not None and task_index is not None:
+            key = (stage_id, task_index)
+            result[key] = result.get(key, 0) + (_int(read.attributes.get(c.READ_BYTES)) or 0)
+    return result
+
+
 # --------------------------------------------------------------------------------------------
 # Stages
 # --------------------------------------------------------------------------------------------
@@ -274,6 +296,8 @@ def _stage_node(index: _SpanIndex, stage_id: int, skew_threshold: float) -> Stag
     present = index.stage_tasks.get(stage_id, [])
     task_indexes = sorted(set(range(planned or 0)) | set(present))
     tasks = [_task_node(index, stage_id, t) for t in task_indexes]
+    extent = _tasks_extent(index, stage_id)
+    first_start = min((t.started_ns for t in tasks if t.started_ns is not None), default=None)
     return StageNode(
         stage_id=stage_id,
         task_count=planned if planned is not None else len(tasks),
@@ -281,13 +305,28 @@ def _stage_node(index: _SpanIndex, stage_id: int, skew_threshold: float) -> Stag
         kind=_str(attributes.get(c.STAGE_KIND)),
         fallback_reason=_str(attributes.get(c.STAGE_FALLBACK)),
         strategy=_str(attributes.get(c.STAGE_STRATEGY)),
-        duration_ns=_duration(span) if span else _tasks_extent(index, stage_id),
+        # first task start to last task end; the wait before it is the scheduling delay
+        duration_ns=extent if extent is not None else (_duration(span) if span else None),
+        scheduling_delay_ns=(
+            max(0, first_start - span.start_ns) if span and first_start is not None else None
+        ),
+        time_stats=_time_stats(tasks),
         sql=_str(attributes.get(c.STAGE_SQL)),
         inputs=_stage_inputs(index, span),
         operators=aggregate_operators(tasks),
         tasks=tasks,
         skew=detect_skew(tasks, skew_threshold),
     )
+
+
+def _time_stats(tasks: Sequence[TaskNode]) -> dict[str, MetricStats]:
+    """Each time part across the tasks that reported their parts."""
+    timed = [t for t in tasks if t.time_breakdown_ns]
+    names = sorted({name for t in timed for name in t.time_breakdown_ns})
+    return {
+        name: _stats([(t.task_index, t.time_breakdown_ns.get(name, 0)) for t in timed])
+        for name in names
+    }
 
 
 def _stage_inputs(index: _SpanIndex, span: SpanRecord | None) -> tuple[int, ...]:
@@ -376,10 +415,22 @@ def _task_node(index: _SpanIndex, stage_id: int, task_index: int) -> TaskNode:
         started_ns=span.start_ns,
         status=status,
         error=_task_error(span, status),
-        metrics=_task_metrics(span, operators, reads),
+        metrics=_task_metrics(span, operators, reads, index.sent.get((stage_id, task_index))),
         operators=operators,
         reads=reads,
+        time_breakdown_ns=_time_breakdown(span),
+        output_done_ns=_int(span.attributes.get(c.TASK_OUTPUT_DONE)),
     )
+
+
+def _time_breakdown(span: SpanRecord) -> dict[str, int]:
+    parts: dict[str, int] = {}
+    for key, value in span.attributes.items():
+        if key.startswith(_TIME_PREFIX):
+            ns = _int(value)
+            if ns is not None:
+                parts[key[len(_TIME_PREFIX) :]] = ns
+    return parts
 
 
 def _task_error(span: SpanRecord, status: str) -> str | None:
@@ -392,7 +443,10 @@ def _task_error(span: SpanRecord, status: str) -> str | None:
 
 
 def _task_metrics(
-    span: SpanRecord, operators: Sequence[OperatorNode], reads: Sequence[ReadNode]
+    span: SpanRecord,
+    operators: Sequence[OperatorNode],
+    reads: Sequence[ReadNode],
+    sent_bytes: int | None,
 ) -> dict[str, int]:
     metrics = {
         "output_rows": _int(span.attributes.get(c.TASK_OUTPUT_ROWS)) or 0,
@@ -403,6 +457,8 @@ def _task_metrics(
         metrics["read_rows"] = sum(r.rows for r in reads)
         metrics["read_bytes"] = sum(r.bytes for r in reads)
         metrics["read_blocked_time"] = sum(r.blocked_ns for r in reads)
+    if sent_bytes is not None:
+        metrics["sent_bytes"] = sent_bytes
     return metrics
 
 
@@ -486,7 +542,8 @@ def _operator_metrics(span: SpanRecord, names: dict[str, str | None]) -> dict[st
         name = names.get(key, _UNSEEN)
         if name is _UNSEEN:
             is_metric = key.startswith(_METRIC_PREFIX) and not key.endswith(_PARTITIONS_SUFFIX)
-            name = names[key] = key[_METRIC_PREFIX_LENGTH:] if is_metric else None
+            name = key[_METRIC_PREFIX_LENGTH:] if is_metric else None
+            name = names[key] = None if name in _DROPPED_METRICS else name
         if name is None:
             continue
         if type(value) is not int:

@@ -2,14 +2,14 @@
 
 * counts with thousands separators: ``1,250``
 * durations from nanoseconds: ``850ns``, ``1.5µs``, ``22µs``, ``1.2ms``, ``22ms``, ``1.50s``
-* sizes in powers of 1024: ``512 B``, ``1.5 KB``, ``3.2 MB``
+* sizes in powers of 1000, as the planner's notes write them: ``512 B``, ``1.5 kB``, ``3.2 MB``
 * a metric in the unit its name implies: bytes when the name contains ``bytes``, a duration
   when it is ``*_time``, ``elapsed_*`` or ``time_*``, else a count
 """
 
 from __future__ import annotations
 
-_BYTE_UNITS = ("KB", "MB", "GB", "TB")
+_BYTE_UNITS = ("kB", "MB", "GB", "TB")
 _DURATION_UNITS = (("µs", 1_000), ("ms", 1_000_000))
 
 
@@ -31,12 +31,12 @@ def format_duration(ns: int | None) -> str:
 
 
 def format_bytes(value: int) -> str:
-    if abs(value) < 1024:
+    if abs(value) < 1000:
         return f"{value} B"
     scaled = float(value)
     for unit in _BYTE_UNITS:
-        scaled /= 1024
-        if abs(scaled) < 1024 or unit == _BYTE_UNITS[-1]:
+        scaled /= 1000
+        if abs(round(scaled, 1)) < 1000 or unit == _BYTE_UNITS[-1]:
             break
     return f"{scaled:.1f} {unit}"
 
@@ -47,6 +47,18 @@ def is_bytes_metric(name: str) -> bool:
 
 def is_time_metric(name: str) -> bool:
     return name.endswith("_time") or name.startswith(("elapsed_", "time_"))
+
+
+def format_part(name: str) -> str:
+    """A task time part for people: ``wait_stage_3`` -> ``wait stage 3``."""
+    return name.replace("_", " ")
+
+
+def format_share(part: int, whole: int | None) -> str:
+    """``part`` as a whole percentage of ``whole``."""
+    if not whole:
+        return "?%"
+    return f"{100 * part / whole:.0f}%"
 
 
 def format_metric(name: str, value: int) -> str:

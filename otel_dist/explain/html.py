@@ -1,21 +1,45 @@
 """The query profile page: one self-contained HTML file (styles and script inline, nothing
 fetched) with the header, the stage tree with aggregated operator metrics and collapsible
-per-task detail, and a timeline with one row per worker and one bar per task.
+per-task detail, and a timeline with one lane per worker (failed ones too) and one bar per task.
 
 Every task bar is an element with ``data-task="<stage>/<task>"``; hovering shows its metrics.
+Inside a bar, its time parts are stacked left to right (``data-part="<part>"``, widths in
+proportion to the part's share of the task's duration). Bars of the tasks on the critical path
+have the class ``critical`` and ``data-critical="<position from the root>"``; the critical path
+is listed above the timeline (``id="critical-path"``).
 """
 
 from __future__ import annotations
 
 import html
+import re
 
-from otel_dist.explain.format import format_duration, format_metric, format_number
-from otel_dist.explain.model import ExplainTree, OperatorNode, StageNode, TaskNode
+from otel_dist.explain.format import (
+    format_duration,
+    format_metric,
+    format_number,
+    format_part,
+    format_share,
+)
+from otel_dist.explain.model import CriticalPath, ExplainTree, OperatorNode, StageNode, TaskNode
 from otel_dist.explain.text import format_metrics
 
 _PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#9c755f")
 
 _ROW_PX = 24
+# Colours of the time parts stacked inside a task bar; waits share one colour.
+_PART_COLORS = {
+    "planning": "#8c8c8c",
+    "wait": "#d9d9d9",
+    "operators": "#2f6fb3",
+    "output": "#59a14f",
+    "send_blocked": "#e15759",
+    "spill": "#f28e2b",
+    "telemetry": "#b07aa1",
+    "other": "#4d4d4d",
+}
+_WORKER_IN_ERROR = re.compile(r"\b(?:on|worker) ((?:grpc(?:\+tls)?://)?[\w.-]+:\d+)")
+_TICKS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330}
@@ -37,10 +61,18 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 .bar{position:absolute;height:20px;border-radius:3px;opacity:.9;cursor:pointer;
  font-size:10px;color:#fff;overflow:hidden;white-space:nowrap;box-sizing:border-box;padding-left:3px}
 .bar.failed,.bar.cancelled{outline:2px solid #cf222e}
+.bar.critical{outline:3px solid #ffb000;outline-offset:1px;z-index:2}
+.parts{position:absolute;left:0;right:0;bottom:0;height:7px;display:flex}
+.parts i{display:block;height:100%}
+.lane.dead{background:repeating-linear-gradient(45deg,#fff5f5 0 6px,#fff 6px 12px)}
+.missing{position:absolute;left:0;top:5px;font-size:11px;color:#cf222e}
+#critical-path ol{margin:4px 0;padding-left:22px;font-size:13px}
+#critical-path .coord{color:#57606a}
+.tasks-marker{color:#9a6700}
 .read{position:absolute;bottom:0;height:4px;background:#1d2330;opacity:.45}
 .blocked{position:absolute;top:0;height:100%;background:repeating-linear-gradient(45deg,
  rgba(255,255,255,.45) 0 3px,transparent 3px 6px)}
-.axis{position:absolute;bottom:4px;font-size:10px;color:#555}
+.axis{position:absolute;bottom:4px;font-size:10px;color:#555;white-space:nowrap}
 #tip{position:fixed;display:none;background:#1d2330;color:#fff;font-size:12px;padding:6px 8px;
  border-radius:4px;pointer-events:none;max-width:420px;white-space:pre;z-index:10}
 .legend span{display:inline-block;margin-right:12px;font-size:12px}
@@ -66,6 +98,8 @@ def render_html(tree: ExplainTree, trace_url_template: str | None = None) -> str
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>otel_dist query {_e(tree.query_id)}</title><style>{_STYLE}</style></head><body>",
         _header(tree, trace_url_template),
+        "<h2>Critical path</h2>",
+        _critical_path(tree.critical_path),
         "<h2>Timeline</h2>",
         _timeline(tree, colors),
         "<h2>Stages</h2>",
@@ -123,29 +157,61 @@ def _stage(stage: StageNode, colors: dict[int, str]) -> str:
             f"{skew.ratio:.1f}x the median ({_e(format_duration(skew.duration_ns))} vs "
             f"{_e(format_duration(skew.median_ns))})</div>"
         )
+    with_operators = tuple(t.task_index for t in stage.tasks if t.operators)
     operators = "<table><tr><th>operator</th><th>metrics (sum over tasks)</th></tr>"
-    operators += "".join(_operator_rows(op, 0) for op in stage.operators) + "</table>"
+    operators += "".join(_operator_rows(op, 0, with_operators) for op in stage.operators)
+    operators += "</table>"
+    timing = ""
+    if stage.scheduling_delay_ns is not None:
+        timing = (
+            f"<div class='why'>{_e(format_duration(stage.duration_ns))} from the first task's "
+            f"start to the last task's end, after a scheduling delay of "
+            f"{_e(format_duration(stage.scheduling_delay_ns))}</div>"
+        )
+    parts = ""
+    if stage.time_stats:
+        rows = "".join(
+            f"<tr><td>{_e(format_part(name))}</td>"
+            + "".join(
+                f"<td class='num'>{_e(format_duration(v))}</td>"
+                for v in (stats.min, stats.median, stats.max)
+            )
+            + f"<td class='num'>{stats.max_task}</td></tr>"
+            for name, stats in sorted(stage.time_stats.items(), key=lambda i: -i[1].max)
+            if stats.max > 0
+        )
+        parts = (
+            "<table class='time-stats'><tr><th>task time</th><th>min</th><th>median</th>"
+            f"<th>max</th><th>task of max</th></tr>{rows}</table>"
+        )
     task_rows = "".join(_task_row(stage, task) for task in stage.tasks)
     tasks_table = (
         "<details><summary>tasks</summary><table><tr><th>task</th><th>worker</th>"
-        "<th>partitions</th><th>duration</th><th>rows</th><th>status</th></tr>"
+        "<th>partitions</th><th>duration</th><th>rows</th><th>status</th>"
+        "<th>where the time went</th></tr>"
         f"{task_rows}</table></details>"
     )
     children = "".join(_stage(child, colors) for child in stage.children)
     return (
         f"<details class='{classes}' id='stage-{stage.stage_id}' data-stage='{stage.stage_id}' open>"
-        f"{summary}{notes}{operators}{tasks_table}{children}</details>"
+        f"{summary}{notes}{timing}{parts}{operators}{tasks_table}{children}</details>"
     )
 
 
-def _operator_rows(operator: OperatorNode, depth: int) -> str:
+def _operator_rows(operator: OperatorNode, depth: int, stage_tasks: tuple[int, ...]) -> str:
     metrics = format_metrics(operator, with_stats=len(operator.tasks) > 1)
     label = "  " * depth + operator.name
+    marker = ""
+    if operator.tasks and operator.tasks != stage_tasks:  # a per-task plan variant
+        tasks = ",".join(str(t) for t in operator.tasks)
+        marker = f" <span class='tasks-marker'>tasks=[{tasks}]</span>"
     row = (
-        f"<tr><td class='op' title='{_e(operator.display)}'>{_e(label)}</td>"
+        f"<tr><td class='op' title='{_e(operator.display)}'>{_e(label)}{marker}</td>"
         f"<td>{_e(metrics)}</td></tr>"
     )
-    return row + "".join(_operator_rows(child, depth + 1) for child in operator.children)
+    return row + "".join(
+        _operator_rows(child, depth + 1, stage_tasks) for child in operator.children
+    )
 
 
 def _ordered(metrics: dict[str, int]) -> list[tuple[str, int]]:
@@ -157,49 +223,146 @@ def _ordered(metrics: dict[str, int]) -> list[tuple[str, int]]:
 def _task_row(stage: StageNode, task: TaskNode) -> str:
     partitions = ",".join(str(p) for p in task.partitions or ())
     rows = format_number(task.rows) if task.rows is not None else "?"
+    parts = ", ".join(
+        f"{format_part(name)} {format_duration(ns)}"
+        for name, ns in sorted(task.time_breakdown_ns.items(), key=lambda item: -item[1])
+        if ns > 0
+    )
     return (
         f"<tr><td>{task.task_index}</td><td>{_e(task.worker or '?')}</td><td>[{_e(partitions)}]</td>"
         f"<td class='num'>{_e(format_duration(task.duration_ns))}</td><td class='num'>{_e(rows)}</td>"
-        f"<td>{_e(task.status)}{(': ' + _e(task.error)) if task.error else ''}</td></tr>"
+        f"<td>{_e(task.status)}{(': ' + _e(task.error)) if task.error else ''}</td>"
+        f"<td>{_e(parts)}</td></tr>"
     )
 
 
+def _critical_path(path: CriticalPath | None) -> str:
+    if path is None:
+        return "<p id='critical-path'>No task timings were recorded.</p>"
+    items = []
+    for step in path.steps:
+        what = _e(step.operator or "no operator time")
+        if step.wait_ns and step.duration_ns:
+            what += (
+                f"; {format_share(step.wait_ns, step.duration_ns)} of its "
+                f"{_e(format_duration(step.duration_ns))} waiting"
+            )
+            if step.waited_on is not None:
+                what += f" on stage {step.waited_on[0]} task {step.waited_on[1]}"
+        items.append(
+            f"<li data-step='{step.stage_id}/{step.task_index}'>"
+            f"<b>{format_share(step.ns, path.total_ns)}</b> {_e(format_duration(step.ns))} "
+            f"stage {step.stage_id} task {step.task_index} on {_e(step.worker or '?')} "
+            f"({what})</li>"
+        )
+    coordinator = path.before_ns + path.after_ns
+    items.append(
+        f"<li class='coord'><b>{format_share(coordinator, path.total_ns)}</b> "
+        f"{_e(format_duration(coordinator))} coordinator "
+        f"({_e(format_duration(path.before_ns))} planning and scheduling before, "
+        f"{_e(format_duration(path.after_ns))} reading the result and telemetry after)</li>"
+    )
+    return (
+        f"<div id='critical-path'><span>{_e(format_duration(path.total_ns))}, the root task "
+        f"first (highlighted on the timeline)</span><ol>{''.join(items)}</ol></div>"
+    )
+
+
+def _workers(tree: ExplainTree) -> list[str]:
+    """Every worker the query used or named: task workers, and those named in errors (a
+    worker that died leaves no task span)."""
+    workers = {task.worker for stage in tree.all_stages() for task in stage.tasks if task.worker}
+    errors = [tree.error or ""] + [
+        task.error or "" for stage in tree.all_stages() for task in stage.tasks
+    ]
+    for error in errors:
+        for match in _WORKER_IN_ERROR.finditer(error):
+            url = match.group(1)
+            workers.add(url if "://" in url else f"grpc://{url}")
+    return sorted(workers)
+
+
 def _timeline(tree: ExplainTree, colors: dict[int, str]) -> str:
+    everything = [(stage, task) for stage in tree.all_stages() for task in stage.tasks]
     tasks = [
         (stage, task)
-        for stage in tree.all_stages()
-        for task in stage.tasks
+        for stage, task in everything
         if task.started_ns is not None and task.duration_ns is not None
     ]
-    if not tasks:
+    workers = _workers(tree)
+    if not tasks and not workers:
         return "<p>No task timings were recorded.</p>"
-    origin = min(task.started_ns for _, task in tasks)  # type: ignore[type-var]
-    end = max(task.started_ns + task.duration_ns for _, task in tasks)  # type: ignore[operator]
+    origin = min((t.started_ns for _, t in tasks), default=0)  # type: ignore[type-var]
+    if tree.started_ns is not None and tasks:
+        origin = min(origin, tree.started_ns)
+    end = max((t.started_ns + t.duration_ns for _, t in tasks), default=origin + 1)  # type: ignore[operator]
+    if tree.started_ns is not None and tree.duration_ns is not None and tasks:
+        end = max(end, tree.started_ns + tree.duration_ns)
     span = max(1, end - origin)
-    workers = sorted({task.worker or "?" for _, task in tasks})
+    critical = {
+        (step.stage_id, step.task_index): position
+        for position, step in enumerate(tree.critical_path.steps if tree.critical_path else ())
+    }
     lanes = []
-    for worker in workers:
-        rows = _pack([(s, t) for s, t in tasks if (t.worker or "?") == worker])
+    for worker in workers or ["?"]:
+        mine = [(s, t) for s, t in tasks if (t.worker or "?") == worker]
+        rows = _pack(mine)
         bars = "".join(
-            _bar(stage, task, origin, span, colors[stage.stage_id], row)
+            _bar(stage, task, origin, span, colors[stage.stage_id], row, critical)
             for row, placed in enumerate(rows)
             for stage, task in placed
         )
+        missing = [
+            f"{s.stage_id}/{t.task_index}"
+            for s, t in everything
+            if t.worker == worker and (t.started_ns is None or t.duration_ns is None)
+        ]
+        dead = not mine
+        if missing or dead:
+            label = "no telemetry from this worker" if dead else "no telemetry"
+            if missing:
+                label += f" (tasks {', '.join(missing)})"
+            bars += f"<div class='missing'>{_e(label)}</div>"
+        height = max(len(rows), 1) * _ROW_PX + 4
         lanes.append(
-            f"<div class='lane' style='height:{len(rows) * _ROW_PX + 4}px'>"
+            f"<div class='lane{' dead' if dead else ''}' data-worker='{_e(worker)}' "
+            f"style='height:{height}px'>"
             f"<div class='lane-label' title='{_e(worker)}'>{_e(worker)}</div>{bars}</div>"
         )
+    unit, scale = _axis_unit(span)
     ticks = "".join(
         f"<div class='axis' style='left:calc(140px + (100% - 148px)*{f});"
         f"transform:translateX(-{f * 100:.0f}%)'>"
-        f"{_e(format_duration(int(span * f)))}</div>"
-        for f in (0.0, 0.25, 0.5, 0.75, 1.0)
+        f"{_e(_axis_label(span * f / scale, unit))}</div>"
+        for f in _TICKS
     )
     legend = "".join(
         f"<span><i style='background:{colors[s.stage_id]}'></i>stage {s.stage_id}</span>"
         for s in tree.all_stages()
     )
-    return f"<div class='legend'>{legend}</div><div class='timeline'>{''.join(lanes)}{ticks}</div>"
+    legend += "<br>" + "".join(
+        f"<span><i style='background:{color}'></i>{_e(format_part(name))}</span>"
+        for name, color in _PART_COLORS.items()
+    )
+    legend += "<span><i style='outline:3px solid #ffb000'></i>critical path</span>"
+    return (
+        f"<div class='legend'>{legend}</div><div class='timeline'>{''.join(lanes)}{ticks}</div>"
+        f"<div class='meta'>time since the query started ({_e(unit)})</div>"
+    )
+
+
+def _axis_unit(span_ns: int) -> tuple[str, int]:
+    """One unit for every tick of an axis ``span_ns`` long."""
+    if span_ns >= 2_000_000_000:
+        return "s", 1_000_000_000
+    if span_ns >= 2_000_000:
+        return "ms", 1_000_000
+    return "µs", 1_000
+
+
+def _axis_label(value: float, unit: str) -> str:
+    digits = 0 if value >= 10 or value == 0 else 1
+    return f"{value:.{digits}f} {unit}"
 
 
 def _pack(tasks: list[tuple[StageNode, TaskNode]]) -> list[list[tuple[StageNode, TaskNode]]]:
@@ -217,35 +380,75 @@ def _pack(tasks: list[tuple[StageNode, TaskNode]]) -> list[list[tuple[StageNode,
     return rows
 
 
-def _bar(stage: StageNode, task: TaskNode, origin: int, span: int, color: str, row: int) -> str:
+def _part_color(name: str) -> str:
+    return (
+        _PART_COLORS["wait" if name.startswith("wait_") else name]
+        if (name.startswith("wait_") or name in _PART_COLORS)
+        else _PART_COLORS["other"]
+    )
+
+
+def _bar(
+    stage: StageNode,
+    task: TaskNode,
+    origin: int,
+    span: int,
+    color: str,
+    row: int,
+    critical: dict[tuple[int, int], int],
+) -> str:
     assert task.started_ns is not None and task.duration_ns is not None
     left = (task.started_ns - origin) / span * 100
     width = max(task.duration_ns / span * 100, 0.3)
+    duration = max(1, task.duration_ns)
     tip = [
         f"stage {stage.stage_id} task {task.task_index} ({task.status})",
         f"worker {task.worker}",
         f"duration {format_duration(task.duration_ns)}",
-        *(f"{name} {format_metric(name, value)}" for name, value in _ordered(task.metrics)),
     ]
-    inner = ""
+    parts = sorted(task.time_breakdown_ns.items(), key=lambda item: _part_order(item[0]))
+    tip += [
+        f"  {format_part(name)} {format_duration(ns)} ({format_share(ns, duration)})"
+        for name, ns in parts
+        if ns > 0
+    ]
+    tip += [
+        f"{name} {format_metric(name, value)}"
+        for name, value in _ordered(task.metrics)
+        if name != "read_blocked_time"  # summed over concurrent reads: not wall time
+    ]
+    inner = "".join(
+        f"<i data-part='{_e(name)}' style='width:{ns / duration * 100:.3f}%;"
+        f"background:{_part_color(name)}'></i>"
+        for name, ns in parts
+        if ns > 0
+    )
+    if inner:
+        inner = f"<div class='parts'>{inner}</div>"
     for read in task.reads:
-        if read.started_ns is None:
-            continue
-        read_left = (read.started_ns - task.started_ns) / max(1, task.duration_ns) * 100
-        read_width = max(read.duration_ns / max(1, task.duration_ns) * 100, 0.5)
-        blocked = min(100.0, read.blocked_ns / max(1, read.duration_ns) * 100)
-        inner += (
-            f"<div class='read' style='left:{read_left:.3f}%;width:{read_width:.3f}%'>"
-            f"<div class='blocked' style='left:0;width:{blocked:.1f}%'></div></div>"
-        )
         tip.append(
             f"read stage {read.stage_id} task {read.task_index}: {format_number(read.rows)} rows, "
-            f"blocked {format_duration(read.blocked_ns)}"
+            f"{format_metric('bytes', read.bytes)} in {format_duration(read.duration_ns)}"
         )
     status = task.status if task.status in ("failed", "cancelled") else ""
+    position = critical.get((stage.stage_id, task.task_index))
+    marks = ""
+    if position is not None:
+        status += " critical"
+        marks = f" data-critical='{position}'"
+        tip.insert(1, f"on the critical path (step {position + 1})")
     return (
-        f"<div class='bar {status}' data-task='{stage.stage_id}/{task.task_index}' "
-        f"data-stage='{stage.stage_id}' data-tip='{_e(chr(10).join(tip))}' "
+        f"<div class='bar {status.strip()}' data-task='{stage.stage_id}/{task.task_index}' "
+        f"data-stage='{stage.stage_id}'{marks} data-tip='{_e(chr(10).join(tip))}' "
         f"style='left:{left:.3f}%;width:{width:.3f}%;top:{row * _ROW_PX + 3}px;background:{color}'>"
         f"{stage.stage_id}/{task.task_index}{inner}</div>"
     )
+
+
+def _part_order(name: str) -> tuple[int, str]:
+    """Parts in the order a task goes through them."""
+    order = ("planning", "wait_", "operators", "output", "send_blocked", "spill", "telemetry")
+    for position, prefix in enumerate(order):
+        if name.startswith(prefix):
+            return position, name
+    return len(order), name

@@ -74,6 +74,10 @@ class TaskNode:
     operators: list[OperatorNode] = field(default_factory=list)
     reads: list[ReadNode] = field(default_factory=list)
     started_ns: int | None = None
+    # where the task's wall time went: part -> ns, adding up to duration_ns ({} when unknown;
+    # the parts are described in otel_dist.worker.timing)
+    time_breakdown_ns: dict[str, int] = field(default_factory=dict)
+    output_done_ns: int | None = None  # from the task's start until its output was complete
 
     @property
     def rows(self) -> int | None:
@@ -112,6 +116,44 @@ class StageNode:
     children: list[StageNode] = field(default_factory=list)
     skew: SkewInfo | None = None
     strategy: str | None = None  # how the planner partitioned the stage and why
+    # from the stage's scheduling (its span's start) to its first task's start
+    scheduling_delay_ns: int | None = None
+    # each time part across the stage's tasks (min / median / max, the task of the max)
+    time_stats: dict[str, MetricStats] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CriticalStep:
+    """One task on the critical path: the chain of tasks, from the root stage's task down,
+    each the upstream task whose data the one above waited on last.
+
+    ``ns`` is the task's own stretch of the path (from when the data it waited on last arrived,
+    or its start, until the task above stopped waiting for it); the stretches of a path follow
+    one another, so they add up to the path's length. ``parts`` split ``ns`` by the task's time
+    parts; ``waited_on`` names the next step.
+    """
+
+    stage_id: int
+    task_index: int
+    ns: int
+    start_ns: int
+    end_ns: int
+    duration_ns: int
+    worker: str | None
+    operator: str | None  # the operator that spent the most time in the task
+    parts: dict[str, int]
+    wait_ns: int  # of the task's duration, waiting for upstream data
+    waited_on: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class CriticalPath:
+    """The critical path and the coordinator's time around it, adding up to the query's."""
+
+    steps: list[CriticalStep]
+    before_ns: int  # query start to the first step: planning and scheduling, on the coordinator
+    after_ns: int  # last step to the query's end: reading the result, collecting telemetry
+    total_ns: int
 
 
 @dataclass
@@ -129,6 +171,8 @@ class ExplainTree:
     strategy: str | None = None
     output_rows: int | None = None
     reads: list[ReadNode] = field(default_factory=list)
+    critical_path: CriticalPath | None = None
+    started_ns: int | None = None
 
     def all_stages(self) -> list[StageNode]:
         """Every stage, depth first from the roots, each once."""

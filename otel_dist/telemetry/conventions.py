@@ -9,6 +9,11 @@
   ``otel_dist.metrics.<name>`` (times in integer nanoseconds) and per-partition values as
   ``otel_dist.metrics.<name>.partitions``.
 * ``otel_dist.read``: one per upstream bucket a task (or the coordinator) read.
+
+A task span carries where its wall time went as ``otel_dist.task.time.<part>`` (integer
+nanoseconds adding up to the span's duration; the parts are listed in
+``otel_dist.worker.timing``) and ``otel_dist.task.time_to_output_done``, the nanoseconds from
+its start until its output was complete (its span ends later, after its telemetry).
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ TASK_STATUS = "otel_dist.task.status"
 TASK_OUTPUT_ROWS = "otel_dist.task.output_rows"
 TASK_OUTPUT_BYTES = "otel_dist.task.output_bytes"
 TASK_ERROR = "otel_dist.task.error"
+TASK_TIME_PREFIX = "otel_dist.task.time."
+TASK_OUTPUT_DONE = "otel_dist.task.time_to_output_done"
 WORKER_URL = "otel_dist.worker.url"
 
 OPERATOR_NAME = "otel_dist.operator.name"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,8 @@ class TaskRecord:
     output_rows: int
     output_bytes: int
     reads: Sequence[ReadRecord] = field(default_factory=tuple)
+    time_breakdown: dict[str, int] | None = None  # part -> ns, adding up to the duration
+    output_done_ns: int | None = None  # when the output was complete (unix ns)
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,20 @@ def _read_operator(plan: Any) -> OperatorMetrics:
     )
 
 
+def with_scan_names(operator: OperatorMetrics, folder: str) -> OperatorMetrics:
+    """The operator tree with a task's scratch ``folder`` of links to its files removed from
+    the displays: ``tmp/.../task-.../lineitem/00003-part-1.parquet`` -> ``lineitem/part-1.parquet``
+    (the table, then the file's name)."""
+    prefix = re.compile(re.escape(folder.strip("/")) + r"/([^/\s,\]]+)/\d{5}-")
+    display = prefix.sub(r"\1/", operator.display)
+    children = [with_scan_names(child, folder) for child in operator.children]
+    if display == operator.display and all(
+        new is old for new, old in zip(children, operator.children, strict=True)
+    ):
+        return operator
+    return dataclasses.replace(operator, display=display, children=children)
+
+
 def without_details(operator: OperatorMetrics) -> OperatorMetrics:
     """The operator tree with each display reduced to the operator's name: DataFusion shows
     literals of predicates there (``n_name@1 = SECRET``), so SQL redaction removes them."""
@@ -168,6 +185,10 @@ def record_task_spans(
         c.TASK_OUTPUT_ROWS: task.output_rows,
         c.TASK_OUTPUT_BYTES: task.output_bytes,
     }
+    for part, ns in (task.time_breakdown or {}).items():
+        attributes[c.TASK_TIME_PREFIX + part] = ns
+    if task.output_done_ns is not None:
+        attributes[c.TASK_OUTPUT_DONE] = max(0, task.output_done_ns - task.started_ns)
     parent_context: SpanContext | None = trace.get_current_span(parent).get_span_context()
     if parent_context is None or not parent_context.is_valid:
         parent_context = None

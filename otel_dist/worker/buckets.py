@@ -121,6 +121,11 @@ class Bucket:
     def finished(self) -> bool:
         return self._finished
 
+    @property
+    def spilled_bytes(self) -> int:
+        """Bytes written to the spill file so far."""
+        return self._spill_end
+
     def read(self, timeout_s: float) -> Iterator[pa.RecordBatch]:
         """Yield every batch from the start; raise ``BucketError`` if the producer failed.
 

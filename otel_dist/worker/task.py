@@ -41,9 +41,11 @@ from otel_dist.telemetry.task_spans import (
     TaskRecord,
     operator_metrics,
     record_task_spans,
+    with_scan_names,
     without_details,
 )
 from otel_dist.worker.buckets import Bucket, MemoryBudget
+from otel_dist.worker.timing import PLANNING, TELEMETRY, Stopwatch, TaskClock, wait_part
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,7 @@ class Task:
         self._tag = tag
         self._scratch: str | None = None  # links to the task's files, made when it has some
         self._operators: OperatorMetrics | None = None
+        self.clock = TaskClock()  # where the task's wall time goes (worker/timing.py)
 
     @property
     def ref(self) -> TaskRef:
@@ -151,11 +154,21 @@ class Task:
         self.started_ns = time.time_ns()
         plan: object | None = None
         try:
-            ctx = new_session(self.settings.target_partitions)
+            with Stopwatch(self.clock, PLANNING):
+                ctx = new_session(self.settings.target_partitions)
             for task_input in self.spec.inputs:
-                self._register(ctx, task_input)
-            plan = ctx.sql_with_options(self.spec.sql, QUERY_ONLY).execution_plan()
-            self._execute(ctx, plan)
+                part = PLANNING
+                if task_input.is_stage_input and task_input.sources:
+                    part = wait_part(task_input.sources[0].stage_id)
+                with Stopwatch(self.clock, part):
+                    self._register(ctx, task_input)
+            with Stopwatch(self.clock, PLANNING):
+                plan = ctx.sql_with_options(self.spec.sql, QUERY_ONLY).execution_plan()
+            run_started = time.perf_counter_ns()
+            try:
+                self._execute(ctx, plan)
+            finally:
+                self.clock.run_finished(time.perf_counter_ns() - run_started)
             self.state = "finished"
         except Exception as error:
             self.state = "cancelled" if self._cancel.is_set() else "failed"
@@ -208,28 +221,47 @@ class Task:
 
     def _drain(self, ctx: SessionContext, plan: object, partition: int) -> None:
         schema = self.spec.output_schema()
-        for raw in ctx.execute(plan, partition):  # type: ignore[arg-type]
-            if self._cancel.is_set():
-                raise TaskCancelled("cancelled")
-            if self._abort.is_set():
-                return
-            batch = conform(raw.to_pyarrow(), schema)
-            if batch.num_rows:
-                self._emit(batch)
+        times = self.clock.drain()
+        clock = time.perf_counter_ns
+        try:
+            mark = clock()
+            for raw in ctx.execute(plan, partition):  # type: ignore[arg-type]
+                pulled = clock()
+                times.operators_ns += pulled - mark
+                if self._cancel.is_set():
+                    raise TaskCancelled("cancelled")
+                if self._abort.is_set():
+                    return
+                batch = conform(raw.to_pyarrow(), schema)
+                if batch.num_rows:
+                    times.spill_ns += self._emit(batch)
+                mark = clock()
+                times.output_ns += mark - pulled
+            times.operators_ns += clock() - mark
+        finally:
+            times.stop()
 
-    def _emit(self, batch: pa.RecordBatch) -> None:
+    def _emit(self, batch: pa.RecordBatch) -> int:
+        """Append the batch to the buckets; return the nanoseconds spent on appends that
+        spilled."""
         output = self.spec.output
         parts = (
             [batch]
             if output.kind != "hash" or output.buckets == 1
             else hash_partition(batch, output.keys, output.buckets)
         )
+        spill_ns = 0
         with self._emit_lock:
             self.rows_out += batch.num_rows
             self.bytes_out += batch.nbytes
             for bucket, part in zip(self.buckets, parts, strict=False):
                 if part.num_rows:
+                    spilled_before = bucket.spilled_bytes
+                    appending = time.perf_counter_ns()
                     bucket.append(part)
+                    if bucket.spilled_bytes != spilled_before:
+                        spill_ns += time.perf_counter_ns() - appending
+        return spill_ns
 
     # ---- inputs --------------------------------------------------------------------------
 
@@ -322,9 +354,22 @@ class Task:
         if not telemetry.enabled:
             return
         try:
+            telemetry_started = time.time_ns()
             operators: OperatorMetrics | None = None
             if plan is not None:
                 operators = self._operators = operator_metrics(plan)
+                if self._scratch is not None:
+                    operators = with_scan_names(operators, self._scratch)
+            if operators is not None and telemetry.config.redact_sql:
+                operators = without_details(operators)
+            deadline = time.monotonic() + UPSTREAM_TELEMETRY_WAIT_S
+            for read in self.input_reads:
+                read.stats.wait_for_telemetry(max(0.0, deadline - time.monotonic()))
+            # The task span ends when its spans are built: reading metrics and waiting for the
+            # upstream telemetry it forwards are its `telemetry` part; building and encoding
+            # the spans come after its end, when its output is long complete.
+            span_end = time.time_ns()
+            self.clock.add(TELEMETRY, span_end - telemetry_started)
             record = TaskRecord(
                 query_id=self.spec.query_id,
                 stage_id=self.spec.stage_id,
@@ -334,17 +379,14 @@ class Task:
                 status=self.state,
                 error=self.error,
                 started_ns=self.started_ns,
-                ended_ns=self.ended_ns,
+                ended_ns=span_end,
                 output_rows=self.rows_out,
                 output_bytes=self.bytes_out,
                 reads=[read.record() for read in self.input_reads],
+                time_breakdown=self.clock.breakdown(span_end - self.started_ns),
+                output_done_ns=self.ended_ns,
             )
-            deadline = time.monotonic() + UPSTREAM_TELEMETRY_WAIT_S
-            for read in self.input_reads:
-                read.stats.wait_for_telemetry(max(0.0, deadline - time.monotonic()))
             parent = TraceContextTextMapPropagator().extract(self.spec.trace_context)
-            if operators is not None and telemetry.config.redact_sql:
-                operators = without_details(operators)
             spans = record_task_spans(telemetry, parent, record, operators)
             if not spans:
                 return
