@@ -424,6 +424,7 @@ def _worker(args: argparse.Namespace) -> int:
 def _coordinator(args: argparse.Namespace) -> int:
     from otel_dist.coordinator.core import Coordinator, CoordinatorConfig
     from otel_dist.coordinator.server import CoordinatorServer
+    from otel_dist.explain.live import LiveQueries
     from otel_dist.explain.recent import QueryLog, QueryLogConfig, RecentQueries
     from otel_dist.explain.statements import trace_url_template
     from otel_dist.explain.web import QueryPagesServer
@@ -466,7 +467,11 @@ def _coordinator(args: argparse.Namespace) -> int:
             stdout.print(f"otel-dist coordinator metrics on {metrics.prometheus_url}")
         if args.http_port is not None:
             pages = QueryPagesServer(
-                recent, args.host, _port(args.http_port) or 0, trace_url_template()
+                recent,
+                args.host,
+                _port(args.http_port) or 0,
+                trace_url_template(),
+                LiveQueries(coordinator.progress),
             ).start()
             stdout.print(f"otel-dist coordinator query pages on {pages.url}/queries")
         server.serve()
