@@ -433,9 +433,10 @@ class Coordinator:
             with run.lock:
                 run.placement = assign(run.plan, workers)
             specs = task_specs(run.plan, run.query_id, run.placement, contexts)
+            submitted = time.time_ns()
             try:
                 self._submit(specs)
-                _stage_event(run, "scheduled")
+                _stage_event(run, "scheduled", at_ns=submitted)
                 return
             except WorkerUnreachable as error:
                 if not error.url or error.url in excluded:

@@ -2,7 +2,8 @@
 
 Schema (durations in integer nanoseconds; ``null`` when unknown)::
 
-    tree:     {query_id, trace_id, sql, duration_ns, status ("ok" | "error" | "unknown"),
+    tree:     {query_id, trace_id, sql, duration_ns,
+               status ("ok" | "error" | "unknown" | "running": live, durations so far),
                error, strategy, output_rows, reads: [read], stages: [stage]}  # root stages
     stage:    {stage_id, task_count, partitioning, kind, fallback_reason,
                strategy,                      # how the stage is partitioned and why
@@ -17,7 +18,8 @@ Schema (durations in integer nanoseconds; ``null`` when unknown)::
                tasks: [task_index],           # the tasks that ran this operator
                children: [...]}
     task:     {task_index, worker, partitions: [int] | null, duration_ns,
-               status ("finished" | "failed" | "cancelled" | "unknown"), error,
+               status ("finished" | "failed" | "cancelled" | "unknown",
+                       and while the query runs "queued" | "running"), error,
                metrics: {output_rows, output_bytes, elapsed_compute
                          [, read_rows, read_bytes, read_blocked_time]},   # {} when unknown
                operators: [task operator], reads: [read]}

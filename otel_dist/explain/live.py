@@ -33,13 +33,20 @@ def live_tree(query: LiveQuery) -> ExplainTree:
 def _stage(stage: LiveStage, now_ns: int) -> StageNode:
     tasks = [_task(task) for task in stage.tasks]
     starts = [t.started_ns for t in tasks if t.started_ns is not None]
+    ends = [
+        t.started_ns + t.duration_ns
+        for t in tasks
+        if t.started_ns is not None and t.duration_ns is not None
+    ]
+    running = any(t.status in ("queued", "running") for t in tasks)
+    end = now_ns if running or not ends else max(ends)
     return StageNode(
         stage_id=stage.stage_id,
         task_count=stage.task_count,
         partitioning=stage.partitioning,
         kind=stage.kind,
         fallback_reason=stage.fallback_reason,
-        duration_ns=now_ns - min(starts) if starts else None,
+        duration_ns=end - min(starts) if starts else None,
         sql=stage.sql,
         inputs=stage.inputs,
         operators=aggregate_operators(tasks),

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from otel_dist.protocol import TaskKey
 from otel_dist.telemetry.task_spans import OperatorMetrics, operator_metrics, without_details
 from otel_dist.worker.task import Task
 
@@ -51,15 +52,15 @@ def task_progress(task: Task, redact: bool = False) -> dict[str, Any]:
     operators: list[dict[str, Any]] = []
     plan = task.live_plan
     current = task.phase
-    if plan is not None:
-        try:
+    tree = task.operators  # a finished task's, read once for its spans
+    try:
+        if plan is not None:
             tree = operator_metrics(plan)
-            if redact:
-                tree = without_details(tree)
-            operators = [_operator(tree, "0")]
             current = _current_operator(tree) or current
-        except Exception:  # a plan finishing meanwhile: its metrics come with its spans
-            operators = []
+        if tree is not None:
+            operators = [_operator(without_details(tree) if redact else tree, "0")]
+    except Exception:  # a plan finishing meanwhile: its metrics come with its spans
+        operators = []
     return {
         "stage_id": task.spec.stage_id,
         "task_index": task.spec.task_index,
@@ -103,12 +104,32 @@ class _Sample:
     rows: int
 
 
+def rows_so_far(task: Task) -> int:
+    """The most rows any operator of the task produced so far (its output rows, or what it
+    read, once it ended): grows while a join or an aggregate works, before it outputs."""
+    best = max(task.rows_out, sum(read.stats.rows for read in list(task.input_reads)))
+    plan = task.live_plan
+    pending = [getattr(plan, "_raw_plan", plan)] if plan is not None else []
+    try:
+        while pending:
+            operator = pending.pop()
+            metrics = operator.metrics()
+            if metrics is not None:
+                best = max(best, metrics.output_rows() or 0)
+            pending.extend(operator.children())
+    except Exception:  # the plan finished meanwhile: what was read so far stands
+        pass
+    return best
+
+
 class WorkerProgress:
-    """Load figures of one worker: running and queued tasks, CPU %, RSS, rows/s."""
+    """Load figures of one worker: running and queued tasks, CPU %, RSS, and rows/s (rows
+    its tasks' operators produced per second, sampled once a second)."""
 
     def __init__(self, tasks: Callable[[], list[Task]]) -> None:
         self._tasks = tasks
         self._released_rows = 0
+        self._seen: dict[TaskKey, int] = {}  # each task's rows_so_far, kept once it ends
         self._lock = threading.Lock()
         self._last = _Sample(time.monotonic(), _cpu_seconds(), 0)
         self.cpu_percent = 0.0
@@ -124,9 +145,9 @@ class WorkerProgress:
 
     def released(self, tasks: Iterable[Task]) -> None:
         """Count the rows of tasks leaving the worker, so rows/s does not drop with them."""
-        rows = sum(task.rows_out for task in tasks)
         with self._lock:
-            self._released_rows += rows
+            for task in tasks:
+                self._released_rows += self._seen.pop(task.spec.key, task.rows_out)
 
     def counts(self) -> tuple[int, int]:
         """(running, queued) tasks: the figures ``top`` and the task gauges show."""
@@ -145,9 +166,13 @@ class WorkerProgress:
         }
 
     def _rows_total(self) -> int:
+        tasks = self._tasks()
         with self._lock:
-            released = self._released_rows
-        return released + sum(task.rows_out for task in self._tasks())
+            for task in tasks:
+                key = task.spec.key
+                if not task.done or key not in self._seen:
+                    self._seen[key] = max(self._seen.get(key, 0), rows_so_far(task))
+            return self._released_rows + sum(self._seen.get(t.spec.key, 0) for t in tasks)
 
     def _sample_loop(self) -> None:
         while not self._stop.wait(SAMPLE_INTERVAL_S):

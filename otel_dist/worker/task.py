@@ -125,6 +125,11 @@ class Task:
         self._operators: OperatorMetrics | None = None
 
     @property
+    def operators(self) -> OperatorMetrics | None:
+        """The operator metrics read when the task ended (None without telemetry)."""
+        return self._operators
+
+    @property
     def ref(self) -> TaskRef:
         return TaskRef(self.spec.stage_id, self.spec.task_index)
 
