@@ -352,3 +352,40 @@ def test_stage_state_changes_are_span_events(cluster: LocalCluster) -> None:
     assert len(stages) == len(result.plan.stages)
     for span in stages:
         assert span.events == ("scheduled", "running", "finished")
+
+
+def test_local_draws_progress_under_tmux(tpch_dir: Path, expected_count: str) -> None:
+    if shutil.which("tmux") is None:
+        pytest.fail("tmux is not installed: run `apt-get install -y tmux`")
+    socket = f"otel-dist-local-{os.getpid()}"
+    command = " ".join(
+        [*CLI, "local", "--workers", "2", "--data", str(tpch_dir), "-e", f'"{SLOW_SQL}"']
+    )
+    _tmux(socket, "new-session", "-d", "-s", "main", "-x", "150", "-y", "40")
+    try:
+        _tmux(socket, "send-keys", "-t", "main", f"{command}; echo EXIT=$?", "Enter")
+        wait_until(
+            lambda: _pane_with(socket, "tasks done", r"^\d+ .*join.* \d+/\d+ "),
+            90,
+            "the progress display of otel-dist local",
+            every=0.2,
+        )
+        ended = wait_until(lambda: _pane_with(socket, r"^EXIT=\d+"), 300, "local to end", every=0.5)
+        assert re.search(r"^EXIT=0", ended, re.MULTILINE), ended
+        assert expected_count in ended.replace(",", "")
+        assert "tasks done" not in ended  # gone once the result prints
+    finally:
+        subprocess.run(["tmux", "-L", socket, "kill-server"], check=False, timeout=30)
+
+
+def test_top_names_an_unreachable_coordinator_in_one_line() -> None:
+    done = subprocess.run(
+        [*CLI, "top", "--coordinator", "grpc://127.0.0.1:9", "--once"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "otel-dist: error: coordinator grpc://127.0.0.1:9 is unreachable"
+    ]
