@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 
 from otel_dist.coordinator.local import LocalCluster
+from otel_dist.exchange.security import AUTH_TOKEN_ENV
 from otel_dist.telemetry import conventions as c
-from tests.support import CLI, scrape, stop, wait_until
+from tests.support import CLI, remote_cluster, scrape, stop, wait_until
 from tests.test_profile_page import ARTIFACTS, CHROMIUM_FLAGS
 from tests.test_profile_page import _chromium as chromium
 
@@ -389,3 +390,28 @@ def test_top_names_an_unreachable_coordinator_in_one_line() -> None:
     assert done.stderr.strip().splitlines() == [
         "otel-dist: error: coordinator grpc://127.0.0.1:9 is unreachable"
     ]
+
+
+def test_top_takes_the_token(tpch_dir: Path, tmp_path: Path) -> None:
+    token = "live-progress-test-token"
+    env = {k: v for k, v in os.environ.items() if k != AUTH_TOKEN_ENV}
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    with remote_cluster(tpch_dir, env={**env, AUTH_TOKEN_ENV: token}) as (coordinator, worker):
+
+        def top(*extra: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*CLI, "top", "--coordinator", coordinator, "--once", *extra],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=env,
+            )
+
+        allowed = top("--auth-token-file", str(token_file))
+        assert allowed.returncode == 0, allowed.stderr
+        assert worker in allowed.stdout and "no query in flight" in allowed.stdout
+        refused = top()
+        assert refused.returncode == 1
+        assert len(refused.stderr.strip().splitlines()) == 1
+        assert "unauthenticated" in refused.stderr.lower() or "token" in refused.stderr.lower()
