@@ -355,6 +355,7 @@ def test_stage_state_changes_are_span_events(cluster: LocalCluster) -> None:
         assert span.events == ("scheduled", "running", "finished")
 
 
+@pytest.mark.slow  # a second cluster and a whole slow query; query's display is the same code
 def test_local_draws_progress_under_tmux(tpch_dir: Path, expected_count: str) -> None:
     if shutil.which("tmux") is None:
         pytest.fail("tmux is not installed: run `apt-get install -y tmux`")
@@ -415,3 +416,30 @@ def test_top_takes_the_token(tpch_dir: Path, tmp_path: Path) -> None:
         assert refused.returncode == 1
         assert len(refused.stderr.strip().splitlines()) == 1
         assert "unauthenticated" in refused.stderr.lower() or "token" in refused.stderr.lower()
+
+
+def test_top_refreshes_until_interrupted(live_cluster: Cluster) -> None:
+    socket = f"otel-dist-top-{os.getpid()}"
+    command = " ".join(
+        [*CLI, "top", "--coordinator", live_cluster.coordinator, "--interval", "0.5"]
+    )
+    _tmux(socket, "new-session", "-d", "-s", "main", "-x", "150", "-y", "40")
+    try:
+        _tmux(socket, "send-keys", "-t", "main", f"{command}; echo EXIT=$?", "Enter")
+        workers = [re.escape(url) + r".* up " for url in live_cluster.workers]
+        wait_until(lambda: _pane_with(socket, *workers), 60, "top's worker rows", every=0.2)
+        query = _start_query(live_cluster, "--no-progress")
+        try:
+            query_id = _running_query(live_cluster)
+            wait_until(lambda: _pane_with(socket, query_id), 30, "the query in top", every=0.2)
+            _cancel(live_cluster, query_id)
+            query.communicate(timeout=60)
+        finally:
+            stop(query)
+        wait_until(
+            lambda: _pane_with(socket, "no query in flight"), 30, "top to drop it", every=0.2
+        )
+        _tmux(socket, "send-keys", "-t", "main", "C-c")
+        wait_until(lambda: _pane_with(socket, r"^EXIT=0"), 30, "top to exit", every=0.2)
+    finally:
+        subprocess.run(["tmux", "-L", socket, "kill-server"], check=False, timeout=30)
