@@ -224,6 +224,9 @@ def test_a_running_query_is_watched_live(
             )
 
         wait_until(gauges_agree, 30, "task gauges equal to top's running tasks", every=0.3)
+        assert f"data-query='{query_id}' data-status='running'" in _get(
+            f"{live_cluster.pages}/queries"
+        )
 
         # the console, from the coordinator's address alone
         top = _top_once(live_cluster)
