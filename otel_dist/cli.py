@@ -1,5 +1,5 @@
-"""The ``otel-dist`` command line: demo, tpchgen, local, worker, coordinator, query, explain,
-bench.
+"""The ``otel-dist`` command line: demo, tpchgen, local, worker, coordinator, query, top,
+explain, bench.
 
 Errors a user can cause (bad SQL, unknown table, bad folder, unreachable worker) end with a
 one-line message on stderr and exit code 1, never a traceback; Ctrl-C ends with exit code 130
@@ -31,6 +31,7 @@ from otel_dist.errors import one_line
 from otel_dist.logs import configure_logging
 from otel_dist.planner.catalog import CatalogError
 from otel_dist.planner.distribute import PlanningError, parse_byte_count
+from otel_dist.progress_view import ProgressDisplay, add_progress_option, wanted
 
 DEMO_SCALE = 0.1
 DEMO_QUERY = 1
@@ -114,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     _explain_options(local)
     _security_options(local, server=True)
     _coordinator_options(local)
+    add_progress_option(local)
     local.add_argument(
         "--metrics-ports",
         nargs="?",
@@ -186,7 +188,15 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--timeout", type=float, default=600.0)
     _explain_options(query)
     _security_options(query, server=False)
+    add_progress_option(query)
     query.set_defaults(run=_query)
+
+    top = commands.add_parser("top", help="a live view of a cluster's workers and queries")
+    top.add_argument("--coordinator", required=True, help="coordinator URL, grpc://host:port")
+    top.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    _security_options(top, server=False)
+    top.set_defaults(run=_top)
 
     explain = commands.add_parser(
         "explain", help="the EXPLAIN ANALYZE tree of a query in an OTLP/JSON trace file"
@@ -349,6 +359,7 @@ def _tpchgen(args: argparse.Namespace) -> int:
 
 def _local(args: argparse.Namespace) -> int:
     from otel_dist.coordinator.local import LocalCluster
+    from otel_dist.progress_view import local_poll
 
     _check_output(args.output)
     with LocalCluster(
@@ -364,11 +375,15 @@ def _local(args: argparse.Namespace) -> int:
     ) as cluster:
         for url in cluster.metrics_urls:
             stderr.print(f"metrics: {url}", markup=False, highlight=False)
+        display = ProgressDisplay(local_poll(cluster.coordinator), stderr, wanted(args))
         if not _wants_explain(args):
-            _emit(cluster.sql(args.sql), args.output)
+            with display:
+                table = cluster.sql(args.sql)
+            _emit(table, args.output)
             return 0
         try:
-            analysis = cluster.explain_analyze(args.sql)
+            with display:
+                analysis = cluster.explain_analyze(args.sql)
         except QueryError as error:
             partial = getattr(error, "analysis", None)
             if partial is not None:
@@ -424,6 +439,7 @@ def _worker(args: argparse.Namespace) -> int:
 def _coordinator(args: argparse.Namespace) -> int:
     from otel_dist.coordinator.core import Coordinator, CoordinatorConfig
     from otel_dist.coordinator.server import CoordinatorServer
+    from otel_dist.explain.live import LiveQueries
     from otel_dist.explain.recent import QueryLog, QueryLogConfig, RecentQueries
     from otel_dist.explain.statements import trace_url_template
     from otel_dist.explain.web import QueryPagesServer
@@ -466,7 +482,11 @@ def _coordinator(args: argparse.Namespace) -> int:
             stdout.print(f"otel-dist coordinator metrics on {metrics.prometheus_url}")
         if args.http_port is not None:
             pages = QueryPagesServer(
-                recent, args.host, _port(args.http_port) or 0, trace_url_template()
+                recent,
+                args.host,
+                _port(args.http_port) or 0,
+                trace_url_template(),
+                LiveQueries(coordinator.progress),
             ).start()
             stdout.print(f"otel-dist coordinator query pages on {pages.url}/queries")
         server.serve()
@@ -500,6 +520,7 @@ def _query(args: argparse.Namespace) -> int:
     from otel_dist.exchange.clients import REMOTE_ERRORS, new_client
     from otel_dist.exchange.router import route
     from otel_dist.explain.statements import analysis_of
+    from otel_dist.progress_view import remote_poll
     from otel_dist.protocol import ACTION_CANCEL_QUERY, ACTION_QUERY_TELEMETRY
     from otel_dist.telemetry.collector import SpanCollector
 
@@ -529,8 +550,10 @@ def _query(args: argparse.Namespace) -> int:
             )
 
     interrupted = False
+    display = ProgressDisplay(remote_poll(client, query_id), stderr, wanted(args))
     try:
-        table = _interruptible(fetch, cancel)
+        with display:
+            table = _interruptible(fetch, cancel)
     except KeyboardInterrupt:
         interrupted = True
         raise
@@ -549,6 +572,17 @@ def _query(args: argparse.Namespace) -> int:
         telemetry = _RemoteTelemetry(query_id, spans)
         _explain_outputs(analysis_of(query_id, telemetry, table), args, args.explain_analyze)
     return 0
+
+
+def _top(args: argparse.Namespace) -> int:
+    from otel_dist.top import TopError, run_top
+
+    if args.interval <= 0:
+        raise UserError(f"--interval must be positive, got {args.interval}")
+    try:
+        return run_top(args.coordinator, _security(args), stdout, args.once, args.interval)
+    except TopError as error:
+        raise UserError(str(error)) from None
 
 
 def _interruptible(work: Callable[[], Any], on_interrupt: Callable[[], None]) -> Any:

@@ -27,6 +27,12 @@ ACTION_HEALTH = "health"
 ACTION_GET_TASK_TELEMETRY = "get_task_telemetry"
 # Flight actions of the coordinator's server (``cancel_query`` too, with a {query_id} body).
 ACTION_QUERY_TELEMETRY = "query_telemetry"
+# Live progress (JSON answers): a worker's tasks of one query ({query_id}) and its own load;
+# the coordinator's view of one running query ({query_id}) and of the whole cluster.
+ACTION_TASK_PROGRESS = "task_progress"
+ACTION_WORKER_STATUS = "worker_status"
+ACTION_QUERY_PROGRESS = "query_progress"
+ACTION_CLUSTER_STATUS = "cluster_status"
 
 ROW_ID_COLUMN = "__rowid"
 MAX_TICKET_BYTES = 64 * 1024

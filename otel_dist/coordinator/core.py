@@ -30,6 +30,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from otel_dist.background import run_in_background
 from otel_dist.coordinator.health import ProbeFailed, WorkerHealth
+from otel_dist.coordinator.progress import ProgressTracker
 from otel_dist.coordinator.scheduler import assign, task_specs
 from otel_dist.errors import one_line
 from otel_dist.exchange.clients import REMOTE_ERRORS, call_options, client_for
@@ -188,6 +189,7 @@ class _Run:
     lost_workers: dict[str, str] = field(default_factory=dict)  # url -> why it went down
     result_bytes: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    started_ns: int = 0
 
     def workers(self) -> set[str]:
         return set(self.placement.values())
@@ -241,6 +243,7 @@ class Coordinator:
         self.worker_health.add_listener(self._worker_down)
         self.worker_health.add_up_listener(self._worker_back)
         self._undelivered: dict[str, dict[str, None]] = {}  # url -> queries to release there
+        self.progress = ProgressTracker(self)  # live state of running queries, for watchers
         self.worker_health.start()
 
     def check_workers(self) -> None:
@@ -299,7 +302,7 @@ class Coordinator:
                 c.DB_OPERATION_NAME: operation_name(sql),
             },
         )
-        run = _Run(query_id, sql, SpanCollector(query_id), query_span)
+        run = _Run(query_id, sql, SpanCollector(query_id), query_span, started_ns=started)
         with self._running_lock:
             self._running[query_id] = run
         failure: BaseException | None = None
@@ -430,8 +433,10 @@ class Coordinator:
             with run.lock:
                 run.placement = assign(run.plan, workers)
             specs = task_specs(run.plan, run.query_id, run.placement, contexts)
+            submitted = time.time_ns()
             try:
                 self._submit(specs)
+                _stage_event(run, "scheduled", at_ns=submitted)
                 return
             except WorkerUnreachable as error:
                 if not error.url or error.url in excluded:
@@ -503,10 +508,12 @@ class Coordinator:
         if self.relay is not None:
             self.relay.submit(worker_request)
         task_ends: dict[int, int] = {}
+        task_starts: dict[int, int] = {}
         for span in worker_spans:
             if span.name == c.SPAN_TASK:
                 stage_id = int(span.attributes.get(c.STAGE_ID, -1))  # type: ignore[arg-type]
                 task_ends[stage_id] = max(task_ends.get(stage_id, 0), span.end_ns)
+                task_starts[stage_id] = min(task_starts.get(stage_id, span.start_ns), span.start_ns)
         own: list[ReadableSpan] = []
         root_span = run.stage_spans.get(run.plan.root.stage_id) if run.plan else None
         common = {c.QUERY_ID: run.query_id}
@@ -515,9 +522,13 @@ class Coordinator:
             own.append(record_read_span(self.telemetry.tracer, parent, read, common))
         ended = time.time_ns()
         for stage_id, span in run.stage_spans.items():
+            if stage_id in task_starts:
+                _stage_event(run, "running", stage_id, task_starts[stage_id])
+            end = task_ends.get(stage_id) or ended
+            _stage_event(run, "finished" if failure is None else "failed", stage_id, end)
             if failure is not None:
                 span.set_status(Status(StatusCode.ERROR, one_line(failure)))
-            span.end(end_time=task_ends.get(stage_id) or ended)
+            span.end(end_time=end)
             own.append(span)  # type: ignore[arg-type]
         if failure is not None:
             run.query_span.set_status(Status(StatusCode.ERROR, one_line(failure)))
@@ -770,6 +781,16 @@ def _lost_worker_message(run: _Run, url: str, reason: str) -> str:
     others = ", ".join(f"stage {s} task {t}" for s, t in tasks[1:4])
     more = f"; its other tasks: {others}" + (", ..." if len(tasks) > 4 else "") if others else ""
     return f"{head}worker {url} is unreachable ({reason}){more}"
+
+
+def _stage_event(
+    run: _Run, state: str, stage_id: int | None = None, at_ns: int | None = None
+) -> None:
+    """A stage state change as an event on its span (every stage's when ``stage_id`` is None);
+    ``at_ns`` dates it (the first task's start, the last task's end) when it is known later."""
+    spans = run.stage_spans if stage_id is None else {stage_id: run.stage_spans[stage_id]}
+    for span in spans.values():
+        span.add_event(state, {c.STAGE_STATE: state}, timestamp=at_ns)
 
 
 def _planned_tasks(plan: DistributedPlan | None) -> set[TaskRef]:

@@ -5,7 +5,10 @@ streams the statement's result (EXPLAIN statements return their plan text). With
 ``telemetry`` the stream ends, like a worker's, with a final message carrying every span of
 the query, so the client can build the EXPLAIN ANALYZE tree. The action
 ``query_telemetry {query_id}`` returns the spans of a recent query, failed ones included;
-``cancel_query {query_id}`` cancels a running one.
+``cancel_query {query_id}`` cancels a running one; ``query_progress {query_id}`` gives a
+running query's progress per stage (tasks done, running, queued; rows so far), and
+``cluster_status`` every worker's state and load with every query in flight (for
+``otel-dist top``), both as JSON.
 
 A client that goes away (disconnects, hits its deadline, is interrupted) cancels its query on
 every worker: the statement runs on a separate thread while the call's handler watches
@@ -35,6 +38,8 @@ from otel_dist.planner.catalog import CatalogError
 from otel_dist.planner.distribute import PlanningError
 from otel_dist.protocol import (
     ACTION_CANCEL_QUERY,
+    ACTION_CLUSTER_STATUS,
+    ACTION_QUERY_PROGRESS,
     ACTION_QUERY_TELEMETRY,
     ProtocolError,
     decode_json_object,
@@ -151,6 +156,10 @@ class CoordinatorServer(flight.FlightServerBase):
             if action.type == ACTION_CANCEL_QUERY:
                 cancelled = self.coordinator.cancel(decode_query_id(body))
                 return iter([json.dumps({"cancelled": cancelled}).encode()])
+            if action.type == ACTION_CLUSTER_STATUS:
+                return iter([json.dumps(self.coordinator.progress.cluster_status()).encode()])
+            if action.type == ACTION_QUERY_PROGRESS:
+                return iter([json.dumps(self._progress(decode_query_id(body))).encode()])
             if action.type != ACTION_QUERY_TELEMETRY:
                 raise ProtocolError(f"unknown action {action.type[:100]!r}")
             query_id = decode_query_id(body)
@@ -160,6 +169,15 @@ class CoordinatorServer(flight.FlightServerBase):
         if query is None or query.otlp is None:
             raise not_found(f"no telemetry for query {query_id[:100]}")
         return iter([_query_envelope(query.query_id, query.otlp)])
+
+    def _progress(self, query_id: str) -> dict[str, Any]:
+        """A running query's progress summary; a finished one's status (``ok``, ``error``),
+        or ``unknown``."""
+        live = self.coordinator.progress.query(query_id)
+        if live is not None:
+            return live.summary()
+        recent = self.recent.get(query_id)
+        return {"query_id": query_id, "status": recent.status if recent else "unknown"}
 
 
 class _Named:

@@ -46,6 +46,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;
 h1{font-size:20px;margin:0 0 6px} h2{font-size:16px;margin:24px 0 8px}
 .meta{color:#555;font-size:13px} .meta span{margin-right:16px} .meta a{color:#1f6feb}
 .status-ok{color:#2da44e;font-weight:600} .status-error{color:#cf222e;font-weight:600}
+.status-running{color:#0969da;font-weight:600}
 details.stage{border:1px solid #d0d7de;border-radius:6px;margin:6px 0 6px 18px;padding:4px 10px}
 details.stage>summary{cursor:pointer;font-weight:600}
 .skewed{border-color:#cf222e!important;background:#fff5f5}
@@ -69,6 +70,8 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 #critical-path ol{margin:4px 0;padding-left:22px;font-size:13px}
 #critical-path .coord{color:#57606a}
 .tasks-marker{color:#9a6700}
+.bar.running{background-image:repeating-linear-gradient(135deg,rgba(255,255,255,.3) 0 6px,
+ transparent 6px 12px);border-right:3px solid #1d2330}
 .read{position:absolute;bottom:0;height:4px;background:#1d2330;opacity:.45}
 .blocked{position:absolute;top:0;height:100%;background:repeating-linear-gradient(45deg,
  rgba(255,255,255,.45) 0 3px,transparent 3px 6px)}
@@ -115,7 +118,7 @@ def _e(value: object) -> str:
 
 
 def _header(tree: ExplainTree, trace_url_template: str | None) -> str:
-    status_class = "status-ok" if tree.status == "ok" else "status-error"
+    status_class = {"ok": "status-ok", "running": "status-running"}.get(tree.status, "status-error")
     trace = _e(tree.trace_id)
     if trace_url_template and tree.trace_id:
         url = trace_url_template.format(trace_id=tree.trace_id)
@@ -430,7 +433,7 @@ def _bar(
             f"read stage {read.stage_id} task {read.task_index}: {format_number(read.rows)} rows, "
             f"{format_metric('bytes', read.bytes)} in {format_duration(read.duration_ns)}"
         )
-    status = task.status if task.status in ("failed", "cancelled") else ""
+    status = task.status if task.status in ("failed", "cancelled", "running") else ""
     position = critical.get((stage.stage_id, task.task_index))
     marks = ""
     if position is not None:

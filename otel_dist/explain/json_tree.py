@@ -2,7 +2,8 @@
 
 Schema (durations in integer nanoseconds; ``null`` when unknown)::
 
-    tree:     {query_id, trace_id, sql, duration_ns, status ("ok" | "error" | "unknown"),
+    tree:     {query_id, trace_id, sql, duration_ns,
+               status ("ok" | "error" | "unknown" | "running": live, durations so far),
                error, strategy, output_rows, reads: [read], stages: [stage],  # root stages
                critical_path: [step],         # from the root task down; [] when no timings
                critical_path_coordinator_ns: null | {before, after}}
@@ -37,7 +38,8 @@ Schema (durations in integer nanoseconds; ``null`` when unknown)::
     task:     {task_index, worker, partitions: [int] | null, start_ns, duration_ns,
                time_breakdown_ns: {part: ns},  # adds up to duration_ns; {} when unknown
                output_done_ns,                # from its start until its output was complete
-               status ("finished" | "failed" | "cancelled" | "unknown"), error,
+               status ("finished" | "failed" | "cancelled" | "unknown",
+                       and while the query runs "queued" | "running"), error,
                metrics: {output_rows, output_bytes, elapsed_compute
                          [, read_rows, read_bytes, read_blocked_time]
                          [, sent_bytes]},     # {} when unknown

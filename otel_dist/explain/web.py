@@ -1,5 +1,7 @@
-"""The coordinator's query pages over HTTP: ``/`` lists recent queries, ``/queries/<id>``
-is a query's profile page and ``/queries/<id>.json`` its explain tree as JSON."""
+"""The coordinator's query pages over HTTP: ``/`` and ``/queries`` list running and recent
+queries (``/queries.json`` as JSON), ``/queries/<id>`` is a query's profile page and
+``/queries/<id>.json`` its explain tree as JSON; while a query runs both show its live tree
+(``explain/live.py``) and the page reloads itself every second."""
 
 from __future__ import annotations
 
@@ -13,7 +15,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from otel_dist.explain.format import format_duration
 from otel_dist.explain.html import render_html
 from otel_dist.explain.json_tree import tree_to_dict
+from otel_dist.explain.live import LiveQueries
+from otel_dist.explain.model import ExplainTree
 from otel_dist.explain.recent import RecentQueries
+
+LIVE_REFRESH_S = 1
 
 
 class QueryPagesServer:
@@ -25,8 +31,11 @@ class QueryPagesServer:
         host: str = "127.0.0.1",
         port: int = 0,
         trace_url_template: str | None = None,
+        live: LiveQueries | None = None,
     ) -> None:
+        """``live`` adds the queries still running (from the coordinator's progress)."""
         self.recent = recent
+        self.live = live
         self.trace_url_template = trace_url_template
         handler = _handler_for(self)
         self._server = ThreadingHTTPServer((host, port), handler)
@@ -44,21 +53,62 @@ class QueryPagesServer:
         self._server.shutdown()
         self._server.server_close()
 
-    def index(self) -> str:
-        rows = "".join(
-            f"<tr><td><a href='/queries/{q.query_id}'>{q.query_id}</a></td>"
-            f"<td>{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(q.finished_at))}</td>"
-            f"<td>{format_duration(q.duration_ns)}</td><td>{q.status}</td>"
-            f"<td><code>{html.escape(' '.join(q.sql.split())[:160])}</code></td></tr>"
+    def queries(self) -> list[dict[str, object]]:
+        """Running queries (``status`` running, oldest first), then recent ones, newest first."""
+        running = [
+            {
+                "query_id": q["query_id"],
+                "status": "running",
+                "sql": q["sql"],
+                "trace_id": q["trace_id"],
+                "started_at": int(q["start_ns"]) / 1e9,  # type: ignore[call-overload]
+                "finished_at": None,
+                "duration_ns": q["elapsed_ns"],
+                "error": None,
+                "stages": q["stages"],
+            }
+            for q in (self.live.list() if self.live is not None else [])
+        ]
+        ids = {q["query_id"] for q in running}
+        recent = [
+            {
+                "query_id": q.query_id,
+                "status": q.status,
+                "sql": q.sql,
+                "trace_id": q.trace_id,
+                "started_at": q.finished_at - q.duration_ns / 1e9,
+                "finished_at": q.finished_at,
+                "duration_ns": q.duration_ns,
+                "error": q.error,
+            }
             for q in self.recent.list()
-        )
+            if q.query_id not in ids
+        ]
+        return running + recent
+
+    def index(self) -> str:
+        queries = self.queries()
+        rows = "".join(_index_row(q) for q in queries)
+        running = any(q["status"] == "running" for q in queries)
+        refresh = f"<meta http-equiv='refresh' content='{LIVE_REFRESH_S}'>" if running else ""
         return (
-            "<!doctype html><html><head><meta charset='utf-8'><title>otel_dist queries</title>"
+            f"<!doctype html><html><head><meta charset='utf-8'>{refresh}"
+            "<title>otel_dist queries</title>"
             "<style>body{font-family:system-ui,sans-serif;margin:24px}td,th{padding:3px 10px;"
-            "text-align:left;border-bottom:1px solid #eee;font-size:13px}</style></head><body>"
-            "<h1>Recent queries</h1><table><tr><th>query</th><th>finished</th><th>duration</th>"
-            f"<th>status</th><th>SQL</th></tr>{rows}</table></body></html>"
+            "text-align:left;border-bottom:1px solid #eee;font-size:13px}"
+            ".running{color:#0969da;font-weight:600}.error{color:#cf222e}</style></head><body>"
+            "<h1>Queries</h1><table><tr><th>query</th><th>started</th><th>duration</th>"
+            f"<th>status</th><th>progress</th><th>SQL</th></tr>{rows}</table></body></html>"
         )
+
+    def query_tree(self, query_id: str) -> tuple[ExplainTree, bool] | None:
+        """A query's tree and whether it is still running; None when unknown."""
+        if self.live is not None:
+            tree = self.live.tree(query_id)
+            if tree is not None:
+                return tree, True
+        query = self.recent.get(query_id)
+        return None if query is None else (query.tree(), False)
 
 
 def _handler_for(pages: QueryPagesServer) -> type[BaseHTTPRequestHandler]:
@@ -68,18 +118,23 @@ def _handler_for(pages: QueryPagesServer) -> type[BaseHTTPRequestHandler]:
             if path in ("", "/queries"):
                 self._send(HTTPStatus.OK, "text/html", pages.index())
                 return
+            if path == "/queries.json":
+                self._send(HTTPStatus.OK, "application/json", json.dumps(pages.queries()))
+                return
             if path.startswith("/queries/"):
                 name = path[len("/queries/") :]
                 as_json = name.endswith(".json")
-                query = pages.recent.get(name.removesuffix(".json"))
-                if query is not None:
-                    tree = query.tree()
+                found = pages.query_tree(name.removesuffix(".json"))
+                if found is not None:
+                    tree, running = found
                     if as_json:
                         self._send(
                             HTTPStatus.OK, "application/json", json.dumps(tree_to_dict(tree))
                         )
                     else:
                         page = render_html(tree, pages.trace_url_template)
+                        if running:  # reload until it ends, then the finished profile stays
+                            page = page.replace("<head>", f"<head>{_REFRESH}", 1)
                         self._send(HTTPStatus.OK, "text/html", page)
                     return
             self._send(HTTPStatus.NOT_FOUND, "text/plain", "no such query\n")
@@ -96,3 +151,26 @@ def _handler_for(pages: QueryPagesServer) -> type[BaseHTTPRequestHandler]:
             return
 
     return Handler
+
+
+_REFRESH = f"<meta http-equiv='refresh' content='{LIVE_REFRESH_S}'>"
+
+
+def _index_row(query: dict[str, object]) -> str:
+    status = str(query["status"])
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(query["started_at"])))  # type: ignore[arg-type]
+    progress = ""
+    stages = query.get("stages")
+    if isinstance(stages, list) and stages:
+        done = sum(int(s["done"]) for s in stages)
+        total = sum(int(s["task_count"]) for s in stages)
+        running = sum(int(s["running"]) for s in stages)
+        progress = f"{done}/{total} tasks done, {running} running"
+    sql = html.escape(" ".join(str(query["sql"]).split())[:160])
+    query_id = html.escape(str(query["query_id"]), quote=True)
+    return (
+        f"<tr data-query='{query_id}' data-status='{status}'>"
+        f"<td><a href='/queries/{query_id}'>{query_id}</a></td>"
+        f"<td>{started}</td><td>{format_duration(query['duration_ns'])}</td>"  # type: ignore[arg-type]
+        f"<td class='{status}'>{status}</td><td>{progress}</td><td><code>{sql}</code></td></tr>"
+    )

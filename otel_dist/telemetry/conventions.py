@@ -37,6 +37,9 @@ STAGE_FALLBACK = "otel_dist.stage.fallback_reason"
 STAGE_STRATEGY = "otel_dist.stage.strategy"  # how the stage is partitioned and why
 STAGE_INPUTS = "otel_dist.stage.inputs"
 STAGE_SQL = "otel_dist.stage.sql"
+# Stage state changes are span events on the stage span, named after the state entered
+# (scheduled, running, then finished or failed), each with this attribute, as Trino does.
+STAGE_STATE = "otel_dist.stage.state"
 
 TASK_INDEX = "otel_dist.task.index"
 TASK_PARTITIONS = "otel_dist.task.partitions"

@@ -28,7 +28,9 @@ Prometheus shows them, see ``prometheus.py``):
   ``otel_dist_stage_task_skew``; ``otel_dist.telemetry.fallback_fetches`` (by
   ``otel_dist.telemetry.fetch.result``: fetched, lost), ``otel_dist.telemetry.truncated_messages``.
 * workers: ``otel_dist.task.duration`` (s, by stage kind and task status) ->
-  ``otel_dist_task_duration_seconds``; ``otel_dist.task.active``; ``otel_dist.task.output.rows``
+  ``otel_dist_task_duration_seconds``; ``otel_dist.task.active`` and ``otel_dist.task.queued``
+  (tasks running, and not started or waiting for their first upstream row, as ``otel-dist top``
+  shows them); ``otel_dist.task.output.rows``
   and ``.size`` (by stage kind); ``otel_dist.operator.output.rows`` and ``.size`` (by
   ``otel_dist.operator.name``) -> ``otel_dist_operator_output_rows_total``,
   ``otel_dist_operator_output_size_bytes_total``; ``otel_dist.shuffle.io`` (bytes a task read
@@ -87,6 +89,7 @@ QUERY_ACTIVE = "otel_dist.query.active"
 STAGE_TASK_SKEW = "otel_dist.stage.task_skew"
 TASK_DURATION = "otel_dist.task.duration"
 TASK_ACTIVE = "otel_dist.task.active"
+TASK_QUEUED = "otel_dist.task.queued"
 TASK_OUTPUT_ROWS = "otel_dist.task.output.rows"
 TASK_OUTPUT_SIZE = "otel_dist.task.output.size"
 OPERATOR_OUTPUT_ROWS = "otel_dist.operator.output.rows"
@@ -450,6 +453,7 @@ class WorkerObservers:
     memory_used_bytes: Callable[[], int]
     memory_limit_bytes: Callable[[], int]
     spilled_bytes: Callable[[], int]
+    queued_tasks: Callable[[], int] = lambda: 0
 
 
 @dataclass(frozen=True)
@@ -517,6 +521,12 @@ class WorkerMetrics:
             [_guarded(lambda: [Observation(observers.active_tasks())])],
             "{task}",
             "Tasks running on this worker",
+        )
+        meter.create_observable_up_down_counter(
+            TASK_QUEUED,
+            [_guarded(lambda: [Observation(observers.queued_tasks())])],
+            "{task}",
+            "Tasks on this worker not started or waiting for their first upstream row",
         )
         meter.create_observable_up_down_counter(
             WORKER_MEMORY_USAGE,

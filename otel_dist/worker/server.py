@@ -33,6 +33,8 @@ from otel_dist.protocol import (
     ACTION_HEALTH,
     ACTION_RELEASE_QUERY,
     ACTION_SUBMIT_TASKS,
+    ACTION_TASK_PROGRESS,
+    ACTION_WORKER_STATUS,
     MAX_TICKET_BYTES,
     BucketTicket,
     ProtocolError,
@@ -51,6 +53,7 @@ from otel_dist.telemetry.envelope import DATA_END, TaskRef
 from otel_dist.telemetry.metrics import Metrics, WorkerObservers, start_process_telemetry
 from otel_dist.telemetry.setup import Telemetry
 from otel_dist.worker.buckets import Bucket, BucketError, MemoryBudget
+from otel_dist.worker.progress import WorkerProgress, task_progress
 from otel_dist.worker.task import Task, TaskSettings
 
 log = logging.getLogger(__name__)
@@ -107,9 +110,11 @@ class WorkerServer(flight.FlightServerBase):
         self._query_seen: dict[str, float] = {}
         self._lock = threading.Condition()
         self._stopping = threading.Event()
+        self.progress = WorkerProgress(self._all_tasks).start()
         self.task_metrics = self.metrics.worker(
             WorkerObservers(
-                active_tasks=self._running_tasks,
+                active_tasks=lambda: self.progress.counts()[0],
+                queued_tasks=lambda: self.progress.counts()[1],
                 memory_used_bytes=lambda: self.budget.used_bytes,
                 memory_limit_bytes=lambda: self.budget.limit_bytes,
                 spilled_bytes=lambda: self.budget.spilled_bytes,
@@ -129,6 +134,8 @@ class WorkerServer(flight.FlightServerBase):
                 ACTION_GET_TASK_TELEMETRY,
                 "A finished task's spans ({query_id, stage_id, task_index})",
             ),
+            (ACTION_TASK_PROGRESS, "A query's tasks here, live ({query_id})"),
+            (ACTION_WORKER_STATUS, "Running and queued tasks, CPU %, RSS, rows/s"),
         ]
 
     def do_action(
@@ -159,6 +166,13 @@ class WorkerServer(flight.FlightServerBase):
             return json.dumps(self.health()).encode()
         if action.type == ACTION_GET_TASK_TELEMETRY:
             return self.task_telemetry(body)
+        if action.type == ACTION_TASK_PROGRESS:
+            query_id = decode_query_id(body)
+            redact = self.telemetry.config.redact_sql
+            tasks = [task_progress(task, redact) for task in self._tasks_of(query_id)]
+            return json.dumps({"worker": self.url, "tasks": tasks}).encode()
+        if action.type == ACTION_WORKER_STATUS:
+            return json.dumps({"url": self.url, **self.progress.status()}).encode()
         raise ProtocolError(f"unknown action {action.type[:100]!r}")
 
     def submit(self, spec: TaskSpec) -> Task:
@@ -218,6 +232,7 @@ class WorkerServer(flight.FlightServerBase):
             keys = [key for key in self._tasks if key.query_id == query_id]
             tasks = [self._tasks.pop(key) for key in keys]
             self._query_seen.pop(query_id, None)
+        self.progress.released(tasks)
         for task in tasks:
             task.close()
 
@@ -263,9 +278,9 @@ class WorkerServer(flight.FlightServerBase):
                 "threads": threading.active_count(),
             }
 
-    def _running_tasks(self) -> int:
+    def _all_tasks(self) -> list[Task]:
         with self._lock:
-            return sum(1 for task in self._tasks.values() if not task.done)
+            return list(self._tasks.values())
 
     def _tasks_of(self, query_id: str) -> list[Task]:
         with self._lock:
@@ -344,6 +359,7 @@ class WorkerServer(flight.FlightServerBase):
 
     def close_all(self) -> None:
         self.begin_shutdown()
+        self.progress.stop()
         shutil.rmtree(self._spill_root, ignore_errors=True)
         self.telemetry.shutdown()
         self.metrics.shutdown()

@@ -103,6 +103,10 @@ class Task:
     bytes_out: int = 0
     input_reads: list[InputRead] = field(default_factory=list)
     final_message: bytes | None = None
+    # What the task is doing now, for live progress (``worker/progress.py``): "reading stage
+    # N", "planning", "executing"; ``live_plan`` is the plan while it executes.
+    phase: str = "queued"
+    live_plan: object | None = None
 
     def __post_init__(self) -> None:
         self._cancel = threading.Event()  # cancelled from outside: the query is being stopped
@@ -122,6 +126,11 @@ class Task:
         self._scratch: str | None = None  # links to the task's files, made when it has some
         self._operators: OperatorMetrics | None = None
         self.clock = TaskClock()  # where the task's wall time goes (worker/timing.py)
+
+    @property
+    def operators(self) -> OperatorMetrics | None:
+        """The operator metrics read when the task ended (None without telemetry)."""
+        return self._operators
 
     @property
     def ref(self) -> TaskRef:
@@ -150,7 +159,7 @@ class Task:
     # ---- execution -----------------------------------------------------------------------
 
     def _run(self) -> None:
-        self.state = "running"
+        self.state, self.phase = "running", "starting"
         self.started_ns = time.time_ns()
         plan: object | None = None
         try:
@@ -162,8 +171,10 @@ class Task:
                     part = wait_part(task_input.sources[0].stage_id)
                 with Stopwatch(self.clock, part):
                     self._register(ctx, task_input)
+            self.phase = "planning"
             with Stopwatch(self.clock, PLANNING):
                 plan = ctx.sql_with_options(self.spec.sql, QUERY_ONLY).execution_plan()
+            self.live_plan, self.phase = plan, "executing"
             run_started = time.perf_counter_ns()
             try:
                 self._execute(ctx, plan)
@@ -185,6 +196,7 @@ class Task:
             if self.state == "failed":
                 log.warning("%s", self.error)
         self.ended_ns = time.time_ns()
+        self.live_plan, self.phase = None, self.state
         for bucket in self.buckets:
             if self.state == "finished":
                 bucket.finish()
@@ -279,6 +291,9 @@ class Task:
             return
         # DataFusion's Python API has no streaming table provider: upstream buckets are read
         # concurrently as they are produced, then handed to DataFusion as in-memory partitions.
+        self.phase = (
+            f"reading stage {task_input.sources[0].stage_id}" if task_input.sources else "reading"
+        )
         schema = task_input.schema()
         batches = list(self._read_sources(task_input, schema))
         if task_input.row_ids:
