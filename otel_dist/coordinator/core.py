@@ -5,8 +5,10 @@ Faults: tasks are placed on the workers the health monitor (``health.py``) sees 
 found unreachable while tasks are submitted is left out and the query placed again; a worker
 that goes down while a query runs fails that query at once, with an error naming the stage,
 the task and the worker, and the other workers are told to cancel and drop the query.
-Limits: SQL longer than ``max_sql_bytes`` and results larger than ``max_result_bytes`` are
-refused; only queries run (no DDL, DML or SET statements).
+Limits: SQL longer than ``max_sql_bytes``, chaining or nesting operators deeper than
+``max_sql_depth`` or holding more than ``max_sql_operators`` (``sql_limits.py``), and results
+larger than ``max_result_bytes`` are refused; only queries run (no DDL, DML or SET statements).
+Planning runs on a thread with a deep native stack (``deep_stack.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from otel_dist.background import run_in_background
 from otel_dist.coordinator.health import ProbeFailed, WorkerHealth
 from otel_dist.coordinator.scheduler import assign, task_specs
+from otel_dist.deep_stack import call_with_deep_stack, deep_native_stacks
 from otel_dist.errors import one_line
 from otel_dist.exchange.clients import REMOTE_ERRORS, call_options, client_for
 from otel_dist.exchange.reader import read_bucket, read_record
@@ -57,6 +60,13 @@ from otel_dist.protocol import (
     encode_submission,
 )
 from otel_dist.session import conform, plain_schema
+from otel_dist.sql_limits import (
+    DEFAULT_MAX_SQL_DEPTH,
+    DEFAULT_MAX_SQL_OPERATORS,
+    SqlLimits,
+    SqlTooComplex,
+)
+from otel_dist.sql_limits import check as check_sql
 from otel_dist.telemetry import conventions as c
 from otel_dist.telemetry.collector import SpanCollector
 from otel_dist.telemetry.envelope import TaskRef
@@ -119,6 +129,8 @@ class CoordinatorConfig:
     telemetry_fetch_timeout_s: float = 15.0
     max_sql_bytes: int = DEFAULT_MAX_SQL_BYTES
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    max_sql_depth: int = DEFAULT_MAX_SQL_DEPTH
+    max_sql_operators: int = DEFAULT_MAX_SQL_OPERATORS
     health_interval_s: float = 1.0  # 0: no background probes (calls still mark workers down)
     health_timeout_s: float = 2.0
     security: SecurityConfig = NO_SECURITY
@@ -210,6 +222,7 @@ class Coordinator:
         self.security = config.security
         self.workers = tuple(secure_url(url, config.security) for url in config.workers)
         self.catalog = Catalog.from_folder(config.data)
+        deep_native_stacks()  # before the planner's session starts DataFusion's runtime
         tasks = config.tasks_per_stage or len(config.workers)
         threshold = config.broadcast_threshold
         if threshold is None:
@@ -257,7 +270,10 @@ class Coordinator:
                 f"{self.config.max_sql_bytes} bytes (max_sql_bytes)"
             )
         try:
-            return self.planner.plan(sql)
+            check_sql(sql, SqlLimits(self.config.max_sql_depth, self.config.max_sql_operators))
+            return call_with_deep_stack(self.planner.plan, sql)
+        except SqlTooComplex as error:
+            raise QueryRejected(str(error)) from None
         except NotAQuery as error:
             raise QueryRejected(str(error)) from None
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from otel_dist.deep_stack import deep_native_stacks
 from otel_dist.errors import one_line
 from otel_dist.exchange.security import (
     NO_SECURITY,
@@ -45,6 +46,13 @@ from otel_dist.protocol import (
     not_found,
     permission_denied,
 )
+from otel_dist.sql_limits import (
+    DEFAULT_MAX_SQL_DEPTH,
+    DEFAULT_MAX_SQL_OPERATORS,
+    SqlLimits,
+    SqlTooComplex,
+)
+from otel_dist.sql_limits import check as check_sql
 from otel_dist.telemetry import envelope
 from otel_dist.telemetry.cache import TelemetryCache
 from otel_dist.telemetry.envelope import DATA_END, TaskRef
@@ -72,6 +80,8 @@ class WorkerConfig:
     spill_dir: str | None = None
     metrics_port: int | None = None  # Prometheus /metrics (0: a free port); None: env settings
     data_roots: tuple[str, ...] = ()  # folders tasks may read; empty: no restriction
+    max_sql_depth: int = DEFAULT_MAX_SQL_DEPTH  # task SQL beyond these is refused
+    max_sql_operators: int = DEFAULT_MAX_SQL_OPERATORS
     security: SecurityConfig = NO_SECURITY
 
 
@@ -91,6 +101,8 @@ class WorkerServer(flight.FlightServerBase):
             **server_options(config.security),
         )
         self.config = config
+        deep_native_stacks()  # before any task starts DataFusion's runtime
+        self.sql_limits = SqlLimits(config.max_sql_depth, config.max_sql_operators)
         self.url = server_location(config.host, self.port, config.security)
         self.data_roots = _roots(config.data_roots)
         if telemetry is None:
@@ -170,6 +182,10 @@ class WorkerServer(flight.FlightServerBase):
             raise flight.FlightUnavailableError("unavailable: the worker is stopping")
         for spec in specs:
             self._check_paths(spec)
+            try:
+                check_sql(spec.sql, self.sql_limits)
+            except SqlTooComplex as error:
+                raise ProtocolError(f"{spec.key} of query {spec.query_id[:100]}: {error}") from None
         settings = TaskSettings(
             worker_url=self.url,
             target_partitions=self.config.target_partitions,

@@ -1,0 +1,127 @@
+"""Input that used to crash or stall a server: deep and long SQL expressions (a segfault of
+the coordinator or worker process), sent to real processes over raw Flight; the servers refuse
+it with a one-line error naming the limit and keep answering."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+
+from otel_dist.coordinator.core import QueryRejected
+from otel_dist.coordinator.local import LocalCluster
+from otel_dist.protocol import (
+    ACTION_SUBMIT_TASKS,
+    OutputPartitioning,
+    TaskSpec,
+    encode_schema,
+    encode_submission,
+)
+from otel_dist.sql_limits import SqlLimits, measure
+from tests.support import remote_cluster, worker_health
+
+OPTIONS = flight.FlightCallOptions(timeout=60)
+COUNT_NATIONS = "select count(*) as n from nation"
+
+# Each of these crashed a process before (native stack overflow while DataFusion planned).
+DEEP_QUERIES = {
+    "a 10,000-term sum": "select " + "+".join(["1"] * 10_000),
+    "a 10,000-term and": "select count(*) from nation where "
+    + " and ".join(["n_nationkey >= 0"] * 10_000),
+    "a 5,000-select union": " union all ".join(["select 1"] * 5_000),
+    "a 10,000-cast chain": "select 1" + "::bigint" * 10_000,
+}
+
+
+@pytest.fixture(scope="module")
+def remote(tpch_dir: Path) -> Iterator[tuple[str, str]]:
+    """A coordinator process and a worker process: (coordinator URL, worker URL)."""
+    with remote_cluster(tpch_dir) as urls:
+        yield urls
+
+
+def _ticket(sql: str, **extra: object) -> flight.Ticket:
+    return flight.Ticket(json.dumps({"sql": sql, **extra}).encode())
+
+
+def _count_nations(client: flight.FlightClient) -> int:
+    table = client.do_get(_ticket(COUNT_NATIONS), options=OPTIONS).read_all()
+    return int(table.column("n")[0].as_py())
+
+
+def test_the_estimate_counts_chains_and_ignores_lists_and_literals() -> None:
+    assert measure("select " + "+".join(["1"] * 500)).depth == 499
+    assert measure("select 1 where " + " or ".join(["x = 1"] * 100)).depth == 199
+    assert measure(" union all ".join(["select 1"] * 100)).depth == 99
+    assert measure("select x in (" + ",".join(["1"] * 10_000) + ")").depth <= 2
+    assert measure("select '" + "+" * 10_000 + "' -- " + "and " * 1000).operators == 0
+    nested = "select " + "(" * 40 + "1+1" + ")" * 40
+    assert 40 <= measure(nested).depth <= 82
+    assert measure("select 1 from a, b, c join d on a.x = d.x").depth >= 3
+
+
+@pytest.mark.parametrize("name", sorted(DEEP_QUERIES))
+def test_a_coordinator_refuses_deep_sql_and_survives(remote: tuple[str, str], name: str) -> None:
+    coordinator_url, _ = remote
+    client = flight.FlightClient(coordinator_url)
+    try:
+        with pytest.raises(pa.ArrowInvalid, match=r"max_sql_depth") as caught:
+            client.do_get(_ticket(DEEP_QUERIES[name]), options=OPTIONS).read_all()
+        assert "\n" not in str(caught.value).split(". Detail:")[0]
+        assert _count_nations(client) == 25
+    finally:
+        client.close()
+
+
+def test_too_many_operators_are_refused(remote: tuple[str, str]) -> None:
+    coordinator_url, _ = remote
+    wide = "select " + ", ".join(f"({'+'.join(['1'] * 50)}) as c{i}" for i in range(300))
+    client = flight.FlightClient(coordinator_url)
+    try:
+        with pytest.raises(pa.ArrowInvalid, match=r"max_sql_operators"):
+            client.do_get(_ticket(wide), options=OPTIONS).read_all()
+        assert _count_nations(client) == 25
+    finally:
+        client.close()
+
+
+def test_a_worker_refuses_deep_task_sql_and_survives(remote: tuple[str, str]) -> None:
+    _, worker_url = remote
+    schema = encode_schema(pa.schema([("x", pa.int64())]))
+    spec = TaskSpec(
+        query_id="deep",
+        stage_id=1,
+        task_index=0,
+        task_count=1,
+        sql="select 1 as x where " + " and ".join(["1 = 1"] * 20_000),
+        inputs=(),
+        output=OutputPartitioning("single"),
+        output_schema_ipc=schema,
+    )
+    client = flight.FlightClient(worker_url)
+    try:
+        action = flight.Action(ACTION_SUBMIT_TASKS, encode_submission([spec]))
+        with pytest.raises(pa.ArrowInvalid, match=r"max_sql_depth"):
+            list(client.do_action(action, options=OPTIONS))
+        health = worker_health(worker_url, client)
+        assert health["tasks"] == 0
+    finally:
+        client.close()
+
+
+def test_local_cluster_refuses_deep_sql(cluster: LocalCluster) -> None:
+    with pytest.raises(QueryRejected, match=r"more than 1000 deep \(max_sql_depth\)"):
+        cluster.sql(DEEP_QUERIES["a 10,000-term sum"])
+    assert cluster.sql(COUNT_NATIONS).column("n")[0].as_py() == 25
+
+
+def test_sql_within_the_limits_still_runs(cluster: LocalCluster) -> None:
+    sql = "select count(*) as n from nation where " + " or ".join(
+        f"n_nationkey = {i}" for i in range(300)
+    )
+    assert measure(sql, SqlLimits()).depth <= SqlLimits().max_depth
+    assert cluster.sql(sql).column("n")[0].as_py() == 25
