@@ -5,6 +5,9 @@ it with a one-line error naming the limit and keep answering."""
 from __future__ import annotations
 
 import json
+import threading
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from otel_dist.protocol import (
     encode_submission,
 )
 from otel_dist.sql_limits import SqlLimits, measure
+from tests.oracle import assert_same_rows, single_node
 from tests.support import remote_cluster, worker_health
 
 OPTIONS = flight.FlightCallOptions(timeout=60)
@@ -105,7 +109,7 @@ def test_a_worker_refuses_deep_task_sql_and_survives(remote: tuple[str, str]) ->
     client = flight.FlightClient(worker_url)
     try:
         action = flight.Action(ACTION_SUBMIT_TASKS, encode_submission([spec]))
-        with pytest.raises(pa.ArrowInvalid, match=r"max_sql_depth"):
+        with pytest.raises(flight.FlightServerError, match=r"invalid argument: .*max_sql_depth"):
             list(client.do_action(action, options=OPTIONS))
         health = worker_health(worker_url, client)
         assert health["tasks"] == 0
@@ -125,3 +129,50 @@ def test_sql_within_the_limits_still_runs(cluster: LocalCluster) -> None:
     )
     assert measure(sql, SqlLimits()).depth <= SqlLimits().max_depth
     assert cluster.sql(sql).column("n")[0].as_py() == 25
+
+
+# ---- isolation between queries -------------------------------------------------------------
+
+SLOW_JOIN = (
+    "select count(*) as n from lineitem a join lineitem b on a.l_suppkey = b.l_suppkey "
+    "where a.l_quantity < b.l_quantity"
+)
+
+
+def test_a_ticket_reusing_a_running_querys_id_is_refused_without_harm(
+    remote: tuple[str, str], tpch_dir: Path
+) -> None:
+    coordinator_url, _ = remote
+    query_id = f"shared-{uuid.uuid4().hex}"
+    outcome: dict[str, object] = {}
+    first = flight.FlightClient(coordinator_url)
+    second = flight.FlightClient(coordinator_url)
+
+    def run_first() -> None:
+        try:
+            outcome["table"] = first.do_get(
+                _ticket(SLOW_JOIN, query_id=query_id), options=OPTIONS
+            ).read_all()
+        except Exception as error:  # reported by the assertion below
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run_first)
+    try:
+        thread.start()
+        time.sleep(0.5)  # the first query is planned and running
+        with pytest.raises(pa.ArrowInvalid, match="already used by another query") as caught:
+            second.do_get(_ticket(COUNT_NATIONS, query_id=query_id), options=OPTIONS).read_all()
+        assert "Traceback" not in str(caught.value)
+        cancel = flight.Action("cancel_query", json.dumps({"query_id": "other"}).encode())
+        list(second.do_action(cancel, options=OPTIONS))  # an unknown id touches nothing
+        thread.join(120)
+        assert "error" not in outcome, outcome.get("error")
+        expected = single_node(tpch_dir, SLOW_JOIN)
+        assert_same_rows(outcome["table"], expected, ordered=False)  # type: ignore[arg-type]
+        with pytest.raises(pa.ArrowInvalid, match="already used"):  # finished: still taken
+            second.do_get(_ticket(COUNT_NATIONS, query_id=query_id), options=OPTIONS).read_all()
+        assert _count_nations(second) == 25  # no id: the coordinator assigns one
+    finally:
+        thread.join(120)
+        first.close()
+        second.close()

@@ -89,6 +89,9 @@ log = logging.getLogger(__name__)
 _SUBMIT_POLL_S = 0.1
 
 MAX_UNDELIVERED_RELEASES = 10_000
+# Query ids of finished queries remembered so that none is reused while workers may still hold
+# its tasks, telemetry or a pending release.
+RECENT_QUERY_IDS = 10_000
 DEFAULT_MAX_SQL_BYTES = 1 << 20
 DEFAULT_MAX_RESULT_BYTES = 2 << 30
 
@@ -254,6 +257,7 @@ class Coordinator:
         self.worker_health.add_listener(self._worker_down)
         self.worker_health.add_up_listener(self._worker_back)
         self._undelivered: dict[str, dict[str, None]] = {}  # url -> queries to release there
+        self._used_ids: dict[str, None] = {}  # running and recent query ids, oldest first
         self.worker_health.start()
 
     def check_workers(self) -> None:
@@ -301,10 +305,17 @@ class Coordinator:
             except Exception:
                 log.warning("query listener %r failed", listener, exc_info=True)
 
-    def execute(self, sql: str, query_id: str | None = None) -> QueryResult:
-        """Run SQL and return its result; ``query_id`` lets a caller name (and cancel) it."""
+    def execute(
+        self, sql: str, query_id: str | None = None, *, claimed: bool = False
+    ) -> QueryResult:
+        """Run SQL and return its result; ``query_id`` lets a caller name (and cancel) it.
+        A name in use by a running or recent query is refused (``QueryRejected``) without
+        touching that query: ids are what workers, cancellation and telemetry go by.
+        ``claimed``: the caller has already claimed the id with ``claim``."""
         started = time.time_ns()
         query_id = query_id or uuid.uuid4().hex
+        if not claimed:
+            self.claim(query_id)
         text = redact_sql(sql) if self.telemetry.config.redact_sql else sql
         query_span = self.telemetry.tracer.start_span(
             c.SPAN_QUERY,
@@ -358,6 +369,22 @@ class Coordinator:
 
     def sql(self, sql: str) -> pa.Table:
         return self.execute(sql).table
+
+    def claim(self, query_id: str) -> None:
+        """Reserve a query id for one query, or raise ``QueryRejected`` when it is taken."""
+        with self._running_lock:
+            if query_id in self._used_ids:
+                raise QueryRejected(
+                    f"query id {query_id[:100]!r} is already used by another query; "
+                    "leave it out and the coordinator assigns one"
+                )
+            self._used_ids[query_id] = None
+            while len(self._used_ids) > RECENT_QUERY_IDS + len(self._running):
+                oldest = next(iter(self._used_ids))
+                if oldest in self._running:  # still running: keep it, drop the next one
+                    self._used_ids[oldest] = self._used_ids.pop(oldest)
+                    continue
+                del self._used_ids[oldest]
 
     def close(self) -> None:
         if self.relay is not None:

@@ -1,6 +1,7 @@
 """The worker: a Flight server that runs tasks and serves their output buckets via ``do_get``.
 
-It answers malformed input with INVALID_ARGUMENT, refuses tasks that name files outside its
+It answers malformed input with INVALID_ARGUMENT (actions: an error saying ``invalid
+argument``; never a traceback, see ``exchange/server_errors.py``), refuses tasks that name files outside its
 data roots (``data_roots``; none configured means no restriction, with a warning at start)
 with PERMISSION_DENIED, and with a token configured refuses every call without it.
 """
@@ -21,13 +22,13 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from otel_dist.deep_stack import deep_native_stacks
-from otel_dist.errors import one_line
 from otel_dist.exchange.security import (
     NO_SECURITY,
     SecurityConfig,
     server_location,
     server_options,
 )
+from otel_dist.exchange.server_errors import failed_stream, for_client, get_error
 from otel_dist.protocol import (
     ACTION_CANCEL_QUERY,
     ACTION_GET_TASK_TELEMETRY,
@@ -149,12 +150,9 @@ class WorkerServer(flight.FlightServerBase):
         try:
             return iter([self._action(action)])
         except ProtocolError as error:
-            raise invalid_argument(str(error)) from None
-        except flight.FlightError:
-            raise
+            raise for_client(invalid_argument(str(error)), "action") from None
         except Exception as error:  # never a Python traceback to the caller
-            log.warning("action %.40r failed", action.type, exc_info=True)
-            raise flight.FlightServerError(f"internal error: {one_line(error)}") from None
+            raise for_client(error, f"action {action.type[:40]!r}") from None
 
     def _action(self, action: flight.Action) -> bytes:
         body = action.body.to_pybytes() if action.body is not None else b""
@@ -294,11 +292,15 @@ class WorkerServer(flight.FlightServerBase):
     ) -> flight.FlightDataStream:
         try:
             request = BucketTicket.from_bytes(ticket.ticket)
+            task = self._wait_for_task(request.task_key)
+            if request.bucket >= len(task.buckets):
+                raise invalid_argument(
+                    f"bucket {request.bucket} out of range for {request.task_key}"
+                )
         except ProtocolError as error:
-            raise invalid_argument(str(error)) from None
-        task = self._wait_for_task(request.task_key)
-        if request.bucket >= len(task.buckets):
-            raise invalid_argument(f"bucket {request.bucket} out of range for {request.task_key}")
+            return failed_stream(invalid_argument(str(error)))
+        except Exception as error:  # never a Python traceback to the caller
+            return get_error(error, "bucket read")
         bucket = task.buckets[request.bucket]
         return flight.GeneratorStream(bucket.schema, self._serve(task, bucket, request.telemetry))
 
@@ -312,6 +314,8 @@ class WorkerServer(flight.FlightServerBase):
             yield from bucket.read(self.config.read_timeout_s)
         except BucketError as error:
             raise flight.FlightServerError(str(error)) from None
+        except Exception as error:  # never a Python traceback to the reader
+            raise for_client(error, "bucket read") from None
         if not self.telemetry.enabled or not with_telemetry:
             return
         empty = pa.RecordBatch.from_pylist([], schema=bucket.schema)
