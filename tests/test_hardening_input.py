@@ -176,3 +176,28 @@ def test_a_ticket_reusing_a_running_querys_id_is_refused_without_harm(
         thread.join(120)
         first.close()
         second.close()
+
+
+# ---- errors to raw Flight clients ----------------------------------------------------------
+
+
+def _assert_one_line(error: BaseException) -> None:
+    text = str(error)
+    assert "Traceback" not in text and 'File "' not in text and "server.py" not in text, text
+    assert "\n" not in text.split(". gRPC client debug context")[0].strip(), text
+
+
+def test_raw_clients_get_one_line_errors_from_both_servers(remote: tuple[str, str]) -> None:
+    coordinator_url, worker_url = remote
+    for url in (coordinator_url, worker_url):
+        client = flight.FlightClient(url)
+        try:
+            with pytest.raises(pa.ArrowInvalid, match="invalid argument") as bad_ticket:
+                client.do_get(flight.Ticket(b"\xff{not json"), options=OPTIONS).read_all()
+            _assert_one_line(bad_ticket.value)
+            for action in ("cancel_query", "nope", "submit_tasks", "query_telemetry"):
+                with pytest.raises(flight.FlightError, match="invalid argument") as bad_action:
+                    list(client.do_action(flight.Action(action, b"[1"), options=OPTIONS))
+                _assert_one_line(bad_action.value)
+        finally:
+            client.close()
