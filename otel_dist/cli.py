@@ -285,13 +285,13 @@ def _sql_limit_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=_env_int(MAX_SQL_DEPTH_ENV, "a positive whole number"),
         help=f"refuse SQL chaining or nesting operators deeper (default: {MAX_SQL_DEPTH_ENV}, "
-        "else 1000)",
+        "else 500)",
     )
     parser.add_argument(
         "--max-sql-operators",
         type=int,
         default=_env_int(MAX_SQL_OPERATORS_ENV, "a positive whole number"),
-        help=f"refuse SQL with more operators (default: {MAX_SQL_OPERATORS_ENV}, else 10000)",
+        help=f"refuse SQL with more operators (default: {MAX_SQL_OPERATORS_ENV}, else 5000)",
     )
 
 

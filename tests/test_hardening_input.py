@@ -118,14 +118,14 @@ def test_a_worker_refuses_deep_task_sql_and_survives(remote: tuple[str, str]) ->
 
 
 def test_local_cluster_refuses_deep_sql(cluster: LocalCluster) -> None:
-    with pytest.raises(QueryRejected, match=r"more than 1000 deep \(max_sql_depth\)"):
+    with pytest.raises(QueryRejected, match=r"more than 500 deep \(max_sql_depth\)"):
         cluster.sql(DEEP_QUERIES["a 10,000-term sum"])
     assert cluster.sql(COUNT_NATIONS).column("n")[0].as_py() == 25
 
 
 def test_sql_within_the_limits_still_runs(cluster: LocalCluster) -> None:
     sql = "select count(*) as n from nation where " + " or ".join(
-        f"n_nationkey = {i}" for i in range(300)
+        f"n_nationkey = {i}" for i in range(200)
     )
     assert measure(sql, SqlLimits()).depth <= SqlLimits().max_depth
     assert cluster.sql(sql).column("n")[0].as_py() == 25
