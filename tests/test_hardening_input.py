@@ -19,14 +19,16 @@ from otel_dist.coordinator.core import QueryRejected
 from otel_dist.coordinator.local import LocalCluster
 from otel_dist.protocol import (
     ACTION_SUBMIT_TASKS,
+    BucketTicket,
     OutputPartitioning,
+    TaskInput,
     TaskSpec,
     encode_schema,
     encode_submission,
 )
 from otel_dist.sql_limits import SqlLimits, measure
 from tests.oracle import assert_same_rows, single_node
-from tests.support import remote_cluster, worker_health
+from tests.support import remote_cluster, start_worker, stop, worker_health
 
 OPTIONS = flight.FlightCallOptions(timeout=60)
 COUNT_NATIONS = "select count(*) as n from nation"
@@ -201,3 +203,41 @@ def test_raw_clients_get_one_line_errors_from_both_servers(remote: tuple[str, st
                 _assert_one_line(bad_action.value)
         finally:
             client.close()
+
+
+@pytest.mark.slow
+def test_a_deep_expression_within_a_raised_limit_runs_on_datafusions_threads(
+    tpch_dir: Path,
+) -> None:
+    """A 3,000-level expression, allowed by a worker whose limit is raised, evaluated by
+    DataFusion's tokio threads (the partial aggregates under a coalesce): with Rust's default
+    2 MiB thread stack (``RUST_MIN_STACK=2097152``) the worker died of SIGSEGV (measured: exit
+    -11 after 39 s); with the worker's deep stacks it answers. Slow: planning a chain this
+    long takes 30-70 s on a 2-core machine."""
+    worker, url = start_worker(
+        "--port", "0", "--max-sql-depth", "20000", "--max-sql-operators", "20000"
+    )
+    files = tuple(sorted(str(p) for p in (tpch_dir / "lineitem").glob("*.parquet")))
+    terms = 3_000
+    spec = TaskSpec(
+        query_id="deep-execution",
+        stage_id=1,
+        task_index=0,
+        task_count=1,
+        sql="select sum(" + "+".join(["l_linenumber"] * terms) + ") as x from lineitem",
+        inputs=(TaskInput("lineitem", files=files),),
+        output=OutputPartitioning("single"),
+        output_schema_ipc=encode_schema(pa.schema([("x", pa.int64())])),
+    )
+    client = flight.FlightClient(url)
+    options = flight.FlightCallOptions(timeout=300)
+    try:
+        list(client.do_action(flight.Action(ACTION_SUBMIT_TASKS, encode_submission([spec]))))
+        ticket = flight.Ticket(BucketTicket(spec.query_id, 1, 0, 0, False).to_bytes())
+        table = client.do_get(ticket, options=options).read_all()
+        expected = single_node(tpch_dir, "select sum(l_linenumber) as x from lineitem")
+        assert table.column("x")[0].as_py() == terms * expected.column("x")[0].as_py()
+        assert worker.poll() is None
+    finally:
+        client.close()
+        stop(worker)
