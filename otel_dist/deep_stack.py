@@ -14,14 +14,17 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 _R = TypeVar("_R")
 
 DEEP_STACK_BYTES = 64 << 20
 RUST_MIN_STACK_ENV = "RUST_MIN_STACK"
+DEEP_POOL_THREADS = 32
 
 _lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
 
 
 def deep_native_stacks() -> None:
@@ -44,17 +47,16 @@ def start_thread(target: Callable[[], object], name: str) -> threading.Thread:
 
 
 def call_with_deep_stack(function: Callable[..., _R], *args: Any) -> _R:
-    """``function(*args)`` on a thread with a deep stack, waiting for it; its exception is
-    raised here."""
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
+    """``function(*args)`` on a pooled thread with a deep stack, waiting for it; its exception
+    is raised here. The pool's threads are reused (a thread start costs 0.1-5 ms, the latter
+    while other threads hold the GIL) and bounded: calls beyond ``DEEP_POOL_THREADS`` wait."""
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(DEEP_POOL_THREADS, thread_name_prefix="otel-dist-deep")
+        previous = threading.stack_size(DEEP_STACK_BYTES)  # for a thread this submit starts
         try:
-            outcome["value"] = function(*args)
-        except BaseException as error:  # handed to the caller
-            outcome["error"] = error
-
-    start_thread(run, "otel-dist-deep").join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+            future = _pool.submit(function, *args)
+        finally:
+            threading.stack_size(previous)
+    return future.result()
