@@ -5,6 +5,8 @@ it with a one-line error naming the limit and keep answering."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 import time
 import uuid
@@ -28,7 +30,7 @@ from otel_dist.protocol import (
 )
 from otel_dist.sql_limits import SqlLimits, measure
 from tests.oracle import assert_same_rows, single_node
-from tests.support import remote_cluster, start_worker, stop, worker_health
+from tests.support import CLI, remote_cluster, start_worker, stop, worker_health
 
 OPTIONS = flight.FlightCallOptions(timeout=60)
 COUNT_NATIONS = "select count(*) as n from nation"
@@ -241,3 +243,31 @@ def test_a_deep_expression_within_a_raised_limit_runs_on_datafusions_threads(
     finally:
         client.close()
         stop(worker)
+
+
+def test_the_command_line_reports_deep_sql_in_one_line(
+    remote: tuple[str, str], tpch_dir: Path
+) -> None:
+    coordinator_url, _ = remote
+    deep = DEEP_QUERIES["a 10,000-term sum"]
+    result = subprocess.run(
+        [*CLI, "query", "--coordinator", coordinator_url, "-e", deep],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert "max_sql_depth" in lines[0] and "Traceback" not in result.stderr
+    # The limits are configurable like the others, here through the environment.
+    env = {**os.environ, "OTEL_DIST_MAX_SQL_DEPTH": "3"}
+    result = subprocess.run(
+        [*CLI, "local", "--workers", "1", "--data", str(tpch_dir), "-e", "select 1+1+1+1+1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert "more than 3 deep (max_sql_depth)" in lines[0]
