@@ -271,3 +271,14 @@ def test_the_command_line_reports_deep_sql_in_one_line(
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert "more than 3 deep (max_sql_depth)" in lines[0]
+
+
+def test_sql_with_a_lone_surrogate_is_refused_in_one_line(remote: tuple[str, str]) -> None:
+    coordinator_url, _ = remote
+    client = flight.FlightClient(coordinator_url)
+    try:
+        with pytest.raises(pa.ArrowInvalid, match=r"not valid Unicode: '\\udce9' at character 11"):
+            client.do_get(_ticket("select 'caf\udce9' as x"), options=OPTIONS).read_all()
+        assert _count_nations(client) == 25
+    finally:
+        client.close()

@@ -274,6 +274,13 @@ class Coordinator:
                 f"{self.config.max_sql_bytes} bytes (max_sql_bytes)"
             )
         try:
+            sql.encode("utf-8")
+        except UnicodeEncodeError as error:  # a lone surrogate: no engine can read it
+            raise QueryRejected(
+                f"the SQL text is not valid Unicode: {error.object[error.start]!r} at "
+                f"character {error.start} is half of a surrogate pair"
+            ) from None
+        try:
             check_sql(sql, SqlLimits(self.config.max_sql_depth, self.config.max_sql_operators))
             return call_with_deep_stack(self.planner.plan, sql)
         except SqlTooComplex as error:
