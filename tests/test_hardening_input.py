@@ -203,6 +203,13 @@ def test_raw_clients_get_one_line_errors_from_both_servers(remote: tuple[str, st
                 with pytest.raises(flight.FlightError, match="invalid argument") as bad_action:
                     list(client.do_action(flight.Action(action, b"[1"), options=OPTIONS))
                 _assert_one_line(bad_action.value)
+            descriptor = flight.FlightDescriptor.for_command(b"x")
+            with pytest.raises(flight.FlightServerError, match="not supported") as other:
+                client.get_flight_info(descriptor, options=OPTIONS)
+            _assert_one_line(other.value)
+            with pytest.raises(flight.FlightServerError, match="not supported") as other:
+                list(client.list_flights(options=OPTIONS))
+            _assert_one_line(other.value)
         finally:
             client.close()
 

@@ -32,7 +32,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from otel_dist.coordinator.core import Coordinator, QueryError, QueryRejected
 from otel_dist.errors import one_line
 from otel_dist.exchange.security import SecurityConfig, server_location, server_options
-from otel_dist.exchange.server_errors import failed_stream, for_client
+from otel_dist.exchange.server_errors import (
+    UnsupportedCalls,
+    failed_stream,
+    for_client,
+)
 from otel_dist.explain.recent import RecentQueries
 from otel_dist.explain.statements import run_sql
 from otel_dist.planner.catalog import CatalogError
@@ -57,7 +61,7 @@ WATCH_INTERVAL_S = 0.1
 _TICKET_OVERHEAD = 4096  # the JSON around the SQL text
 
 
-class CoordinatorServer(flight.FlightServerBase):
+class CoordinatorServer(UnsupportedCalls, flight.FlightServerBase):
     """Runs SQL for remote clients; keeps recent queries' spans for ``query_telemetry``."""
 
     def __init__(

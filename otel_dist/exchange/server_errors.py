@@ -58,3 +58,30 @@ def _finished_generator() -> Iterator[object]:
     for _ in finished:
         pass
     return finished
+
+
+class UnsupportedCalls:
+    """Flight calls the servers do not serve, refused in one line (pyarrow's defaults raise a
+    bare ``NotImplementedError`` with a traceback). Mix in before ``FlightServerBase``."""
+
+    def _unsupported(self, call: str) -> flight.FlightError:
+        return flight.FlightServerError(
+            f"not supported: {call}; this server answers do_get and do_action"
+        )
+
+    def list_flights(self, context: object, criteria: bytes) -> Iterator[flight.FlightInfo]:
+        raise self._unsupported("list_flights")
+
+    def get_flight_info(self, context: object, descriptor: object) -> flight.FlightInfo:
+        raise self._unsupported("get_flight_info")
+
+    def get_schema(self, context: object, descriptor: object) -> flight.SchemaResult:
+        raise self._unsupported("get_schema")
+
+    def do_put(self, context: object, descriptor: object, reader: object, writer: object) -> None:
+        raise self._unsupported("do_put")
+
+    def do_exchange(
+        self, context: object, descriptor: object, reader: object, writer: object
+    ) -> None:
+        raise self._unsupported("do_exchange")

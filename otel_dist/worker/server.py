@@ -28,7 +28,12 @@ from otel_dist.exchange.security import (
     server_location,
     server_options,
 )
-from otel_dist.exchange.server_errors import failed_stream, for_client, get_error
+from otel_dist.exchange.server_errors import (
+    UnsupportedCalls,
+    failed_stream,
+    for_client,
+    get_error,
+)
 from otel_dist.protocol import (
     ACTION_CANCEL_QUERY,
     ACTION_GET_TASK_TELEMETRY,
@@ -86,7 +91,7 @@ class WorkerConfig:
     security: SecurityConfig = NO_SECURITY
 
 
-class WorkerServer(flight.FlightServerBase):
+class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
     """Runs tasks submitted by a coordinator and serves their buckets to any reader."""
 
     def __init__(
