@@ -1,7 +1,10 @@
 """Fuzzing the wire protocol: the task spec and ticket decoders (hypothesis, 10,000 cases each,
 only ``ProtocolError`` may come out), then a real worker and a real coordinator server fed a
 few hundred random tickets and actions, which must answer each with a clean error and still
-run queries correctly afterwards."""
+run queries correctly afterwards. Last, SQL text (long and deep operator chains, nested
+parentheses, CASE and calls, long IN lists, random Unicode with lone surrogates) sent to a
+coordinator process and, as task SQL, to a worker process: 60 cases each plus the inputs that
+used to crash them (15-25 s), every answer a result or a one-line error, both alive after."""
 
 from __future__ import annotations
 
