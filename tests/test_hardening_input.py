@@ -19,6 +19,7 @@ import pytest
 
 from otel_dist.coordinator.core import QueryRejected
 from otel_dist.coordinator.local import LocalCluster
+from otel_dist.planner.distribute import PlanningError
 from otel_dist.protocol import (
     ACTION_SUBMIT_TASKS,
     BucketTicket,
@@ -289,3 +290,8 @@ def test_sql_with_a_lone_surrogate_is_refused_in_one_line(remote: tuple[str, str
         assert _count_nations(client) == 25
     finally:
         client.close()
+
+
+def test_nesting_beyond_the_parsers_limit_is_named(cluster: LocalCluster) -> None:
+    with pytest.raises(PlanningError, match=r"datafusion\.sql_parser\.recursion_limit, 50\)"):
+        cluster.sql("select " + "(" * 100 + "1" + ")" * 100)
