@@ -17,6 +17,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import ParamSpec, TypeVar
 
+from otel_dist.deep_stack import start_thread
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -44,7 +46,8 @@ def run_in_background(
             spawn = True
     _jobs.put((future, lambda: function(*args, **kwargs)))
     if spawn:
-        threading.Thread(target=_serve, name="otel-dist-background", daemon=True).start()
+        # A deep native stack: tasks plan and run DataFusion on these threads.
+        start_thread(_serve, "otel-dist-background")
     return future
 
 

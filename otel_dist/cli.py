@@ -38,6 +38,8 @@ DEMO_QUERY = 1
 EXIT_USER_ERROR = 1
 MAX_SQL_BYTES_ENV = "OTEL_DIST_MAX_SQL_BYTES"
 MAX_RESULT_BYTES_ENV = "OTEL_DIST_MAX_RESULT_BYTES"
+MAX_SQL_DEPTH_ENV = "OTEL_DIST_MAX_SQL_DEPTH"
+MAX_SQL_OPERATORS_ENV = "OTEL_DIST_MAX_SQL_OPERATORS"
 _METRICS_PORT_HELP = (
     "serve Prometheus /metrics on this port (0: a free one); OTEL_METRICS_EXPORTER also selects "
     "otlp, prometheus (port OTEL_EXPORTER_PROMETHEUS_PORT, default 9464) or none"
@@ -153,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
         help="operator spans without literals (as OTEL_DIST_REDACT_SQL=true does)",
     )
     _security_options(worker, server=True)
+    _sql_limit_options(worker)
     worker.set_defaults(run=_worker)
 
     coordinator = commands.add_parser("coordinator", help="run a coordinator (Flight server)")
@@ -283,6 +286,23 @@ def _coordinator_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace literals in db.query.text by ? (as OTEL_DIST_REDACT_SQL=true does)",
     )
+    _sql_limit_options(parser)
+
+
+def _sql_limit_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-sql-depth",
+        type=int,
+        default=_env_int(MAX_SQL_DEPTH_ENV, "a positive whole number"),
+        help=f"refuse SQL chaining or nesting operators deeper (default: {MAX_SQL_DEPTH_ENV}, "
+        "else 500)",
+    )
+    parser.add_argument(
+        "--max-sql-operators",
+        type=int,
+        default=_env_int(MAX_SQL_OPERATORS_ENV, "a positive whole number"),
+        help=f"refuse SQL with more operators (default: {MAX_SQL_OPERATORS_ENV}, else 5000)",
+    )
 
 
 def _byte_count(raw: str) -> int:
@@ -292,21 +312,21 @@ def _byte_count(raw: str) -> int:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _env_int(name: str) -> int | None:
+def _env_int(name: str, what: str = "a number of bytes") -> int | None:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return None
     try:
         return int(raw)
     except ValueError:
-        raise UserError(f"{name} must be a number of bytes, got {raw!r}") from None
+        raise UserError(f"{name} must be {what}, got {raw!r}") from None
 
 
 def _limits(args: argparse.Namespace) -> dict[str, int]:
     """The coordinator limits given on the command line (or by environment variables)."""
     limits: dict[str, int] = {}
-    for name in ("max_sql_bytes", "max_result_bytes"):
-        value = getattr(args, name)
+    for name in ("max_sql_bytes", "max_result_bytes", "max_sql_depth", "max_sql_operators"):
+        value = getattr(args, name, None)
         if value is not None:
             if value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -431,6 +451,7 @@ def _worker(args: argparse.Namespace) -> int:
         data_roots=tuple(str(Path(root).expanduser().resolve()) for root in args.data_root),
         telemetry_cache_entries=max(1, args.telemetry_cache_entries),
         security=_security(args),
+        **_limits(args),
     )
     run_worker(config, parent_pid=args.parent_pid)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 _PARSER_ERROR = re.compile(r'^ParserError\("(.*)"\)$')
+_RECURSION_LIMIT = re.compile(r"^RecursionLimitExceeded \(current limit: (\d+)\)")
 _NOISE_PREFIXES = (
     "DataFusion error: ",
     "Error during planning: ",
@@ -27,4 +28,10 @@ def one_line(error: BaseException, limit: int = 500) -> str:
     parser = _PARSER_ERROR.match(text)
     if parser:
         text = f"SQL syntax error: {parser.group(1)}"
+    recursion = _RECURSION_LIMIT.match(text)
+    if recursion:
+        text = (
+            "the SQL nests parentheses, subqueries or CASE deeper than DataFusion's parser "
+            f"allows (datafusion.sql_parser.recursion_limit, {recursion.group(1)})"
+        )
     return text[:limit] or type(error).__name__

@@ -5,8 +5,10 @@ Faults: tasks are placed on the workers the health monitor (``health.py``) sees 
 found unreachable while tasks are submitted is left out and the query placed again; a worker
 that goes down while a query runs fails that query at once, with an error naming the stage,
 the task and the worker, and the other workers are told to cancel and drop the query.
-Limits: SQL longer than ``max_sql_bytes`` and results larger than ``max_result_bytes`` are
-refused; only queries run (no DDL, DML or SET statements).
+Limits: SQL longer than ``max_sql_bytes``, chaining or nesting operators deeper than
+``max_sql_depth`` or holding more than ``max_sql_operators`` (``sql_limits.py``), and results
+larger than ``max_result_bytes`` are refused; only queries run (no DDL, DML or SET statements).
+Planning runs on a thread with a deep native stack (``deep_stack.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from otel_dist.background import run_in_background
 from otel_dist.coordinator.health import ProbeFailed, WorkerHealth
 from otel_dist.coordinator.progress import ProgressTracker
 from otel_dist.coordinator.scheduler import assign, task_specs
+from otel_dist.deep_stack import call_with_deep_stack, deep_native_stacks
 from otel_dist.errors import one_line
 from otel_dist.exchange.clients import REMOTE_ERRORS, call_options, client_for
 from otel_dist.exchange.reader import read_bucket, read_record
@@ -58,6 +61,13 @@ from otel_dist.protocol import (
     encode_submission,
 )
 from otel_dist.session import conform, plain_schema
+from otel_dist.sql_limits import (
+    DEFAULT_MAX_SQL_DEPTH,
+    DEFAULT_MAX_SQL_OPERATORS,
+    SqlLimits,
+    SqlTooComplex,
+)
+from otel_dist.sql_limits import check as check_sql
 from otel_dist.telemetry import conventions as c
 from otel_dist.telemetry.collector import SpanCollector
 from otel_dist.telemetry.envelope import TaskRef
@@ -80,6 +90,9 @@ log = logging.getLogger(__name__)
 _SUBMIT_POLL_S = 0.1
 
 MAX_UNDELIVERED_RELEASES = 10_000
+# Query ids of finished queries remembered so that none is reused while workers may still hold
+# its tasks, telemetry or a pending release.
+RECENT_QUERY_IDS = 10_000
 DEFAULT_MAX_SQL_BYTES = 1 << 20
 DEFAULT_MAX_RESULT_BYTES = 2 << 30
 
@@ -120,6 +133,8 @@ class CoordinatorConfig:
     telemetry_fetch_timeout_s: float = 15.0
     max_sql_bytes: int = DEFAULT_MAX_SQL_BYTES
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    max_sql_depth: int = DEFAULT_MAX_SQL_DEPTH
+    max_sql_operators: int = DEFAULT_MAX_SQL_OPERATORS
     health_interval_s: float = 1.0  # 0: no background probes (calls still mark workers down)
     health_timeout_s: float = 2.0
     security: SecurityConfig = NO_SECURITY
@@ -212,6 +227,7 @@ class Coordinator:
         self.security = config.security
         self.workers = tuple(secure_url(url, config.security) for url in config.workers)
         self.catalog = Catalog.from_folder(config.data)
+        deep_native_stacks()  # before the planner's session starts DataFusion's runtime
         tasks = config.tasks_per_stage or len(config.workers)
         threshold = config.broadcast_threshold
         if threshold is None:
@@ -244,6 +260,7 @@ class Coordinator:
         self.worker_health.add_up_listener(self._worker_back)
         self._undelivered: dict[str, dict[str, None]] = {}  # url -> queries to release there
         self.progress = ProgressTracker(self)  # live state of running queries, for watchers
+        self._used_ids: dict[str, None] = {}  # running and recent query ids, oldest first
         self.worker_health.start()
 
     def check_workers(self) -> None:
@@ -260,7 +277,17 @@ class Coordinator:
                 f"{self.config.max_sql_bytes} bytes (max_sql_bytes)"
             )
         try:
-            return self.planner.plan(sql)
+            sql.encode("utf-8")
+        except UnicodeEncodeError as error:  # a lone surrogate: no engine can read it
+            raise QueryRejected(
+                f"the SQL text is not valid Unicode: {error.object[error.start]!r} at "
+                f"character {error.start} is half of a surrogate pair"
+            ) from None
+        try:
+            check_sql(sql, SqlLimits(self.config.max_sql_depth, self.config.max_sql_operators))
+            return call_with_deep_stack(self.planner.plan, sql)
+        except SqlTooComplex as error:
+            raise QueryRejected(str(error)) from None
         except NotAQuery as error:
             raise QueryRejected(str(error)) from None
 
@@ -288,10 +315,17 @@ class Coordinator:
             except Exception:
                 log.warning("query listener %r failed", listener, exc_info=True)
 
-    def execute(self, sql: str, query_id: str | None = None) -> QueryResult:
-        """Run SQL and return its result; ``query_id`` lets a caller name (and cancel) it."""
+    def execute(
+        self, sql: str, query_id: str | None = None, *, claimed: bool = False
+    ) -> QueryResult:
+        """Run SQL and return its result; ``query_id`` lets a caller name (and cancel) it.
+        A name in use by a running or recent query is refused (``QueryRejected``) without
+        touching that query: ids are what workers, cancellation and telemetry go by.
+        ``claimed``: the caller has already claimed the id with ``claim``."""
         started = time.time_ns()
         query_id = query_id or uuid.uuid4().hex
+        if not claimed:
+            self.claim(query_id)
         text = redact_sql(sql) if self.telemetry.config.redact_sql else sql
         query_span = self.telemetry.tracer.start_span(
             c.SPAN_QUERY,
@@ -345,6 +379,22 @@ class Coordinator:
 
     def sql(self, sql: str) -> pa.Table:
         return self.execute(sql).table
+
+    def claim(self, query_id: str) -> None:
+        """Reserve a query id for one query, or raise ``QueryRejected`` when it is taken."""
+        with self._running_lock:
+            if query_id in self._used_ids:
+                raise QueryRejected(
+                    f"query id {query_id[:100]!r} is already used by another query; "
+                    "leave it out and the coordinator assigns one"
+                )
+            self._used_ids[query_id] = None
+            while len(self._used_ids) > RECENT_QUERY_IDS + len(self._running):
+                oldest = next(iter(self._used_ids))
+                if oldest in self._running:  # still running: keep it, drop the next one
+                    self._used_ids[oldest] = self._used_ids.pop(oldest)
+                    continue
+                del self._used_ids[oldest]
 
     def close(self) -> None:
         if self.relay is not None:

@@ -36,6 +36,7 @@ from otel_dist.exchange.security import (
 from otel_dist.explain.statements import ExplainAnalysis, explain_analyze, run_sql
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.model import DistributedPlan
+from otel_dist.sql_limits import DEFAULT_MAX_SQL_DEPTH, DEFAULT_MAX_SQL_OPERATORS
 from otel_dist.telemetry.metrics import MetricsConfig, start_process_telemetry
 from otel_dist.worker.allocator import worker_environment
 from otel_dist.worker.process import METRICS_PREFIX, READY_PREFIX
@@ -64,6 +65,8 @@ class LocalCluster:
         security: SecurityConfig | None = None,
         max_sql_bytes: int = DEFAULT_MAX_SQL_BYTES,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        max_sql_depth: int = DEFAULT_MAX_SQL_DEPTH,
+        max_sql_operators: int = DEFAULT_MAX_SQL_OPERATORS,
         redact_sql: bool = False,
         worker_args: Sequence[str] = (),
     ) -> None:
@@ -85,7 +88,8 @@ class LocalCluster:
 
         ``security`` turns on TLS and/or the shared-secret token between the coordinator and
         the workers (default: neither). ``max_sql_bytes`` and ``max_result_bytes`` are the
-        coordinator's limits; ``redact_sql`` replaces literals in ``db.query.text`` (as
+        coordinator's limits, ``max_sql_depth`` and ``max_sql_operators`` the coordinator's
+        and the workers' (``otel_dist.sql_limits``); ``redact_sql`` replaces literals in ``db.query.text`` (as
         ``OTEL_DIST_REDACT_SQL=true`` does); ``worker_args`` are extra ``otel-dist worker``
         options."""
         if workers < 1:
@@ -106,6 +110,8 @@ class LocalCluster:
         self.security = security or NO_SECURITY
         self.max_sql_bytes = max_sql_bytes
         self.max_result_bytes = max_result_bytes
+        self.max_sql_depth = max_sql_depth
+        self.max_sql_operators = max_sql_operators
         self.redact_sql = redact_sql
         self.worker_args = tuple(worker_args)
         self.worker_metrics_ports = ports[:workers] if ports else None
@@ -159,6 +165,8 @@ class LocalCluster:
                     min_task_bytes=self.min_task_bytes,
                     max_sql_bytes=self.max_sql_bytes,
                     max_result_bytes=self.max_result_bytes,
+                    max_sql_depth=self.max_sql_depth,
+                    max_sql_operators=self.max_sql_operators,
                     security=self.security,
                 ),
                 telemetry,
@@ -188,6 +196,10 @@ class LocalCluster:
             str(os.getpid()),
             "--data-root",
             self.data,
+            "--max-sql-depth",
+            str(self.max_sql_depth),
+            "--max-sql-operators",
+            str(self.max_sql_operators),
         ]
         security = self.security
         if security.tls_cert and security.tls_key:

@@ -3,7 +3,9 @@
 ``do_get`` takes a JSON ticket ``{"sql": ..., "query_id": optional, "telemetry": bool}`` and
 streams the statement's result (EXPLAIN statements return their plan text). With
 ``telemetry`` the stream ends, like a worker's, with a final message carrying every span of
-the query, so the client can build the EXPLAIN ANALYZE tree. The action
+the query, so the client can build the EXPLAIN ANALYZE tree. A ticket's ``query_id`` (a name the client
+chooses, e.g. to cancel the query) must not be in use by a running or recent query: such a
+ticket is refused and the other query left alone; without one the coordinator assigns an id. The action
 ``query_telemetry {query_id}`` returns the spans of a recent query, failed ones included;
 ``cancel_query {query_id}`` cancels a running one; ``query_progress {query_id}`` gives a
 running query's progress per stage (tasks done, running, queued; rows so far), and
@@ -13,7 +15,8 @@ running query's progress per stage (tasks done, running, queued; rows so far), a
 A client that goes away (disconnects, hits its deadline, is interrupted) cancels its query on
 every worker: the statement runs on a separate thread while the call's handler watches
 ``context.is_cancelled()``. Malformed tickets and refused statements are INVALID_ARGUMENT;
-with a token configured, calls without it are UNAUTHENTICATED.
+with a token configured, calls without it are UNAUTHENTICATED. Clients get one-line errors,
+tracebacks stay in the log (``exchange/server_errors.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from otel_dist.coordinator.core import Coordinator, QueryError, QueryRejected
 from otel_dist.errors import one_line
 from otel_dist.exchange.security import SecurityConfig, server_location, server_options
+from otel_dist.exchange.server_errors import (
+    UnsupportedCalls,
+    failed_stream,
+    for_client,
+)
 from otel_dist.explain.recent import RecentQueries
 from otel_dist.explain.statements import run_sql
 from otel_dist.planner.catalog import CatalogError
@@ -58,7 +66,7 @@ WATCH_INTERVAL_S = 0.1
 _TICKET_OVERHEAD = 4096  # the JSON around the SQL text
 
 
-class CoordinatorServer(flight.FlightServerBase):
+class CoordinatorServer(UnsupportedCalls, flight.FlightServerBase):
     """Runs SQL for remote clients; keeps recent queries' spans for ``query_telemetry``."""
 
     def __init__(
@@ -86,14 +94,11 @@ class CoordinatorServer(flight.FlightServerBase):
             sql, query_id, telemetry = self._decode_ticket(ticket.ticket)
             result = self._run_watched(context, sql, query_id, telemetry)
         except (ProtocolError, PlanningError, CatalogError, QueryRejected) as error:
-            raise invalid_argument(one_line(error)) from None
+            return failed_stream(invalid_argument(one_line(error)))
         except QueryError as error:
             raise flight.FlightServerError(str(error)) from None
-        except flight.FlightError:
-            raise
         except Exception as error:  # never a Python traceback to the client
-            log.warning("query %s failed", query_id, exc_info=True)
-            raise flight.FlightServerError(one_line(error)) from None
+            raise for_client(error, f"query {query_id}") from None
         if isinstance(result, pa.Table):
             return flight.GeneratorStream(result.schema, _stream(context, result, None))
         final = (
@@ -121,7 +126,10 @@ class CoordinatorServer(flight.FlightServerBase):
     def _run_watched(
         self, context: flight.ServerCallContext, sql: str, query_id: str, telemetry: bool
     ) -> Any:
-        """Run the statement on its own thread; cancel it if the client goes away."""
+        """Run the statement on its own thread; cancel it if the client goes away. The id is
+        claimed first, so that a ticket reusing another query's id is refused before anything
+        (its client going away included) can touch that query."""
+        self.coordinator.claim(query_id)
         outcome: dict[str, Any] = {}
         done = threading.Event()
         runner = _Named(self.coordinator, query_id)
@@ -129,7 +137,9 @@ class CoordinatorServer(flight.FlightServerBase):
         def run() -> None:
             try:
                 outcome["value"] = (
-                    self.coordinator.execute(sql, query_id) if telemetry else run_sql(runner, sql)
+                    self.coordinator.execute(sql, query_id, claimed=True)
+                    if telemetry
+                    else run_sql(runner, sql)
                 )
             except BaseException as error:
                 outcome["error"] = error
@@ -164,7 +174,9 @@ class CoordinatorServer(flight.FlightServerBase):
                 raise ProtocolError(f"unknown action {action.type[:100]!r}")
             query_id = decode_query_id(body)
         except ProtocolError as error:
-            raise invalid_argument(str(error)) from None
+            raise for_client(invalid_argument(str(error)), "action") from None
+        except Exception as error:  # never a Python traceback to the client
+            raise for_client(error, f"action {action.type[:40]!r}") from None
         query = self.recent.get(query_id)
         if query is None or query.otlp is None:
             raise not_found(f"no telemetry for query {query_id[:100]}")
@@ -188,7 +200,9 @@ class _Named:
         self.query_id = query_id
 
     def execute(self, sql: str, query_id: str | None = None) -> Any:
-        return self.coordinator.execute(sql, query_id or self.query_id)
+        if query_id is None or query_id == self.query_id:  # claimed by the server
+            return self.coordinator.execute(sql, self.query_id, claimed=True)
+        return self.coordinator.execute(sql, query_id)
 
     def plan(self, sql: str) -> Any:
         return self.coordinator.plan(sql)

@@ -1,6 +1,7 @@
 """The worker: a Flight server that runs tasks and serves their output buckets via ``do_get``.
 
-It answers malformed input with INVALID_ARGUMENT, refuses tasks that name files outside its
+It answers malformed input with INVALID_ARGUMENT (actions: an error saying ``invalid
+argument``; never a traceback, see ``exchange/server_errors.py``), refuses tasks that name files outside its
 data roots (``data_roots``; none configured means no restriction, with a warning at start)
 with PERMISSION_DENIED, and with a token configured refuses every call without it.
 """
@@ -20,12 +21,18 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from otel_dist.errors import one_line
+from otel_dist.deep_stack import deep_native_stacks
 from otel_dist.exchange.security import (
     NO_SECURITY,
     SecurityConfig,
     server_location,
     server_options,
+)
+from otel_dist.exchange.server_errors import (
+    UnsupportedCalls,
+    failed_stream,
+    for_client,
+    get_error,
 )
 from otel_dist.protocol import (
     ACTION_CANCEL_QUERY,
@@ -47,6 +54,13 @@ from otel_dist.protocol import (
     not_found,
     permission_denied,
 )
+from otel_dist.sql_limits import (
+    DEFAULT_MAX_SQL_DEPTH,
+    DEFAULT_MAX_SQL_OPERATORS,
+    SqlLimits,
+    SqlTooComplex,
+)
+from otel_dist.sql_limits import check as check_sql
 from otel_dist.telemetry import envelope
 from otel_dist.telemetry.cache import TelemetryCache
 from otel_dist.telemetry.envelope import DATA_END, TaskRef
@@ -75,10 +89,12 @@ class WorkerConfig:
     spill_dir: str | None = None
     metrics_port: int | None = None  # Prometheus /metrics (0: a free port); None: env settings
     data_roots: tuple[str, ...] = ()  # folders tasks may read; empty: no restriction
+    max_sql_depth: int = DEFAULT_MAX_SQL_DEPTH  # task SQL beyond these is refused
+    max_sql_operators: int = DEFAULT_MAX_SQL_OPERATORS
     security: SecurityConfig = NO_SECURITY
 
 
-class WorkerServer(flight.FlightServerBase):
+class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
     """Runs tasks submitted by a coordinator and serves their buckets to any reader."""
 
     def __init__(
@@ -94,6 +110,8 @@ class WorkerServer(flight.FlightServerBase):
             **server_options(config.security),
         )
         self.config = config
+        deep_native_stacks()  # before any task starts DataFusion's runtime
+        self.sql_limits = SqlLimits(config.max_sql_depth, config.max_sql_operators)
         self.url = server_location(config.host, self.port, config.security)
         self.data_roots = _roots(config.data_roots)
         if telemetry is None:
@@ -144,12 +162,9 @@ class WorkerServer(flight.FlightServerBase):
         try:
             return iter([self._action(action)])
         except ProtocolError as error:
-            raise invalid_argument(str(error)) from None
-        except flight.FlightError:
-            raise
+            raise for_client(invalid_argument(str(error)), "action") from None
         except Exception as error:  # never a Python traceback to the caller
-            log.warning("action %.40r failed", action.type, exc_info=True)
-            raise flight.FlightServerError(f"internal error: {one_line(error)}") from None
+            raise for_client(error, f"action {action.type[:40]!r}") from None
 
     def _action(self, action: flight.Action) -> bytes:
         body = action.body.to_pybytes() if action.body is not None else b""
@@ -184,6 +199,10 @@ class WorkerServer(flight.FlightServerBase):
             raise flight.FlightUnavailableError("unavailable: the worker is stopping")
         for spec in specs:
             self._check_paths(spec)
+            try:
+                check_sql(spec.sql, self.sql_limits)
+            except SqlTooComplex as error:
+                raise ProtocolError(f"{spec.key} of query {spec.query_id[:100]}: {error}") from None
         settings = TaskSettings(
             worker_url=self.url,
             target_partitions=self.config.target_partitions,
@@ -293,11 +312,15 @@ class WorkerServer(flight.FlightServerBase):
     ) -> flight.FlightDataStream:
         try:
             request = BucketTicket.from_bytes(ticket.ticket)
+            task = self._wait_for_task(request.task_key)
+            if request.bucket >= len(task.buckets):
+                raise invalid_argument(
+                    f"bucket {request.bucket} out of range for {request.task_key}"
+                )
         except ProtocolError as error:
-            raise invalid_argument(str(error)) from None
-        task = self._wait_for_task(request.task_key)
-        if request.bucket >= len(task.buckets):
-            raise invalid_argument(f"bucket {request.bucket} out of range for {request.task_key}")
+            return failed_stream(invalid_argument(str(error)))
+        except Exception as error:  # never a Python traceback to the caller
+            return get_error(error, "bucket read")
         bucket = task.buckets[request.bucket]
         return flight.GeneratorStream(bucket.schema, self._serve(task, bucket, request.telemetry))
 
@@ -311,6 +334,8 @@ class WorkerServer(flight.FlightServerBase):
             yield from bucket.read(self.config.read_timeout_s)
         except BucketError as error:
             raise flight.FlightServerError(str(error)) from None
+        except Exception as error:  # never a Python traceback to the reader
+            raise for_client(error, "bucket read") from None
         if not self.telemetry.enabled or not with_telemetry:
             return
         empty = pa.RecordBatch.from_pylist([], schema=bucket.schema)
