@@ -72,11 +72,10 @@ def test_one_trace_spans_coordinator_and_every_worker(
     stage_by_id = {s.attributes[c.STAGE_ID]: s for s in stages}
     root = stage_by_id[result.plan.root.stage_id]
     assert root.parent_span_id == query[0].span_id
-    for stage in result.plan.stages:
+    for stage in result.plan.stages:  # every stage under the query, linked to what it reads
+        assert stage_by_id[stage.stage_id].parent_span_id == query[0].span_id
         for upstream in stage.inputs:
-            assert (
-                stage_by_id[upstream.stage_id].parent_span_id == stage_by_id[stage.stage_id].span_id
-            )
+            assert stage_by_id[upstream.stage_id].span_id in stage_by_id[stage.stage_id].links
     workers = {t.resource["service.instance.id"] for t in tasks}
     assert len(workers) == 3, "every worker ran tasks and exported their spans"
     assert all(t.resource["service.name"] == "otel-dist-worker" for t in tasks)

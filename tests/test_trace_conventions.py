@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from otel_dist import tpch
+from otel_dist.coordinator.core import QueryResult
 from otel_dist.coordinator.local import LocalCluster
 from otel_dist.explain.build import build_tree
 from otel_dist.telemetry import conventions as c
@@ -76,3 +78,72 @@ def test_unknown_sampler_is_named_in_one_warning(caplog: pytest.LogCaptureFixtur
     assert "ParentBased" in sampler.get_description()
     [record] = [r for r in caplog.records if "OTEL_TRACES_SAMPLER" in r.getMessage()]
     assert "always_maybe" in record.getMessage() and "\n" not in record.getMessage()
+
+
+@pytest.fixture(scope="module")
+def traced(receiver: OtlpReceiver, tpch_dir: Path) -> Iterator[LocalCluster]:
+    env = _env(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint)
+    with LocalCluster(workers=3, data=tpch_dir, env=env, min_task_bytes=0) as local:
+        yield local
+
+
+def _exported(
+    traced: LocalCluster, receiver: OtlpReceiver, result: QueryResult
+) -> list[SpanRecord]:
+    """Every span of the query's trace as the receiver got it (server spans included)."""
+    assert result.telemetry is not None
+    traced.coordinator.telemetry.flush()
+    trace_id = result.telemetry.trace_id
+    count = len(result.telemetry.spans)
+
+    def ours(spans: list[SpanRecord]) -> list[SpanRecord]:
+        return [s for s in spans if s.trace_id == trace_id]
+
+    return ours(receiver.wait_for_spans(lambda spans: len(ours(spans)) >= count, timeout=15))
+
+
+LIMIT_SQL = "SELECT l_orderkey, l_quantity FROM lineitem LIMIT 5"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [tpch.query(1), tpch.query(5), tpch.query(18), LIMIT_SQL],
+    ids=["q01", "q05", "q18", "limit"],
+)
+def test_every_span_lies_inside_its_parent(
+    traced: LocalCluster, receiver: OtlpReceiver, sql: str
+) -> None:
+    result = traced.execute(sql)
+    spans = _exported(traced, receiver, result)
+    by_id = {s.span_id: s for s in spans}
+    outside = [
+        f"{s.name} [{s.start_ns}, {s.end_ns}] outside {parent.name} "
+        f"[{parent.start_ns}, {parent.end_ns}]"
+        for s in spans
+        if (parent := by_id.get(s.parent_span_id)) is not None
+        and not parent.start_ns <= s.start_ns <= s.end_ns <= parent.end_ns
+    ]
+    assert outside == []
+    orphans = [s.name for s in spans if s.parent_span_id and s.parent_span_id not in by_id]
+    assert orphans == []
+
+
+def test_stages_hang_from_the_query_span_linked_to_the_stages_they_read(
+    traced: LocalCluster, receiver: OtlpReceiver
+) -> None:
+    result = traced.execute(tpch.query(5))
+    spans = _exported(traced, receiver, result)
+    [query] = [s for s in spans if not s.parent_span_id]
+    stages = {s.attributes[c.STAGE_ID]: s for s in spans if s.name == c.SPAN_STAGE}
+    assert all(s.parent_span_id == query.span_id for s in stages.values())
+    for stage in result.plan.stages:
+        assert set(stages[stage.stage_id].links) == {
+            stages[i.stage_id].span_id for i in stage.inputs
+        }
+    tree = build_tree(spans, result.query_id)
+    assert [s.stage_id for s in tree.stages] == [result.plan.root.stage_id]
+
+    def depth(node: object) -> int:
+        return 1 + max((depth(child) for child in node.children), default=0)  # type: ignore[attr-defined]
+
+    assert depth(tree.stages[0]) > 2, "the EXPLAIN tree still nests stages by data flow"

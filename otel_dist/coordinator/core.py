@@ -449,11 +449,17 @@ class Coordinator:
     # ---- spans ---------------------------------------------------------------------------
 
     def _start_stage_spans(self, run: _Run) -> None:
-        """One span per stage, nested the way data flows: a stage under the stage reading it."""
+        """One span per stage, every one a child of the query span (a trace a few levels deep
+        rather than one level per stage), linked to the spans of the stages it reads
+        (``otel_dist.stage.inputs`` lists them too)."""
         assert run.plan is not None
-        for stage in reversed(run.plan.stages):
-            consumers = run.plan.consumers(stage.stage_id)
-            parent = run.stage_spans[consumers[0].stage_id] if consumers else run.query_span
+        parent = trace.set_span_in_context(run.query_span)
+        for stage in run.plan.stages:  # dependency order: a stage's inputs come first
+            links = [
+                trace.Link(run.stage_spans[i.stage_id].get_span_context())
+                for i in stage.inputs
+                if i.stage_id in run.stage_spans
+            ]
             attributes: dict[str, object] = {
                 c.QUERY_ID: run.query_id,
                 c.STAGE_ID: stage.stage_id,
@@ -471,8 +477,9 @@ class Coordinator:
                 attributes[c.STAGE_STRATEGY] = stage.strategy
             run.stage_spans[stage.stage_id] = self.telemetry.tracer.start_span(
                 c.SPAN_STAGE,
-                context=trace.set_span_in_context(parent),
+                context=parent,
                 attributes=attributes,  # type: ignore[arg-type]
+                links=links,
             )
 
     def _stage_contexts(self, run: _Run) -> dict[int, dict[str, str]]:
@@ -513,11 +520,13 @@ class Coordinator:
         for read in run.reads:
             parent = trace.set_span_in_context(root_span or run.query_span)
             own.append(record_read_span(self.telemetry.tracer, parent, read, common))
+        for read in run.reads:  # the stage lasts until its output is read
+            task_ends[read.stage_id] = max(task_ends.get(read.stage_id, 0), read.ended_ns)
         ended = time.time_ns()
         for stage_id, span in run.stage_spans.items():
             if failure is not None:
                 span.set_status(Status(StatusCode.ERROR, one_line(failure)))
-            span.end(end_time=task_ends.get(stage_id) or ended)
+            span.end(end_time=min(task_ends.get(stage_id) or ended, ended))
             own.append(span)  # type: ignore[arg-type]
         if failure is not None:
             run.query_span.set_status(Status(StatusCode.ERROR, one_line(failure)))

@@ -184,12 +184,12 @@ def record_task_spans(
         trace_id, _Children.ids.generate_span_id(), False, flags, sampling.trace_state
     )
     children = _Children(context, telemetry.provider.resource, telemetry.scope)
+    task_end = max(task.ended_ns, task.started_ns)
     if operators is not None:
-        _operator_spans(children, context, operators, "0", common, task)
+        _operator_spans(children, context, operators, "0", common, task.started_ns, task_end)
     for read in task.reads:
-        children.add(
-            c.SPAN_READ, context, read_attributes(read, common), read.started_ns, read.ended_ns
-        )
+        start, end = _within(read.started_ns, read.ended_ns, task.started_ns, task_end)
+        children.add(c.SPAN_READ, context, read_attributes(read, common), start, end)
     status = Status(StatusCode.UNSET)
     events: tuple[Event, ...] = ()
     if task.status != "finished":
@@ -291,7 +291,8 @@ def _operator_spans(
     operator: OperatorMetrics,
     path: str,
     common: dict[str, object],
-    task: TaskRecord,
+    parent_start: int,
+    parent_end: int,
 ) -> None:
     attributes: dict[str, Any] = {
         **common,
@@ -303,11 +304,21 @@ def _operator_spans(
         attributes[c.METRIC_PREFIX + name] = total
     for name, values in operator.per_partition.items():
         attributes[c.METRIC_PREFIX + name + c.PARTITIONS_SUFFIX] = values
-    start = operator.start_ns or task.started_ns
-    end = operator.end_ns or task.ended_ns
+    # An operator without timestamps (an in-memory input) spans its parent; DataFusion's own
+    # timestamps are clamped into the parent's (a child is executed, so stamped, before the
+    # parent that calls it), so every span lies inside its parent's time.
+    start, end = _within(
+        operator.start_ns or parent_start, operator.end_ns or parent_end, parent_start, parent_end
+    )
     context = children.add(operator.name, parent, attributes, start, end)
     for index, child in enumerate(operator.children):
-        _operator_spans(children, context, child, f"{path}.{index}", common, task)
+        _operator_spans(children, context, child, f"{path}.{index}", common, start, end)
+
+
+def _within(start: int, end: int, parent_start: int, parent_end: int) -> tuple[int, int]:
+    """``[start, end]`` clamped into ``[parent_start, parent_end]`` (and ``end >= start``)."""
+    start = min(max(start, parent_start), parent_end)
+    return start, min(max(end, start), parent_end)
 
 
 def _ns(value: dt.datetime) -> int:
