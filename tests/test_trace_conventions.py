@@ -20,6 +20,7 @@ from otel_dist.telemetry.otlp import SpanRecord
 from otel_dist.telemetry.setup import SAMPLERS, TelemetryConfig, _sampler
 from otel_dist.testing.otlp_receiver import OtlpReceiver
 
+CLIENT, SERVER = 3, 2
 JOIN_SQL = (
     "SELECT n_name, count(*) AS suppliers FROM supplier JOIN nation "
     "ON s_nationkey = n_nationkey GROUP BY n_name ORDER BY n_name"
@@ -66,7 +67,8 @@ def test_explain_is_complete_whatever_the_sampler_decides(
     assert all(t.status == "finished" for s in tree.stages for t in s.tasks)
     exported = _ours(receiver.spans(), result.query_id)
     if sampler in ("always_on", "parentbased_always_on"):
-        assert len(exported) == len(spans)
+        # and the RPC spans, which EXPLAIN does not need
+        assert {s.span_id for s in spans} <= {s.span_id for s in exported}
     else:
         assert exported == []
 
@@ -90,16 +92,21 @@ def traced(receiver: OtlpReceiver, tpch_dir: Path) -> Iterator[LocalCluster]:
 def _exported(
     traced: LocalCluster, receiver: OtlpReceiver, result: QueryResult
 ) -> list[SpanRecord]:
-    """Every span of the query's trace as the receiver got it (server spans included)."""
+    """Every span of the query's trace as the receiver got it: the spans EXPLAIN was built
+    from, and every RPC span with its counterpart (a SERVER span ends last)."""
     assert result.telemetry is not None
     traced.coordinator.telemetry.flush()
     trace_id = result.telemetry.trace_id
-    count = len(result.telemetry.spans)
+    expected = {s.span_id for s in result.telemetry.spans}
 
-    def ours(spans: list[SpanRecord]) -> list[SpanRecord]:
-        return [s for s in spans if s.trace_id == trace_id]
+    def complete(spans: list[SpanRecord]) -> bool:
+        ours = {s.span_id: s for s in spans if s.trace_id == trace_id}
+        servers = {s.parent_span_id for s in ours.values() if s.kind == SERVER}
+        clients = {s.span_id for s in ours.values() if s.kind == CLIENT}
+        return expected <= set(ours) and servers <= set(ours) and clients <= servers
 
-    return ours(receiver.wait_for_spans(lambda spans: len(ours(spans)) >= count, timeout=15))
+    spans = receiver.wait_for_spans(complete, timeout=15)
+    return [s for s in spans if s.trace_id == trace_id]
 
 
 LIMIT_SQL = "SELECT l_orderkey, l_quantity FROM lineitem LIMIT 5"
@@ -147,3 +154,42 @@ def test_stages_hang_from_the_query_span_linked_to_the_stages_they_read(
         return 1 + max((depth(child) for child in node.children), default=0)  # type: ignore[attr-defined]
 
     assert depth(tree.stages[0]) > 2, "the EXPLAIN tree still nests stages by data flow"
+
+
+def test_flight_calls_are_client_server_pairs_between_coordinator_and_workers(
+    traced: LocalCluster, receiver: OtlpReceiver
+) -> None:
+    result = traced.execute(tpch.query(5))
+    spans = _exported(traced, receiver, result)
+    by_id = {s.span_id: s for s in spans}
+    servers = [s for s in spans if s.kind == SERVER]
+    clients = [s for s in spans if s.kind == CLIENT]
+    edges: set[tuple[str, str, str]] = set()
+    for server in servers:
+        client = by_id[server.parent_span_id]
+        assert client.kind == CLIENT, f"{server.name}'s parent is its caller's CLIENT span"
+        for span in (client, server):
+            assert span.attributes["rpc.system"] == "grpc"
+            assert span.attributes["rpc.service"] == "arrow.flight.protocol.FlightService"
+            assert span.attributes["rpc.method"] == server.attributes["rpc.method"]
+        assert client.attributes["server.address"] == "127.0.0.1"
+        assert isinstance(client.attributes["server.port"], int)
+        assert client.start_ns <= server.start_ns <= server.end_ns <= client.end_ns
+        edges.add(
+            (
+                str(client.resource["service.name"]),
+                str(server.resource["service.name"]),
+                str(server.attributes.get("otel_dist.rpc.action", server.attributes["rpc.method"])),
+            )
+        )
+    assert {
+        ("otel-dist-coordinator", "otel-dist-worker", "submit_tasks"),
+        ("otel-dist-coordinator", "otel-dist-worker", "DoGet"),
+        ("otel-dist-worker", "otel-dist-worker", "DoGet"),
+    } <= edges
+    reads = [s for s in spans if s.name == c.SPAN_READ]
+    assert reads and all(s.kind == CLIENT for s in reads)
+    paired = {s.parent_span_id for s in servers}
+    assert all(r.span_id in paired for r in reads), "every bucket read has its server span"
+    assert all(s.kind == 1 for s in spans if s.name in (c.SPAN_STAGE, c.SPAN_TASK))
+    assert len(clients) >= len(reads)

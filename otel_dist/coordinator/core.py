@@ -25,7 +25,7 @@ import pyarrow.flight as flight
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otel_dist.background import run_in_background
@@ -58,6 +58,7 @@ from otel_dist.protocol import (
 )
 from otel_dist.session import conform, plain_schema
 from otel_dist.telemetry import conventions as c
+from otel_dist.telemetry import rpc
 from otel_dist.telemetry.collector import SpanCollector
 from otel_dist.telemetry.envelope import TaskRef
 from otel_dist.telemetry.metrics import (
@@ -431,7 +432,7 @@ class Coordinator:
                 run.placement = assign(run.plan, workers)
             specs = task_specs(run.plan, run.query_id, run.placement, contexts)
             try:
-                self._submit(specs)
+                self._submit(specs, run.query_span)
                 return
             except WorkerUnreachable as error:
                 if not error.url or error.url in excluded:
@@ -517,9 +518,11 @@ class Coordinator:
         own: list[ReadableSpan] = []
         root_span = run.stage_spans.get(run.plan.root.stage_id) if run.plan else None
         common = {c.QUERY_ID: run.query_id}
+        parent = (root_span or run.query_span).get_span_context()
         for read in run.reads:
-            parent = trace.set_span_in_context(root_span or run.query_span)
-            own.append(record_read_span(self.telemetry.tracer, parent, read, common))
+            read_span = record_read_span(self.telemetry, parent, read, common)
+            if read_span is not None:
+                own.append(read_span)
         for read in run.reads:  # the stage lasts until its output is read
             task_ends[read.stage_id] = max(task_ends.get(read.stage_id, 0), read.ended_ns)
         ended = time.time_ns()
@@ -588,8 +591,12 @@ class Coordinator:
                 {"query_id": run.query_id, "stage_id": task.stage_id, "task_index": task.task_index}
             )
             try:
-                payload = self._action(
-                    url, ACTION_GET_TASK_TELEMETRY, body, self.config.telemetry_fetch_timeout_s
+                payload = self._rpc_action(
+                    run.query_span,
+                    url,
+                    ACTION_GET_TASK_TELEMETRY,
+                    body,
+                    self.config.telemetry_fetch_timeout_s,
                 )
             except QueryError as error:
                 log.info("telemetry of task %s of %s not fetched: %s", task, run.query_id, error)
@@ -609,7 +616,7 @@ class Coordinator:
 
     # ---- data ----------------------------------------------------------------------------
 
-    def _submit(self, specs: list[TaskSpec]) -> None:
+    def _submit(self, specs: list[TaskSpec], parent: trace.Span | None = None) -> None:
         """Submit every task, one call per worker; wait for all answers (bounded), then raise
         the first failure, an unreachable worker first, so that no submission is still in
         flight after it. The one exception: a worker the health checker finds down meanwhile
@@ -621,7 +628,7 @@ class Coordinator:
             by_worker.setdefault(spec.worker_url, []).append(spec)
         futures = {
             self._pool.submit(
-                self._action, url, ACTION_SUBMIT_TASKS, encode_submission(worker_specs)
+                self._rpc_action, parent, url, ACTION_SUBMIT_TASKS, encode_submission(worker_specs)
             ): url
             for url, worker_specs in by_worker.items()
         }
@@ -682,6 +689,9 @@ class Coordinator:
         run.read_stats.append(stats)
         started = time.time_ns()
         batches: list[pa.RecordBatch] = []
+        span_id = rpc.new_span_id()  # the read's CLIENT span, parent of the worker's span
+        stage_span = run.stage_spans.get(source.stage_id, run.query_span)
+        headers, _ = rpc.with_span_id(rpc.traceparent_of(stage_span.get_span_context()), span_id)
         try:
             for batch in read_bucket(
                 source,
@@ -689,6 +699,7 @@ class Coordinator:
                 self.config.query_timeout_s,
                 run.collector.add_message,
                 stats,
+                headers,
                 security=self.security,
             ):
                 if run.cancelled.is_set():
@@ -715,14 +726,50 @@ class Coordinator:
         except REMOTE_ERRORS as error:
             raise QueryError(one_line(error)) from None
         finally:
-            run.reads.append(read_record(source, stats, started, time.time_ns()))
+            run.reads.append(read_record(source, stats, started, time.time_ns(), span_id))
 
-    def _action(self, url: str, action: str, body: bytes, timeout_s: float | None = None) -> bytes:
+    def _rpc_action(
+        self,
+        parent: trace.Span | None,
+        url: str,
+        action: str,
+        body: bytes,
+        timeout_s: float | None = None,
+    ) -> bytes:
+        """``_action`` as a query's call: a CLIENT span under ``parent``, named to the
+        worker in the call's ``traceparent`` (the worker's SERVER span is its child)."""
+        if parent is None or not self.telemetry.enabled:
+            return self._action(url, action, body, timeout_s)
+        span = self.telemetry.tracer.start_span(
+            rpc.span_name(rpc.DO_ACTION),
+            context=trace.set_span_in_context(parent),
+            kind=SpanKind.CLIENT,
+            attributes=rpc.client_attributes(url, rpc.DO_ACTION, action),  # type: ignore[arg-type]
+        )
+        try:
+            return self._action(
+                url, action, body, timeout_s, rpc.traceparent_of(span.get_span_context())
+            )
+        except BaseException as error:
+            span.set_status(Status(StatusCode.ERROR, one_line(error)))
+            span.set_attribute("error.type", type(error).__name__)
+            raise
+        finally:
+            span.end()
+
+    def _action(
+        self,
+        url: str,
+        action: str,
+        body: bytes,
+        timeout_s: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> bytes:
         client = client_for(url, self.security)
         try:
             results = client.do_action(
                 flight.Action(action, body),
-                options=call_options(timeout_s or self.config.rpc_timeout_s),
+                options=call_options(timeout_s or self.config.rpc_timeout_s, headers),
             )
             return b"".join(r.body.to_pybytes() for r in results)
         except flight.FlightUnavailableError as error:

@@ -22,6 +22,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from otel_dist.telemetry import conventions as c
+from otel_dist.telemetry import rpc
 from otel_dist.telemetry.setup import Telemetry
 
 
@@ -41,6 +42,7 @@ class ReadRecord:
     first_batch_ns: int | None
     blocked_ns: int
     telemetry_bytes: int
+    span_id: int = 0  # chosen when the read started (its server span's parent); 0: none yet
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,15 @@ def record_task_spans(
         _operator_spans(children, context, operators, "0", common, task.started_ns, task_end)
     for read in task.reads:
         start, end = _within(read.started_ns, read.ended_ns, task.started_ns, task_end)
-        children.add(c.SPAN_READ, context, read_attributes(read, common), start, end)
+        children.add(
+            c.SPAN_READ,
+            context,
+            read_attributes(read, common),
+            start,
+            end,
+            SpanKind.CLIENT,
+            read.span_id,
+        )
     status = Status(StatusCode.UNSET)
     events: tuple[Event, ...] = ()
     if task.status != "finished":
@@ -231,10 +241,17 @@ class _Children:
         self.spans: list[ReadableSpan] = []
 
     def add(
-        self, name: str, parent: SpanContext, attributes: dict[str, Any], start: int, end: int
+        self,
+        name: str,
+        parent: SpanContext,
+        attributes: dict[str, Any],
+        start: int,
+        end: int,
+        kind: SpanKind = SpanKind.INTERNAL,
+        span_id: int = 0,
     ) -> SpanContext:
         context = SpanContext(
-            self._trace_id, self.ids.generate_span_id(), False, self._flags, self._state
+            self._trace_id, span_id or self.ids.generate_span_id(), False, self._flags, self._state
         )
         self.spans.append(
             ReadableSpan(
@@ -243,7 +260,7 @@ class _Children:
                 parent=parent,
                 resource=self.resource,
                 attributes=attributes,
-                kind=SpanKind.INTERNAL,
+                kind=kind,
                 start_time=start,
                 end_time=max(end, start),
                 instrumentation_scope=self.scope,
@@ -253,9 +270,10 @@ class _Children:
 
 
 def read_attributes(read: ReadRecord, common: dict[str, object]) -> dict[str, Any]:
-    """The attributes of the span of one upstream bucket read."""
+    """The attributes of the span of one upstream bucket read (a Flight ``DoGet`` call)."""
     attributes = {
         **common,
+        **rpc.client_attributes(read.endpoint, rpc.DO_GET),
         c.READ_ENDPOINT: read.endpoint,
         c.READ_STAGE_ID: read.stage_id,
         c.READ_TASK_INDEX: read.task_index,
@@ -272,17 +290,26 @@ def read_attributes(read: ReadRecord, common: dict[str, object]) -> dict[str, An
 
 
 def record_read_span(
-    tracer: trace.Tracer, parent: Context, read: ReadRecord, common: dict[str, object]
-) -> ReadableSpan:
-    """A read span through the tracer (the coordinator's reads of the root stage)."""
-    span = tracer.start_span(
+    telemetry: Telemetry, parent: SpanContext, read: ReadRecord, common: dict[str, object]
+) -> ReadableSpan | None:
+    """The CLIENT span of one of the coordinator's reads of the root stage, child of the
+    stage span ``parent`` and inside its time; handed to the span processors. None when
+    ``parent`` is not recorded (the sampler recorded nothing)."""
+    if telemetry.provider is None or not parent.is_valid:
+        return None
+    children = _Children(parent, telemetry.provider.resource, telemetry.scope)
+    end = max(read.ended_ns, read.started_ns)
+    children.add(
         c.SPAN_READ,
-        context=parent,
-        start_time=read.started_ns,
-        attributes=read_attributes(read, common),
-    )  # type: ignore[arg-type]
-    span.end(end_time=max(read.ended_ns, read.started_ns))
-    return span  # type: ignore[return-value]
+        parent,
+        read_attributes(read, common),
+        read.started_ns,
+        end,
+        SpanKind.CLIENT,
+        read.span_id,
+    )
+    telemetry.emit_finished(children.spans)
+    return children.spans[0]
 
 
 def _operator_spans(

@@ -29,6 +29,7 @@ from otel_dist.exchange.router import StreamStats
 from otel_dist.exchange.security import NO_SECURITY, SecurityConfig
 from otel_dist.protocol import ROW_ID_COLUMN, BucketSource, TaskInput, TaskSpec
 from otel_dist.session import QUERY_ONLY, conform, new_session
+from otel_dist.telemetry import rpc
 from otel_dist.telemetry.cache import TelemetryCache
 from otel_dist.telemetry.collector import SpanCollector
 from otel_dist.telemetry.envelope import TaskRef
@@ -81,9 +82,10 @@ class InputRead:
     stats: StreamStats
     started_ns: int
     ended_ns: int = 0
+    span_id: int = field(default_factory=rpc.new_span_id)  # the read's CLIENT span
 
     def record(self) -> ReadRecord:
-        return read_record(self.source, self.stats, self.started_ns, self.ended_ns)
+        return read_record(self.source, self.stats, self.started_ns, self.ended_ns, self.span_id)
 
 
 @dataclass
@@ -273,7 +275,7 @@ class Task:
                     self.settings.read_timeout_s,
                     self.collector.add_message,
                     read.stats,
-                    self.spec.trace_context,
+                    rpc.with_span_id(self.spec.trace_context, read.span_id)[0],
                     self.settings.security,
                 ):
                     _put(merged, conform(batch, schema), self._cancel)
