@@ -62,7 +62,7 @@ def test_one_trace_spans_coordinator_and_every_worker(
     spans = _query_spans(receiver, result.query_id, len(result.telemetry.spans))
     assert {s.trace_id for s in spans} == {result.telemetry.trace_id}
     by_id = {s.span_id: s for s in spans}
-    query = [s for s in spans if s.name == c.SPAN_QUERY]
+    query = [s for s in spans if c.is_query_span(s.name, s.attributes)]
     stages = [s for s in spans if s.name == c.SPAN_STAGE]
     tasks = [s for s in spans if s.name == c.SPAN_TASK]
     assert len(query) == 1 and query[0].parent_span_id == ""
@@ -279,7 +279,7 @@ def test_callers_span_is_the_parent_of_the_query_span(cluster: LocalCluster) -> 
     with tracer.start_as_current_span("caller") as caller:
         result = cluster.execute("select count(*) from nation")
     assert result.telemetry is not None
-    query = next(s for s in result.telemetry.spans if s.name == c.SPAN_QUERY)
+    query = next(s for s in result.telemetry.spans if c.is_query_span(s.name, s.attributes))
     assert query.trace_id == format(caller.get_span_context().trace_id, "032x")
     assert query.parent_span_id == format(caller.get_span_context().span_id, "016x")
 

@@ -12,15 +12,21 @@ from pathlib import Path
 import pytest
 
 from otel_dist import tpch
-from otel_dist.coordinator.core import QueryResult
+from otel_dist.coordinator.core import QueryError, QueryResult
 from otel_dist.coordinator.local import LocalCluster
 from otel_dist.explain.build import build_tree
 from otel_dist.telemetry import conventions as c
-from otel_dist.telemetry.otlp import SpanRecord
-from otel_dist.telemetry.setup import SAMPLERS, TelemetryConfig, _sampler
+from otel_dist.telemetry.otlp import SpanRecord, decode_attributes
+from otel_dist.telemetry.setup import (
+    SAMPLERS,
+    SCHEMA_URL,
+    TelemetryConfig,
+    _sampler,
+    package_version,
+)
 from otel_dist.testing.otlp_receiver import OtlpReceiver
 
-CLIENT, SERVER = 3, 2
+CLIENT, SERVER, ERROR = 3, 2, 2
 JOIN_SQL = (
     "SELECT n_name, count(*) AS suppliers FROM supplier JOIN nation "
     "ON s_nationkey = n_nationkey GROUP BY n_name ORDER BY n_name"
@@ -193,3 +199,105 @@ def test_flight_calls_are_client_server_pairs_between_coordinator_and_workers(
     assert all(r.span_id in paired for r in reads), "every bucket read has its server span"
     assert all(s.kind == 1 for s in spans if s.name in (c.SPAN_STAGE, c.SPAN_TASK))
     assert len(clients) >= len(reads)
+
+
+FAILING_SQL = (
+    "SELECT o_orderpriority, sum(l_orderkey / (l_linenumber - l_linenumber)) AS boom "
+    "FROM lineitem JOIN orders ON l_orderkey = o_orderkey GROUP BY o_orderpriority"
+)
+
+
+def _events(result_telemetry: object) -> dict[str, list[dict[str, object]]]:
+    """Span id -> its events' attributes, from the query's OTLP request."""
+    events: dict[str, list[dict[str, object]]] = {}
+    for resource_spans in result_telemetry.otlp.resource_spans:  # type: ignore[attr-defined]
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                events[span.span_id.hex()] = [
+                    {"name": e.name, **decode_attributes(e.attributes)} for e in span.events
+                ]
+    return events
+
+
+def test_one_root_cause_is_an_error_and_cancelled_work_is_not(traced: LocalCluster) -> None:
+    with pytest.raises(QueryError) as raised:
+        traced.execute(FAILING_SQL)
+    telemetry = raised.value.telemetry
+    assert telemetry is not None and telemetry.otlp is not None
+    spans = telemetry.spans
+    events = _events(telemetry)
+    by_id = {s.span_id: s for s in spans}
+    tasks = [s for s in spans if s.name == c.SPAN_TASK]
+    errors = [t for t in tasks if t.status_code == ERROR]
+    assert errors, "the task that divided by zero is an error"
+    for task in errors:
+        assert task.attributes[c.TASK_STATUS] == "failed"
+        assert "ivide by zero" in task.status_message
+        assert task.attributes["error.type"]
+        [event] = events[task.span_id]
+        assert event["name"] == "exception"
+        assert event["exception.type"] == task.attributes["error.type"]
+        assert "ivide by zero" in str(event["exception.message"])
+    for task in tasks:
+        if task.status_code != ERROR:
+            assert task.attributes[c.TASK_STATUS] in ("finished", "cancelled", "failed")
+            assert events[task.span_id] == []
+            if task.attributes[c.TASK_STATUS] == "failed":  # its upstream's failure
+                assert task.attributes[c.TASK_UPSTREAM_FAILED] is True
+    error_stages = {t.attributes[c.STAGE_ID] for t in errors}
+    for stage in (s for s in spans if s.name == c.SPAN_STAGE):
+        expected = ERROR if stage.attributes[c.STAGE_ID] in error_stages else 0
+        assert stage.status_code == expected, stage.attributes[c.STAGE_ID]
+    [query] = [s for s in spans if c.is_query_span(s.name, s.attributes)]
+    assert query.status_code == ERROR and query.attributes["error.type"] == "QueryError"
+    [event] = events[query.span_id]
+    assert event["name"] == "exception" and event["exception.type"] == "QueryError"
+    # Every ERROR span's ancestors up to the query are errors too.
+    for span in spans:
+        if span.status_code == ERROR and span.parent_span_id in by_id:
+            assert by_id[span.parent_span_id].status_code == ERROR, span.name
+
+
+def test_query_span_follows_the_database_conventions(
+    traced: LocalCluster, receiver: OtlpReceiver
+) -> None:
+    result = traced.execute(tpch.query(3))
+    spans = _exported(traced, receiver, result)
+    [query] = [s for s in spans if not s.parent_span_id]
+    assert query.name == "SELECT customer orders lineitem"
+    assert query.attributes["db.query.summary"] == query.name
+    assert query.attributes["db.system.name"] == "other_sql"
+    assert query.attributes["db.operation.name"] == "SELECT"
+    assert query.attributes["db.response.returned_rows"] == result.table.num_rows
+    assert query.attributes[c.QUERY_ID] == result.query_id
+    assert "db.collection.name" not in query.attributes  # three tables
+    one = traced.execute("SELECT count(*) FROM nation")
+    [single] = [s for s in one.telemetry.spans if c.is_query_span(s.name, s.attributes)]  # type: ignore[union-attr]
+    assert single.name == "SELECT nation" and single.attributes["db.collection.name"] == "nation"
+    assert {s.name for s in spans} >= {c.SPAN_STAGE, c.SPAN_TASK}
+
+
+def test_resource_and_scope_follow_the_conventions(
+    traced: LocalCluster, receiver: OtlpReceiver
+) -> None:
+    result = traced.execute(tpch.query(5))
+    spans = _exported(traced, receiver, result)
+    instances = set()
+    for span in spans:
+        resource = span.resource
+        assert resource["service.namespace"] == "otel_dist"
+        assert resource["service.version"] == package_version()
+        assert resource["telemetry.sdk.language"] == "python"
+        assert resource["telemetry.sdk.name"] == "opentelemetry"
+        assert isinstance(resource["process.pid"], int)
+        instances.add((resource["service.instance.id"], resource["process.pid"]))
+    assert len({i for i, _ in instances}) == len(instances) == 4  # coordinator + 3 workers
+    requests = receiver.trace_requests()
+    scopes = {
+        (ss.scope.name, ss.scope.version, ss.schema_url)
+        for request in requests
+        for rs in request.resource_spans
+        for ss in rs.scope_spans
+        if any(span.trace_id.hex() == result.telemetry.trace_id for span in ss.spans)  # type: ignore[union-attr]
+    }
+    assert scopes == {("otel_dist", package_version(), SCHEMA_URL)}

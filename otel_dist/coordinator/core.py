@@ -292,10 +292,11 @@ class Coordinator:
         query_id = query_id or uuid.uuid4().hex
         text = redact_sql(sql) if self.telemetry.config.redact_sql else sql
         query_span = self.telemetry.tracer.start_span(
-            c.SPAN_QUERY,
+            c.SPAN_QUERY,  # renamed after db.query.summary once planned
             start_time=started,
             attributes={
                 c.QUERY_ID: query_id,
+                c.DB_SYSTEM_NAME: c.DB_SYSTEM,
                 c.DB_QUERY_TEXT: text,
                 c.DB_OPERATION_NAME: operation_name(sql),
             },
@@ -308,10 +309,12 @@ class Coordinator:
         try:
             run.plan = self.plan(sql)
             query_span.set_attribute(c.QUERY_STRATEGY, run.plan.strategy)
+            _name_query_span(query_span, run.plan, sql)
             self._start_stage_spans(run)
             self._place_and_submit(run)
             table = self._read_root(run)
             query_span.set_attribute(c.QUERY_ROWS, table.num_rows)
+            query_span.set_attribute(c.DB_RETURNED_ROWS, table.num_rows)
         except BaseException as error:
             failure = error
             self._broadcast(query_id, ACTION_CANCEL_QUERY, run.workers())
@@ -511,10 +514,13 @@ class Coordinator:
         if self.relay is not None:
             self.relay.submit(worker_request)
         task_ends: dict[int, int] = {}
+        failed_stages: dict[int, str] = {}  # stage -> its first failed task's error
         for span in worker_spans:
             if span.name == c.SPAN_TASK:
                 stage_id = int(span.attributes.get(c.STAGE_ID, -1))  # type: ignore[arg-type]
                 task_ends[stage_id] = max(task_ends.get(stage_id, 0), span.end_ns)
+                if span.status_code == StatusCode.ERROR.value:
+                    failed_stages.setdefault(stage_id, span.status_message)
         own: list[ReadableSpan] = []
         root_span = run.stage_spans.get(run.plan.root.stage_id) if run.plan else None
         common = {c.QUERY_ID: run.query_id}
@@ -527,13 +533,18 @@ class Coordinator:
             task_ends[read.stage_id] = max(task_ends.get(read.stage_id, 0), read.ended_ns)
         ended = time.time_ns()
         for stage_id, span in run.stage_spans.items():
-            if failure is not None:
-                span.set_status(Status(StatusCode.ERROR, one_line(failure)))
+            if stage_id in failed_stages:  # ERROR only on the stage whose task failed
+                span.set_status(Status(StatusCode.ERROR, failed_stages[stage_id]))
             span.end(end_time=min(task_ends.get(stage_id) or ended, ended))
             own.append(span)  # type: ignore[arg-type]
         if failure is not None:
             run.query_span.set_status(Status(StatusCode.ERROR, one_line(failure)))
-            run.query_span.add_event("failed", {"exception.message": one_line(failure)})
+            error_type = type(failure).__name__
+            run.query_span.set_attribute(c.ERROR_TYPE, error_type)
+            run.query_span.add_event(
+                "exception",
+                {"exception.type": error_type, "exception.message": one_line(failure)},
+            )
         run.query_span.end(end_time=ended)
         own.append(run.query_span)  # type: ignore[arg-type]
         own_request = encode_spans(own)
@@ -826,6 +837,18 @@ def _lost_worker_message(run: _Run, url: str, reason: str) -> str:
     others = ", ".join(f"stage {s} task {t}" for s, t in tasks[1:4])
     more = f"; its other tasks: {others}" + (", ..." if len(tasks) > 4 else "") if others else ""
     return f"{head}worker {url} is unreachable ({reason}){more}"
+
+
+def _name_query_span(span: trace.Span, plan: DistributedPlan, sql: str) -> None:
+    """``db.query.summary`` (and ``db.collection.name`` for one table) on the query span,
+    which takes the summary as its name, as the database conventions name spans."""
+    tables = [s.file_scan.table_name for s in plan.stages if s.file_scan is not None]
+    tables += [local.table_name for s in plan.stages for local in s.local_scans]
+    summary = c.query_summary(operation_name(sql), tables, sql)
+    span.set_attribute(c.DB_QUERY_SUMMARY, summary)
+    if len(set(tables)) == 1:
+        span.set_attribute(c.DB_COLLECTION_NAME, tables[0])
+    span.update_name(summary)
 
 
 def _planned_tasks(plan: DistributedPlan | None) -> set[TaskRef]:

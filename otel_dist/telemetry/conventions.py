@@ -1,8 +1,12 @@
 """otel_dist's span conventions: names and attribute keys that tests and dashboards rely on.
 
-* ``otel_dist.query``: one per query, on the coordinator; child of the caller's span if any.
-* ``otel_dist.stage``: one per stage, on the coordinator; child of the query span for the root
-  stage, else of the stage that consumes it (stages nest the way data flows).
+* the query span: one per query, on the coordinator; child of the caller's span if any. Named
+  as the database conventions name a span, after ``db.query.summary`` (``SELECT lineitem
+  orders``: the operation, then the tables in the order the SQL names them), or
+  ``otel_dist.query`` before the query is planned. It is the span with ``db.query.text``
+  (``is_query_span``).
+* ``otel_dist.stage``: one per stage, on the coordinator; child of the query span, with a span
+  link to each stage it reads (``otel_dist.stage.inputs`` lists them).
 * ``otel_dist.task``: one per task, on the worker that ran it; child of its stage span.
 * one span per DataFusion operator of a task, named after the operator (``AggregateExec``...),
   nested like the physical plan under the task span, with every metric as
@@ -13,6 +17,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 SPAN_QUERY = "otel_dist.query"
 SPAN_STAGE = "otel_dist.stage"
 SPAN_TASK = "otel_dist.task"
@@ -21,6 +27,12 @@ SPAN_READ = "otel_dist.read"
 QUERY_ID = "otel_dist.query.id"
 DB_QUERY_TEXT = "db.query.text"
 DB_OPERATION_NAME = "db.operation.name"
+DB_SYSTEM_NAME = "db.system.name"
+DB_SYSTEM = "other_sql"  # the registry's value for a SQL engine it does not list
+DB_QUERY_SUMMARY = "db.query.summary"
+DB_COLLECTION_NAME = "db.collection.name"
+DB_RETURNED_ROWS = "db.response.returned_rows"
+ERROR_TYPE = "error.type"
 QUERY_STRATEGY = "otel_dist.query.strategy"
 QUERY_ROWS = "otel_dist.query.output_rows"
 
@@ -39,6 +51,7 @@ TASK_STATUS = "otel_dist.task.status"
 TASK_OUTPUT_ROWS = "otel_dist.task.output_rows"
 TASK_OUTPUT_BYTES = "otel_dist.task.output_bytes"
 TASK_ERROR = "otel_dist.task.error"
+TASK_UPSTREAM_FAILED = "otel_dist.task.upstream_failed"
 WORKER_URL = "otel_dist.worker.url"
 
 OPERATOR_NAME = "otel_dist.operator.name"
@@ -59,3 +72,22 @@ READ_BLOCKED_NS = "otel_dist.read.blocked_time"
 READ_TELEMETRY_BYTES = "otel_dist.read.telemetry_bytes"
 
 TASK_STATUSES = ("finished", "failed", "cancelled")
+
+
+def is_query_span(name: str, attributes: Mapping[str, object]) -> bool:
+    """Whether a span is a query span: the one that carries ``db.query.text`` (its name
+    follows the query)."""
+    return name == SPAN_QUERY or (DB_QUERY_TEXT in attributes and QUERY_ID in attributes)
+
+
+def query_summary(operation: str, tables: Iterable[str], sql: str) -> str:
+    """``db.query.summary``: the operation and the tables it reads, in the order the SQL
+    first names them (low cardinality: no literals, no columns)."""
+    lowered = sql.lower()
+
+    def first_mention(table: str) -> tuple[int, str]:
+        position = lowered.find(table.lower())
+        return (position if position >= 0 else len(lowered)), table
+
+    names = sorted(set(tables), key=first_mention)
+    return " ".join([operation or "SELECT", *names]).strip()

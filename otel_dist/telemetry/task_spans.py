@@ -61,6 +61,8 @@ class TaskRecord:
     output_rows: int
     output_bytes: int
     reads: Sequence[ReadRecord] = field(default_factory=tuple)
+    error_type: str | None = None  # the exception's class name, when it failed
+    upstream_failed: bool = False  # failed because an upstream task did: not the root cause
 
 
 @dataclass(frozen=True)
@@ -204,8 +206,21 @@ def record_task_spans(
     events: tuple[Event, ...] = ()
     if task.status != "finished":
         attributes[c.TASK_ERROR] = task.error or task.status
+    # ERROR only on a task whose own work failed: cancelled work is no error, and a task
+    # stopped by its upstream's failure leaves the error to that task (one root cause).
+    if task.status == "failed" and not task.upstream_failed:
+        error_type = task.error_type or "failed"
+        attributes[c.ERROR_TYPE] = error_type
         status = Status(StatusCode.ERROR, task.error or task.status)
-        events = (Event(task.status, timestamp=task.ended_ns),)
+        events = (
+            Event(
+                "exception",
+                {"exception.type": error_type, "exception.message": task.error or task.status},
+                timestamp=max(task.ended_ns, task.started_ns),
+            ),
+        )
+    elif task.upstream_failed:
+        attributes[c.TASK_UPSTREAM_FAILED] = True
     children.spans.append(
         ReadableSpan(
             c.SPAN_TASK,

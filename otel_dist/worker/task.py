@@ -97,6 +97,8 @@ class Task:
     buckets: list[Bucket] = field(default_factory=list)
     state: str = "pending"
     error: str | None = None
+    error_type: str | None = None
+    upstream_failed: bool = False  # stopped by an upstream task's failure (not the root cause)
     started_ns: int = 0
     ended_ns: int = 0
     rows_out: int = 0
@@ -161,9 +163,11 @@ class Task:
             self.state = "finished"
         except Exception as error:
             self.state = "cancelled" if self._cancel.is_set() else "failed"
+            self.error_type = type(error).__name__
             message = one_line(error)
             # An upstream task's failure is the root cause: pass it on rather than wrap it.
             if _UPSTREAM_FAILURE.match(message):
+                self.upstream_failed = True
                 self.error = message
             else:
                 verb = "was cancelled" if self.state == "cancelled" else "failed"
@@ -340,6 +344,8 @@ class Task:
                 output_rows=self.rows_out,
                 output_bytes=self.bytes_out,
                 reads=[read.record() for read in self.input_reads],
+                error_type=self.error_type,
+                upstream_failed=self.upstream_failed,
             )
             deadline = time.monotonic() + UPSTREAM_TELEMETRY_WAIT_S
             for read in self.input_reads:
