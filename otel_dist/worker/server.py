@@ -344,7 +344,8 @@ class WorkerServer(flight.FlightServerBase):
             try:
                 yield from bucket.read(self.config.read_timeout_s)
             except BucketError as error:
-                _failed(span, error)
+                # The producing task failed (its span is the error: one root cause) or the
+                # query was released; the call only passes that on.
                 raise flight.FlightServerError(str(error)) from None
             if not self.telemetry.enabled or not with_telemetry:
                 ended = time.time_ns()
