@@ -20,6 +20,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.flight as flight
 from datafusion import SessionContext
+from opentelemetry.trace import SpanContext
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otel_dist.background import run_in_background
@@ -107,6 +108,7 @@ class Task:
     final_message: bytes | None = None
 
     def __post_init__(self) -> None:
+        self._span_context: SpanContext | None = None  # the task span's, once recorded
         self._cancel = threading.Event()  # cancelled from outside: the query is being stopped
         self._abort = threading.Event()  # one partition failed: its siblings stop too
         self._done = threading.Event()
@@ -356,6 +358,7 @@ class Task:
             spans = record_task_spans(telemetry, parent, record, operators)
             if not spans:
                 return
+            self._span_context = spans[-1].get_span_context()  # the task span's
             own = encode_spans(spans).SerializeToString()
             self.settings.telemetry_cache.put(self.spec.query_id, self.ref, own)
             self.final_message = self.collector.forwarding_envelope(
@@ -381,6 +384,7 @@ class Task:
                 reads=[read.record() for read in self.input_reads],
                 final_message_bytes=len(self.final_message) if self.final_message else None,
                 malformed_messages=self.collector.malformed,
+                span_context=self._span_context,
             )
         except Exception:
             log.warning("metrics of %s could not be recorded", self.spec.key, exc_info=True)
