@@ -301,3 +301,15 @@ def test_resource_and_scope_follow_the_conventions(
         if any(span.trace_id.hex() == result.telemetry.trace_id for span in ss.spans)  # type: ignore[union-attr]
     }
     assert scopes == {("otel_dist", package_version(), SCHEMA_URL)}
+
+
+def test_query_summary_names_tables_in_the_order_the_sql_does() -> None:
+    tables = ["supplier", "region", "customer", "orders", "lineitem", "nation"]
+    assert (
+        c.query_summary("SELECT", tables, tpch.query(5))
+        == "SELECT customer orders lineitem supplier nation region"
+    )
+    sql = "-- orders first\nSELECT * FROM lineitem /* orders */ JOIN orders ON true"
+    assert c.query_summary("SELECT", ["orders", "lineitem", "orders"], sql) == (
+        "SELECT lineitem orders"
+    )

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 SPAN_QUERY = "otel_dist.query"
@@ -82,12 +83,15 @@ def is_query_span(name: str, attributes: Mapping[str, object]) -> bool:
 
 def query_summary(operation: str, tables: Iterable[str], sql: str) -> str:
     """``db.query.summary``: the operation and the tables it reads, in the order the SQL
-    first names them (low cardinality: no literals, no columns)."""
-    lowered = sql.lower()
+    (without its comments) first names them; low cardinality: no literals, no columns."""
+    text = _COMMENTS.sub(" ", sql).lower()
 
     def first_mention(table: str) -> tuple[int, str]:
-        position = lowered.find(table.lower())
-        return (position if position >= 0 else len(lowered)), table
+        found = re.search(rf"\b{re.escape(table.lower())}\b", text)
+        return (found.start() if found else len(text)), table
 
     names = sorted(set(tables), key=first_mention)
     return " ".join([operation or "SELECT", *names]).strip()
+
+
+_COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
