@@ -43,10 +43,6 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "OTEL_BSP_SCHEDULE_DELAY": "100", **extra}
 
 
-def _ours(spans: list[SpanRecord], query_id: str) -> list[SpanRecord]:
-    return [s for s in spans if s.attributes.get(c.QUERY_ID) == query_id]
-
-
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_explain_is_complete_whatever_the_sampler_decides(
     receiver: OtlpReceiver, tpch_dir: Path, sampler: str
@@ -71,7 +67,7 @@ def test_explain_is_complete_whatever_the_sampler_decides(
     assert tree.status == "ok" and tree.output_rows == result.table.num_rows
     assert len(tree.stages) == 1 and tree.stages[0].children, "stages nest by data flow"
     assert all(t.status == "finished" for s in tree.stages for t in s.tasks)
-    exported = _ours(receiver.spans(), result.query_id)
+    exported = [s for s in receiver.spans() if s.trace_id == result.telemetry.trace_id]
     if sampler in ("always_on", "parentbased_always_on"):
         # and the RPC spans, which EXPLAIN does not need
         assert {s.span_id for s in spans} <= {s.span_id for s in exported}

@@ -12,7 +12,14 @@
   nested like the physical plan under the task span, with every metric as
   ``otel_dist.metrics.<name>`` (times in integer nanoseconds) and per-partition values as
   ``otel_dist.metrics.<name>.partitions``.
-* ``otel_dist.read``: one per upstream bucket a task (or the coordinator) read.
+* ``otel_dist.read``: one per upstream bucket a task (or the coordinator) read; a CLIENT span
+  of the Flight ``DoGet`` whose SERVER span, on the worker serving the bucket, is its child.
+* ``arrow.flight.protocol.FlightService/DoAction``: the coordinator's CLIENT spans of
+  ``submit_tasks`` and ``get_task_telemetry`` and the workers' SERVER spans of them
+  (``otel_dist.telemetry.rpc``).
+
+Every span lies inside its parent's time. Only the spans EXPLAIN is built from carry
+``otel_dist.query.id``.
 """
 
 from __future__ import annotations
