@@ -116,8 +116,8 @@ LIMIT_SQL = "SELECT l_orderkey, l_quantity FROM lineitem LIMIT 5"
 
 @pytest.mark.parametrize(
     "sql",
-    [tpch.query(1), tpch.query(5), tpch.query(18), LIMIT_SQL],
-    ids=["q01", "q05", "q18", "limit"],
+    [tpch.query(n) for n in (1, 5, 9, 18, 21)] + [LIMIT_SQL],
+    ids=["q01", "q05", "q09", "q18", "q21", "limit"],
 )
 def test_every_span_lies_inside_its_parent(
     traced: LocalCluster, receiver: OtlpReceiver, sql: str
