@@ -22,6 +22,7 @@ from otel_dist.explain.recent import QueryLog, QueryLogConfig, RecentQueries
 from otel_dist.explain.statements import explain_analyze
 from otel_dist.explain.web import QueryPagesServer
 from otel_dist.logs import JsonFormatter
+from otel_dist.telemetry.conventions import is_query_span
 from otel_dist.testing.otlp_receiver import OtlpReceiver
 from tests.support import remote_cluster
 
@@ -177,7 +178,7 @@ def test_query_cli_explain_and_trace_file_round_trip(
     receiver.wait_for_spans(
         lambda spans: (
             any(
-                s.name == "otel_dist.query"
+                is_query_span(s.name, s.attributes)
                 and s.attributes.get("otel_dist.query.id") == live["query_id"]
                 for s in spans
             )

@@ -416,7 +416,10 @@ def test_otlp_metrics_exemplars_and_traces_reach_the_receiver(
         ),
         timeout=15,
     )
-    assert any(s.name == c.SPAN_QUERY and s.trace_id == workload.last_trace_id for s in spans)
+    assert any(
+        c.is_query_span(s.name, s.attributes) and s.trace_id == workload.last_trace_id
+        for s in spans
+    )
 
 
 def _services_of(spans: list[SpanRecord], trace_id: str) -> set[str]:

@@ -28,7 +28,7 @@ KUBERNETES = DEPLOY / "kubernetes"
 CONTRIB_COMPONENTS: dict[str, set[str]] = {
     "receivers": {"otlp"},
     "processors": {"memory_limiter", "batch"},
-    "connectors": {"spanmetrics"},
+    "connectors": {"spanmetrics", "servicegraph"},
     "exporters": {"otlp", "otlphttp", "prometheus", "prometheusremotewrite", "file", "debug"},
     "extensions": {"health_check"},
 }
@@ -128,6 +128,23 @@ def test_collector_config_has_the_pipelines_the_stack_needs() -> None:
     assert "prometheus" in metrics_exporters
     assert config["exporters"]["prometheus"]["enable_open_metrics"] is True  # exemplars
     assert any("spanmetrics" in p["receivers"] for p in pipelines.values())
+
+
+@pytest.mark.parametrize("source", sorted(COLLECTOR_CONFIGS))
+def test_servicegraph_draws_edges_from_every_trace_into_prometheus(source: str) -> None:
+    """The servicegraph connector takes every span (it pairs CLIENT and SERVER spans across
+    processes, so it must see the whole trace) and its metrics reach Prometheus."""
+    config = COLLECTOR_CONFIGS[source]()
+    servicegraph = config["connectors"]["servicegraph"]
+    assert servicegraph["store"]["ttl"] and servicegraph["store"]["max_items"] > 0
+    assert "rpc.method" in servicegraph["dimensions"]
+    pipelines = config["service"]["pipelines"]
+    assert "servicegraph" in pipelines["traces"]["exporters"]
+    assert "otlp" in pipelines["traces"]["receivers"]
+    assert not {"tail_sampling", "probabilistic_sampler"} & set(pipelines["traces"]["processors"])
+    into = [p for n, p in pipelines.items() if "servicegraph" in p["receivers"]]
+    assert [_type(n) for n, p in pipelines.items() if p in into] == ["metrics"]
+    assert "prometheus" in into[0]["exporters"]
 
 
 def test_kubernetes_collector_has_the_same_pipelines() -> None:

@@ -62,7 +62,7 @@ def test_one_trace_spans_coordinator_and_every_worker(
     spans = _query_spans(receiver, result.query_id, len(result.telemetry.spans))
     assert {s.trace_id for s in spans} == {result.telemetry.trace_id}
     by_id = {s.span_id: s for s in spans}
-    query = [s for s in spans if s.name == c.SPAN_QUERY]
+    query = [s for s in spans if c.is_query_span(s.name, s.attributes)]
     stages = [s for s in spans if s.name == c.SPAN_STAGE]
     tasks = [s for s in spans if s.name == c.SPAN_TASK]
     assert len(query) == 1 and query[0].parent_span_id == ""
@@ -72,11 +72,10 @@ def test_one_trace_spans_coordinator_and_every_worker(
     stage_by_id = {s.attributes[c.STAGE_ID]: s for s in stages}
     root = stage_by_id[result.plan.root.stage_id]
     assert root.parent_span_id == query[0].span_id
-    for stage in result.plan.stages:
+    for stage in result.plan.stages:  # every stage under the query, linked to what it reads
+        assert stage_by_id[stage.stage_id].parent_span_id == query[0].span_id
         for upstream in stage.inputs:
-            assert (
-                stage_by_id[upstream.stage_id].parent_span_id == stage_by_id[stage.stage_id].span_id
-            )
+            assert stage_by_id[upstream.stage_id].span_id in stage_by_id[stage.stage_id].links
     workers = {t.resource["service.instance.id"] for t in tasks}
     assert len(workers) == 3, "every worker ran tasks and exported their spans"
     assert all(t.resource["service.name"] == "otel-dist-worker" for t in tasks)
@@ -280,7 +279,7 @@ def test_callers_span_is_the_parent_of_the_query_span(cluster: LocalCluster) -> 
     with tracer.start_as_current_span("caller") as caller:
         result = cluster.execute("select count(*) from nation")
     assert result.telemetry is not None
-    query = next(s for s in result.telemetry.spans if s.name == c.SPAN_QUERY)
+    query = next(s for s in result.telemetry.spans if c.is_query_span(s.name, s.attributes))
     assert query.trace_id == format(caller.get_span_context().trace_id, "032x")
     assert query.parent_span_id == format(caller.get_span_context().span_id, "016x")
 

@@ -27,7 +27,7 @@ import pyarrow.flight as flight
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otel_dist.background import run_in_background
@@ -69,6 +69,7 @@ from otel_dist.sql_limits import (
 )
 from otel_dist.sql_limits import check as check_sql
 from otel_dist.telemetry import conventions as c
+from otel_dist.telemetry import rpc
 from otel_dist.telemetry.collector import SpanCollector
 from otel_dist.telemetry.envelope import TaskRef
 from otel_dist.telemetry.metrics import (
@@ -328,10 +329,11 @@ class Coordinator:
             self.claim(query_id)
         text = redact_sql(sql) if self.telemetry.config.redact_sql else sql
         query_span = self.telemetry.tracer.start_span(
-            c.SPAN_QUERY,
+            c.SPAN_QUERY,  # renamed after db.query.summary once planned
             start_time=started,
             attributes={
                 c.QUERY_ID: query_id,
+                c.DB_SYSTEM_NAME: c.DB_SYSTEM,
                 c.DB_QUERY_TEXT: text,
                 c.DB_OPERATION_NAME: operation_name(sql),
             },
@@ -344,10 +346,12 @@ class Coordinator:
         try:
             run.plan = self.plan(sql)
             query_span.set_attribute(c.QUERY_STRATEGY, run.plan.strategy)
+            _name_query_span(query_span, run.plan, sql)
             self._start_stage_spans(run)
             self._place_and_submit(run)
             table = self._read_root(run)
             query_span.set_attribute(c.QUERY_ROWS, table.num_rows)
+            query_span.set_attribute(c.DB_RETURNED_ROWS, table.num_rows)
         except BaseException as error:
             failure = error
             self._broadcast(query_id, ACTION_CANCEL_QUERY, run.workers())
@@ -485,7 +489,7 @@ class Coordinator:
             specs = task_specs(run.plan, run.query_id, run.placement, contexts)
             submitted = time.time_ns()
             try:
-                self._submit(specs)
+                self._submit(specs, run.query_span)
                 _stage_event(run, "scheduled", at_ns=submitted)
                 return
             except WorkerUnreachable as error:
@@ -504,11 +508,17 @@ class Coordinator:
     # ---- spans ---------------------------------------------------------------------------
 
     def _start_stage_spans(self, run: _Run) -> None:
-        """One span per stage, nested the way data flows: a stage under the stage reading it."""
+        """One span per stage, every one a child of the query span (a trace a few levels deep
+        rather than one level per stage), linked to the spans of the stages it reads
+        (``otel_dist.stage.inputs`` lists them too)."""
         assert run.plan is not None
-        for stage in reversed(run.plan.stages):
-            consumers = run.plan.consumers(stage.stage_id)
-            parent = run.stage_spans[consumers[0].stage_id] if consumers else run.query_span
+        parent = trace.set_span_in_context(run.query_span)
+        for stage in run.plan.stages:  # dependency order: a stage's inputs come first
+            links = [
+                trace.Link(run.stage_spans[i.stage_id].get_span_context())
+                for i in stage.inputs
+                if i.stage_id in run.stage_spans
+            ]
             attributes: dict[str, object] = {
                 c.QUERY_ID: run.query_id,
                 c.STAGE_ID: stage.stage_id,
@@ -526,8 +536,9 @@ class Coordinator:
                 attributes[c.STAGE_STRATEGY] = stage.strategy
             run.stage_spans[stage.stage_id] = self.telemetry.tracer.start_span(
                 c.SPAN_STAGE,
-                context=trace.set_span_in_context(parent),
+                context=parent,
                 attributes=attributes,  # type: ignore[arg-type]
+                links=links,
             )
 
     def _stage_contexts(self, run: _Run) -> dict[int, dict[str, str]]:
@@ -559,30 +570,44 @@ class Coordinator:
             self.relay.submit(worker_request)
         task_ends: dict[int, int] = {}
         task_starts: dict[int, int] = {}
+        failed_stages: dict[int, str] = {}  # stage -> its first failed task's error
         for span in worker_spans:
             if span.name == c.SPAN_TASK:
                 stage_id = int(span.attributes.get(c.STAGE_ID, -1))  # type: ignore[arg-type]
                 task_ends[stage_id] = max(task_ends.get(stage_id, 0), span.end_ns)
                 task_starts[stage_id] = min(task_starts.get(stage_id, span.start_ns), span.start_ns)
+                if span.status_code == StatusCode.ERROR.value:
+                    failed_stages.setdefault(stage_id, span.status_message)
         own: list[ReadableSpan] = []
         root_span = run.stage_spans.get(run.plan.root.stage_id) if run.plan else None
         common = {c.QUERY_ID: run.query_id}
+        parent = (root_span or run.query_span).get_span_context()
         for read in run.reads:
-            parent = trace.set_span_in_context(root_span or run.query_span)
-            own.append(record_read_span(self.telemetry.tracer, parent, read, common))
+            read_span = record_read_span(self.telemetry, parent, read, common)
+            if read_span is not None:
+                own.append(read_span)
+        for read in run.reads:  # the stage lasts until its output is read
+            task_ends[read.stage_id] = max(task_ends.get(read.stage_id, 0), read.ended_ns)
         ended = time.time_ns()
         for stage_id, span in run.stage_spans.items():
             if stage_id in task_starts:
                 _stage_event(run, "running", stage_id, task_starts[stage_id])
-            end = task_ends.get(stage_id) or ended
-            _stage_event(run, "finished" if failure is None else "failed", stage_id, end)
-            if failure is not None:
-                span.set_status(Status(StatusCode.ERROR, one_line(failure)))
+            end = min(task_ends.get(stage_id) or ended, ended)
+            _stage_event(
+                run, "finished" if stage_id not in failed_stages else "failed", stage_id, end
+            )
+            if stage_id in failed_stages:  # ERROR only on the stage whose task failed
+                span.set_status(Status(StatusCode.ERROR, failed_stages[stage_id]))
             span.end(end_time=end)
             own.append(span)  # type: ignore[arg-type]
         if failure is not None:
             run.query_span.set_status(Status(StatusCode.ERROR, one_line(failure)))
-            run.query_span.add_event("failed", {"exception.message": one_line(failure)})
+            error_type = type(failure).__name__
+            run.query_span.set_attribute(c.ERROR_TYPE, error_type)
+            run.query_span.add_event(
+                "exception",
+                {"exception.type": error_type, "exception.message": one_line(failure)},
+            )
         run.query_span.end(end_time=ended)
         own.append(run.query_span)  # type: ignore[arg-type]
         own_request = encode_spans(own)
@@ -640,8 +665,12 @@ class Coordinator:
                 {"query_id": run.query_id, "stage_id": task.stage_id, "task_index": task.task_index}
             )
             try:
-                payload = self._action(
-                    url, ACTION_GET_TASK_TELEMETRY, body, self.config.telemetry_fetch_timeout_s
+                payload = self._rpc_action(
+                    run.query_span,
+                    url,
+                    ACTION_GET_TASK_TELEMETRY,
+                    body,
+                    self.config.telemetry_fetch_timeout_s,
                 )
             except QueryError as error:
                 log.info("telemetry of task %s of %s not fetched: %s", task, run.query_id, error)
@@ -661,7 +690,7 @@ class Coordinator:
 
     # ---- data ----------------------------------------------------------------------------
 
-    def _submit(self, specs: list[TaskSpec]) -> None:
+    def _submit(self, specs: list[TaskSpec], parent: trace.Span | None = None) -> None:
         """Submit every task, one call per worker; wait for all answers (bounded), then raise
         the first failure, an unreachable worker first, so that no submission is still in
         flight after it. The one exception: a worker the health checker finds down meanwhile
@@ -673,7 +702,7 @@ class Coordinator:
             by_worker.setdefault(spec.worker_url, []).append(spec)
         futures = {
             self._pool.submit(
-                self._action, url, ACTION_SUBMIT_TASKS, encode_submission(worker_specs)
+                self._rpc_action, parent, url, ACTION_SUBMIT_TASKS, encode_submission(worker_specs)
             ): url
             for url, worker_specs in by_worker.items()
         }
@@ -734,6 +763,9 @@ class Coordinator:
         run.read_stats.append(stats)
         started = time.time_ns()
         batches: list[pa.RecordBatch] = []
+        span_id = rpc.new_span_id()  # the read's CLIENT span, parent of the worker's span
+        stage_span = run.stage_spans.get(source.stage_id, run.query_span)
+        headers, _ = rpc.with_span_id(rpc.traceparent_of(stage_span.get_span_context()), span_id)
         try:
             for batch in read_bucket(
                 source,
@@ -741,6 +773,7 @@ class Coordinator:
                 self.config.query_timeout_s,
                 run.collector.add_message,
                 stats,
+                headers,
                 security=self.security,
             ):
                 if run.cancelled.is_set():
@@ -767,14 +800,50 @@ class Coordinator:
         except REMOTE_ERRORS as error:
             raise QueryError(one_line(error)) from None
         finally:
-            run.reads.append(read_record(source, stats, started, time.time_ns()))
+            run.reads.append(read_record(source, stats, started, time.time_ns(), span_id))
 
-    def _action(self, url: str, action: str, body: bytes, timeout_s: float | None = None) -> bytes:
+    def _rpc_action(
+        self,
+        parent: trace.Span | None,
+        url: str,
+        action: str,
+        body: bytes,
+        timeout_s: float | None = None,
+    ) -> bytes:
+        """``_action`` as a query's call: a CLIENT span under ``parent``, named to the
+        worker in the call's ``traceparent`` (the worker's SERVER span is its child)."""
+        if parent is None or not self.telemetry.enabled:
+            return self._action(url, action, body, timeout_s)
+        span = self.telemetry.tracer.start_span(
+            rpc.span_name(rpc.DO_ACTION),
+            context=trace.set_span_in_context(parent),
+            kind=SpanKind.CLIENT,
+            attributes=rpc.client_attributes(url, rpc.DO_ACTION, action),  # type: ignore[arg-type]
+        )
+        try:
+            return self._action(
+                url, action, body, timeout_s, rpc.traceparent_of(span.get_span_context())
+            )
+        except BaseException as error:
+            span.set_status(Status(StatusCode.ERROR, one_line(error)))
+            span.set_attribute("error.type", type(error).__name__)
+            raise
+        finally:
+            span.end()
+
+    def _action(
+        self,
+        url: str,
+        action: str,
+        body: bytes,
+        timeout_s: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> bytes:
         client = client_for(url, self.security)
         try:
             results = client.do_action(
                 flight.Action(action, body),
-                options=call_options(timeout_s or self.config.rpc_timeout_s),
+                options=call_options(timeout_s or self.config.rpc_timeout_s, headers),
             )
             return b"".join(r.body.to_pybytes() for r in results)
         except flight.FlightUnavailableError as error:
@@ -841,6 +910,18 @@ def _stage_event(
     spans = run.stage_spans if stage_id is None else {stage_id: run.stage_spans[stage_id]}
     for span in spans.values():
         span.add_event(state, {c.STAGE_STATE: state}, timestamp=at_ns)
+
+
+def _name_query_span(span: trace.Span, plan: DistributedPlan, sql: str) -> None:
+    """``db.query.summary`` (and ``db.collection.name`` for one table) on the query span,
+    which takes the summary as its name, as the database conventions name spans."""
+    tables = [s.file_scan.table_name for s in plan.stages if s.file_scan is not None]
+    tables += [local.table_name for s in plan.stages for local in s.local_scans]
+    summary = c.query_summary(operation_name(sql), tables, sql)
+    span.set_attribute(c.DB_QUERY_SUMMARY, summary)
+    if len(set(tables)) == 1:
+        span.set_attribute(c.DB_COLLECTION_NAME, tables[0])
+    span.update_name(summary)
 
 
 def _planned_tasks(plan: DistributedPlan | None) -> set[TaskRef]:

@@ -36,7 +36,7 @@ def read_bucket(
 
 
 def read_record(
-    source: BucketSource, stats: StreamStats, started_ns: int, ended_ns: int
+    source: BucketSource, stats: StreamStats, started_ns: int, ended_ns: int, span_id: int = 0
 ) -> ReadRecord:
     return ReadRecord(
         endpoint=source.worker_url,
@@ -51,4 +51,5 @@ def read_record(
         first_batch_ns=stats.first_batch_ns,
         blocked_ns=stats.blocked_ns,
         telemetry_bytes=stats.telemetry_bytes,
+        span_id=span_id,
     )

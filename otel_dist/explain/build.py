@@ -119,7 +119,7 @@ def _build_tree(
     selected = _select_query(unique, query_id)
     index = _SpanIndex([s for s in unique if s.attributes.get(c.QUERY_ID) == selected])
     stages = _stage_nodes(index, skew_threshold)
-    query_span = index.first(c.SPAN_QUERY)
+    query_span = index.query_span()
     tree = ExplainTree(
         query_id=selected,
         trace_id=_trace_id(index, query_span),
@@ -202,6 +202,9 @@ class _SpanIndex:
 
     def first(self, name: str) -> SpanRecord | None:
         return next((s for s in self.spans if s.name == name), None)
+
+    def query_span(self) -> SpanRecord | None:
+        return next((s for s in self.spans if c.is_query_span(s.name, s.attributes)), None)
 
     def extent_ns(self) -> int | None:
         if not self.spans:

@@ -22,6 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from otel_dist.explain.build import build_tree
 from otel_dist.explain.model import ExplainTree
 from otel_dist.explain.text import render_text
+from otel_dist.telemetry import conventions as c
 from otel_dist.telemetry.otlp import SpanRecord
 
 log = logging.getLogger("otel_dist.explain.log")
@@ -128,7 +129,9 @@ class QueryLog:
                 "explain tree of query %s could not be built", outcome.query_id, exc_info=True
             )
             return
-        root = next((s for s in outcome.telemetry.spans if s.name == "otel_dist.query"), None)
+        root = next(
+            (s for s in outcome.telemetry.spans if c.is_query_span(s.name, s.attributes)), None
+        )
         level = logging.WARNING if outcome.error is not None else logging.INFO
         log.log(
             level,

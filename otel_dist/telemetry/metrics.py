@@ -56,6 +56,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from opentelemetry import baggage, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
@@ -437,7 +438,7 @@ def stage_skews(
     for stage_id, values in sorted(durations.items()):
         median = statistics.median(values)
         if len(values) >= 2 and median > 0:
-            kind = _bounded(stage_kinds.get(stage_id, UNKNOWN_KIND))
+            kind = stage_kind_label(stage_kinds.get(stage_id, UNKNOWN_KIND))
             skews.append((kind, max(values) / median))
     return skews
 
@@ -470,6 +471,7 @@ class TaskOutcome:
     reads: Sequence[ReadRecord] = ()
     final_message_bytes: int | None = None
     malformed_messages: int = 0
+    span_context: trace.SpanContext | None = None  # the task span's: histogram exemplars
 
 
 class WorkerMetrics:
@@ -554,10 +556,18 @@ class WorkerMetrics:
         if not self.enabled:
             return
         try:
-            kind = (c.STAGE_KIND, _bounded(task.stage_kind))
+            kind = (c.STAGE_KIND, stage_kind_label(task.stage_kind))
             status = task.status if task.status in c.TASK_STATUSES else "failed"
+            # The task span as the measurement's context: a sampled one becomes the exemplar.
+            context = (
+                trace.set_span_in_context(trace.NonRecordingSpan(task.span_context))
+                if task.span_context is not None
+                else None
+            )
             self.task_duration.record(
-                max(0.0, task.duration_s), {kind[0]: kind[1], c.TASK_STATUS: status}
+                max(0.0, task.duration_s),
+                {kind[0]: kind[1], c.TASK_STATUS: status},
+                context=context,
             )
             self.task_rows.add(task.output_rows, (kind,))
             self.task_bytes.add(task.output_bytes, (kind,))
@@ -574,7 +584,7 @@ class WorkerMetrics:
                 locality = "local" if read.endpoint == task.worker_url else "remote"
                 self.shuffle.add(read.bytes, (kind, (SHUFFLE_LOCALITY, locality)))
             if task.final_message_bytes is not None:
-                self.final_message.record(task.final_message_bytes)
+                self.final_message.record(task.final_message_bytes, context=context)
             if task.malformed_messages:
                 self.malformed.add(task.malformed_messages)
         except Exception:
@@ -694,6 +704,35 @@ def _walk(operator: OperatorMetrics) -> Iterable[OperatorMetrics]:
         node = stack.pop()
         yield node
         stack.extend(node.children)
+
+
+# The values of the otel_dist.stage.kind metric label: a stage's kind is its fused operations
+# ("scan + join + partial aggregate"), an open set; the label is its first operation.
+STAGE_KIND_LABELS: Final = frozenset(
+    {
+        "scan",
+        "join",
+        "partial aggregate",
+        "final aggregate",
+        "aggregate",
+        "distinct keys",
+        "sort",
+        "top-k",
+        "merge",
+        "limit",
+        "union",
+        "exchange",
+        "single-task",
+        UNKNOWN_KIND,
+        "other",
+    }
+)
+
+
+def stage_kind_label(kind: str) -> str:
+    """The bounded metric label of a stage kind (one of ``STAGE_KIND_LABELS``)."""
+    first = kind.split(" + ", 1)[0].strip() if kind else UNKNOWN_KIND
+    return first if first in STAGE_KIND_LABELS else "other"
 
 
 def _bounded(value: str) -> str:

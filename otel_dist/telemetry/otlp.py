@@ -29,7 +29,8 @@ class SpanRecord:
     Ids are lowercase hex (``trace_id`` 32 chars, ``span_id`` 16 chars); ``parent_span_id``
     is ``""`` for a root span. ``attributes`` and ``resource`` hold decoded ``AnyValue``s
     (see ``decode_any_value``). ``status_code`` is the ``Status.StatusCode`` integer
-    (0 unset, 1 ok, 2 error); ``events`` are the event names in order.
+    (0 unset, 1 ok, 2 error); ``events`` are the event names in order. ``kind`` is the OTLP
+    ``SpanKind`` integer (1 internal, 2 server, 3 client); ``links`` the linked span ids.
     """
 
     name: str
@@ -43,6 +44,8 @@ class SpanRecord:
     status_code: int
     events: tuple[str, ...]
     status_message: str = ""
+    kind: int = 0
+    links: tuple[str, ...] = ()
 
 
 def span_records(requests: Iterable[ExportTraceServiceRequest]) -> list[SpanRecord]:
@@ -66,6 +69,8 @@ def span_records(requests: Iterable[ExportTraceServiceRequest]) -> list[SpanReco
                             status_code=int(span.status.code),
                             events=tuple(event.name for event in span.events),
                             status_message=span.status.message,
+                            kind=int(span.kind),
+                            links=tuple(link.span_id.hex() for link in span.links),
                         )
                     )
     return result

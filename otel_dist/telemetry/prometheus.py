@@ -236,19 +236,25 @@ class PrometheusReader(MetricReader):
         description = metric.description or metric.name
         if isinstance(data, Sum) and data.is_monotonic:
             name = prometheus_name(metric.name, metric.unit or "", "counter")
-            counter = CounterMetricFamily(name, description, labels=label_names)
+            counter = CounterMetricFamily(
+                name, description, labels=label_names, unit=_unit(metric.unit, "counter")
+            )
             for row, point in zip(rows, points, strict=True):
                 counter.add_metric(row, point.value or 0.0)
             return counter
         if isinstance(data, (Sum, Gauge)):
             name = prometheus_name(metric.name, metric.unit or "", "gauge")
-            gauge = GaugeMetricFamily(name, description, labels=label_names)
+            gauge = GaugeMetricFamily(
+                name, description, labels=label_names, unit=_unit(metric.unit, "gauge")
+            )
             for row, point in zip(rows, points, strict=True):
                 gauge.add_metric(row, point.value or 0.0)
             return gauge
         if isinstance(data, HistogramData):
             name = prometheus_name(metric.name, metric.unit or "", "histogram")
-            histogram = HistogramMetricFamily(name, description, labels=label_names)
+            histogram = HistogramMetricFamily(
+                name, description, labels=label_names, unit=_unit(metric.unit, "histogram")
+            )
             for row, point in zip(rows, points, strict=True):
                 assert point.histogram is not None
                 histogram.add_metric(
@@ -282,6 +288,12 @@ class PrometheusReader(MetricReader):
             kept = self._exemplars.get((name, row, index))
             buckets.append((bound, float(total), kept) if kept else (bound, float(total)))
         return buckets
+
+
+def _unit(unit: str | None, kind: str) -> str:
+    """The OpenMetrics ``# UNIT`` of a metric: its name's unit suffix (``seconds``...), or
+    none for units that add no suffix (``{row}``)."""
+    return unit_suffix(unit or "", gauge=kind == "gauge")
 
 
 class _MetricsServer(ThreadingMixIn, WSGIServer):

@@ -8,10 +8,14 @@ Read once when a coordinator or worker starts (nothing happens at import time):
   that is not there).
 * ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT``, ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL``
   (``grpc`` or ``http/protobuf``), ``OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`` and ``_TIMEOUT``.
-* ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``; ``service.instance.id`` is unique per
-  process and ``host.name`` is the machine's.
-* ``OTEL_TRACES_SAMPLER`` and ``OTEL_TRACES_SAMPLER_ARG``. A span the sampler drops is still
-  recorded (so EXPLAIN ANALYZE always works) but never exported.
+* ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES`` (values %-decoded, as the SDK does);
+  the resource is the SDK's (``Resource.create``: ``telemetry.sdk.*``) plus
+  ``service.instance.id`` (unique per process), ``service.version`` (the package's),
+  ``service.namespace`` (``otel_dist`` unless set), ``host.name`` and ``process.pid`` (an int).
+* ``OTEL_TRACES_SAMPLER`` and ``OTEL_TRACES_SAMPLER_ARG``, every sampler the specification
+  names; an unknown name is reported in one warning and ``parentbased_always_on`` used. A span
+  the sampler drops is still recorded, attributes and all (so EXPLAIN ANALYZE is complete),
+  but never exported.
 * ``OTEL_DIST_TELEMETRY_MAX_BYTES``: size limit of a task's in-band telemetry message.
 * ``OTEL_DIST_REDACT_SQL=true`` (or ``--redact-sql``): literals in ``db.query.text`` and in
   stage SQL are replaced by ``?``, and operator spans show operator names only (DataFusion
@@ -29,9 +33,12 @@ import os
 import socket
 import sys
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
+from importlib import metadata
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -52,6 +59,17 @@ from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.types import Attributes
 
 DEFAULT_ENVELOPE_LIMIT = 1 << 20
+SCOPE_NAME = "otel_dist"
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.37.0"  # the semconv release the names follow
+DEFAULT_NAMESPACE = "otel_dist"
+SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
 SHUTDOWN_TIMEOUT_S = 5.0
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -154,7 +172,8 @@ class Telemetry:
     ) -> None:
         self.config = config
         self.instance_id = uuid.uuid4().hex
-        self.scope = InstrumentationScope("otel_dist")  # of every span this process makes
+        # of every span this process makes
+        self.scope = InstrumentationScope(SCOPE_NAME, package_version(), SCHEMA_URL)
         self.provider: TracerProvider | None = None
         self._processors: list[SpanProcessor] = []
         if not config.enabled:
@@ -169,7 +188,9 @@ class Telemetry:
         self._processors.extend(extra_processors)
         for processor in self._processors:
             self.provider.add_span_processor(processor)
-        self.tracer = self.provider.get_tracer(self.scope.name)
+        self.tracer = self.provider.get_tracer(
+            self.scope.name, self.scope.version, self.scope.schema_url
+        )
 
     @property
     def enabled(self) -> bool:
@@ -183,12 +204,19 @@ class Telemetry:
                 processor.on_end(span)
 
     def _resource(self) -> Resource:
-        attributes = _parse_pairs(self.config.resource_attributes)
+        attributes: dict[str, str | int] = {
+            key: urllib.parse.unquote(value)
+            for key, value in _parse_pairs(self.config.resource_attributes).items()
+        }
         attributes["service.name"] = self.config.service_name
         attributes["service.instance.id"] = self.instance_id
+        attributes.setdefault("service.version", package_version())
+        attributes.setdefault("service.namespace", DEFAULT_NAMESPACE)
         attributes.setdefault("host.name", socket.gethostname())
-        attributes.setdefault("process.pid", str(os.getpid()))
-        return Resource(attributes)
+        attributes["process.pid"] = os.getpid()
+        # The SDK's resource (telemetry.sdk.*), then ours: this process's settings win over
+        # what the SDK's detector reads from os.environ.
+        return Resource.create(attributes, SCHEMA_URL)
 
     def flush(self, timeout_ms: int = 5000) -> bool:
         return self.provider.force_flush(timeout_ms) if self.provider is not None else True
@@ -218,7 +246,8 @@ class RecordDropped(Sampler):
             parent_context, trace_id, name, kind, attributes, links, trace_state
         )
         if result.decision == Decision.DROP:
-            return SamplingResult(Decision.RECORD_ONLY, result.attributes, result.trace_state)
+            # A DROP result carries no attributes: the span's own must survive for EXPLAIN.
+            return SamplingResult(Decision.RECORD_ONLY, attributes, result.trace_state)
         return result
 
     def get_description(self) -> str:
@@ -236,7 +265,25 @@ def _sampler(config: TelemetryConfig) -> Sampler:
         "parentbased_always_off": ParentBased(ALWAYS_OFF),
         "parentbased_traceidratio": ParentBased(TraceIdRatioBased(ratio)),
     }
-    return samplers.get(name, ParentBased(ALWAYS_ON))
+    sampler = samplers.get(name)
+    if sampler is None:
+        log.warning(
+            "OTEL_TRACES_SAMPLER=%s is not a known sampler (one of %s); using "
+            "parentbased_always_on",
+            name,
+            ", ".join(SAMPLERS),
+        )
+        return ParentBased(ALWAYS_ON)
+    return sampler
+
+
+@cache
+def package_version() -> str:
+    """otel_dist's version as installed (``service.version``, the scope's version)."""
+    try:
+        return metadata.version("otel_dist")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 def _exporter(config: TelemetryConfig) -> SpanExporter | None:

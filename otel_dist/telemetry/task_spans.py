@@ -23,6 +23,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from otel_dist.telemetry import conventions as c
+from otel_dist.telemetry import rpc
 from otel_dist.telemetry.setup import Telemetry
 
 
@@ -42,6 +43,7 @@ class ReadRecord:
     first_batch_ns: int | None
     blocked_ns: int
     telemetry_bytes: int
+    span_id: int = 0  # chosen when the read started (its server span's parent); 0: none yet
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class TaskRecord:
     reads: Sequence[ReadRecord] = field(default_factory=tuple)
     time_breakdown: dict[str, int] | None = None  # part -> ns, adding up to the duration
     output_done_ns: int | None = None  # when the output was complete (unix ns)
+    error_type: str | None = None  # the exception's class name, when it failed
+    upstream_failed: bool = False  # failed because an upstream task did: not the root cause
 
 
 @dataclass(frozen=True)
@@ -205,18 +209,39 @@ def record_task_spans(
         trace_id, _Children.ids.generate_span_id(), False, flags, sampling.trace_state
     )
     children = _Children(context, telemetry.provider.resource, telemetry.scope)
+    task_end = max(task.ended_ns, task.started_ns)
     if operators is not None:
-        _operator_spans(children, context, operators, "0", common, task)
+        _operator_spans(children, context, operators, "0", common, task.started_ns, task_end)
     for read in task.reads:
+        start, end = _within(read.started_ns, read.ended_ns, task.started_ns, task_end)
         children.add(
-            c.SPAN_READ, context, read_attributes(read, common), read.started_ns, read.ended_ns
+            c.SPAN_READ,
+            context,
+            read_attributes(read, common),
+            start,
+            end,
+            SpanKind.CLIENT,
+            read.span_id,
         )
     status = Status(StatusCode.UNSET)
     events: tuple[Event, ...] = ()
     if task.status != "finished":
         attributes[c.TASK_ERROR] = task.error or task.status
+    # ERROR only on a task whose own work failed: cancelled work is no error, and a task
+    # stopped by its upstream's failure leaves the error to that task (one root cause).
+    if task.status == "failed" and not task.upstream_failed:
+        error_type = task.error_type or "failed"
+        attributes[c.ERROR_TYPE] = error_type
         status = Status(StatusCode.ERROR, task.error or task.status)
-        events = (Event(task.status, timestamp=task.ended_ns),)
+        events = (
+            Event(
+                "exception",
+                {"exception.type": error_type, "exception.message": task.error or task.status},
+                timestamp=max(task.ended_ns, task.started_ns),
+            ),
+        )
+    elif task.upstream_failed:
+        attributes[c.TASK_UPSTREAM_FAILED] = True
     children.spans.append(
         ReadableSpan(
             c.SPAN_TASK,
@@ -252,10 +277,17 @@ class _Children:
         self.spans: list[ReadableSpan] = []
 
     def add(
-        self, name: str, parent: SpanContext, attributes: dict[str, Any], start: int, end: int
+        self,
+        name: str,
+        parent: SpanContext,
+        attributes: dict[str, Any],
+        start: int,
+        end: int,
+        kind: SpanKind = SpanKind.INTERNAL,
+        span_id: int = 0,
     ) -> SpanContext:
         context = SpanContext(
-            self._trace_id, self.ids.generate_span_id(), False, self._flags, self._state
+            self._trace_id, span_id or self.ids.generate_span_id(), False, self._flags, self._state
         )
         self.spans.append(
             ReadableSpan(
@@ -264,7 +296,7 @@ class _Children:
                 parent=parent,
                 resource=self.resource,
                 attributes=attributes,
-                kind=SpanKind.INTERNAL,
+                kind=kind,
                 start_time=start,
                 end_time=max(end, start),
                 instrumentation_scope=self.scope,
@@ -274,9 +306,10 @@ class _Children:
 
 
 def read_attributes(read: ReadRecord, common: dict[str, object]) -> dict[str, Any]:
-    """The attributes of the span of one upstream bucket read."""
+    """The attributes of the span of one upstream bucket read (a Flight ``DoGet`` call)."""
     attributes = {
         **common,
+        **rpc.client_attributes(read.endpoint, rpc.DO_GET),
         c.READ_ENDPOINT: read.endpoint,
         c.READ_STAGE_ID: read.stage_id,
         c.READ_TASK_INDEX: read.task_index,
@@ -293,17 +326,26 @@ def read_attributes(read: ReadRecord, common: dict[str, object]) -> dict[str, An
 
 
 def record_read_span(
-    tracer: trace.Tracer, parent: Context, read: ReadRecord, common: dict[str, object]
-) -> ReadableSpan:
-    """A read span through the tracer (the coordinator's reads of the root stage)."""
-    span = tracer.start_span(
+    telemetry: Telemetry, parent: SpanContext, read: ReadRecord, common: dict[str, object]
+) -> ReadableSpan | None:
+    """The CLIENT span of one of the coordinator's reads of the root stage, child of the
+    stage span ``parent`` and inside its time; handed to the span processors. None when
+    ``parent`` is not recorded (the sampler recorded nothing)."""
+    if telemetry.provider is None or not parent.is_valid:
+        return None
+    children = _Children(parent, telemetry.provider.resource, telemetry.scope)
+    end = max(read.ended_ns, read.started_ns)
+    children.add(
         c.SPAN_READ,
-        context=parent,
-        start_time=read.started_ns,
-        attributes=read_attributes(read, common),
-    )  # type: ignore[arg-type]
-    span.end(end_time=max(read.ended_ns, read.started_ns))
-    return span  # type: ignore[return-value]
+        parent,
+        read_attributes(read, common),
+        read.started_ns,
+        end,
+        SpanKind.CLIENT,
+        read.span_id,
+    )
+    telemetry.emit_finished(children.spans)
+    return children.spans[0]
 
 
 def _operator_spans(
@@ -312,7 +354,8 @@ def _operator_spans(
     operator: OperatorMetrics,
     path: str,
     common: dict[str, object],
-    task: TaskRecord,
+    parent_start: int,
+    parent_end: int,
 ) -> None:
     attributes: dict[str, Any] = {
         **common,
@@ -324,11 +367,21 @@ def _operator_spans(
         attributes[c.METRIC_PREFIX + name] = total
     for name, values in operator.per_partition.items():
         attributes[c.METRIC_PREFIX + name + c.PARTITIONS_SUFFIX] = values
-    start = operator.start_ns or task.started_ns
-    end = operator.end_ns or task.ended_ns
+    # An operator without timestamps (an in-memory input) spans its parent; DataFusion's own
+    # timestamps are clamped into the parent's (a child is executed, so stamped, before the
+    # parent that calls it), so every span lies inside its parent's time.
+    start, end = _within(
+        operator.start_ns or parent_start, operator.end_ns or parent_end, parent_start, parent_end
+    )
     context = children.add(operator.name, parent, attributes, start, end)
     for index, child in enumerate(operator.children):
-        _operator_spans(children, context, child, f"{path}.{index}", common, task)
+        _operator_spans(children, context, child, f"{path}.{index}", common, start, end)
+
+
+def _within(start: int, end: int, parent_start: int, parent_end: int) -> tuple[int, int]:
+    """``[start, end]`` clamped into ``[parent_start, parent_end]`` (and ``end >= start``)."""
+    start = min(max(start, parent_start), parent_end)
+    return start, min(max(end, start), parent_end)
 
 
 def _ns(value: dt.datetime) -> int:

@@ -20,8 +20,11 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.flight as flight
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from otel_dist.deep_stack import deep_native_stacks
+from otel_dist.errors import one_line
 from otel_dist.exchange.security import (
     NO_SECURITY,
     SecurityConfig,
@@ -34,6 +37,7 @@ from otel_dist.exchange.server_errors import (
     for_client,
     get_error,
 )
+from otel_dist.exchange.tracing import MIDDLEWARE_KEY, TraceServerMiddlewareFactory, traceparent_of
 from otel_dist.protocol import (
     ACTION_CANCEL_QUERY,
     ACTION_GET_TASK_TELEMETRY,
@@ -61,7 +65,8 @@ from otel_dist.sql_limits import (
     SqlTooComplex,
 )
 from otel_dist.sql_limits import check as check_sql
-from otel_dist.telemetry import envelope
+from otel_dist.telemetry import conventions as c
+from otel_dist.telemetry import envelope, rpc
 from otel_dist.telemetry.cache import TelemetryCache
 from otel_dist.telemetry.envelope import DATA_END, TaskRef
 from otel_dist.telemetry.metrics import Metrics, WorkerObservers, start_process_telemetry
@@ -105,9 +110,13 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
     ) -> None:
         """Spans and metrics default to the process environment's settings; a caller passing
         its own ``telemetry`` and no ``metrics`` gets no metrics."""
+        options = server_options(config.security)
+        options["middleware"] = {
+            **options.get("middleware", {}),
+            MIDDLEWARE_KEY: TraceServerMiddlewareFactory(),
+        }
         super().__init__(
-            location=server_location(config.host, config.port, config.security),
-            **server_options(config.security),
+            location=server_location(config.host, config.port, config.security), **options
         )
         self.config = config
         deep_native_stacks()  # before any task starts DataFusion's runtime
@@ -159,12 +168,36 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
     def do_action(
         self, context: flight.ServerCallContext, action: flight.Action
     ) -> Iterator[bytes]:
+        span = self._server_span(context, rpc.DO_ACTION, action.type)
         try:
             return iter([self._action(action)])
         except ProtocolError as error:
+            _failed(span, error)
             raise for_client(invalid_argument(str(error)), "action") from None
         except Exception as error:  # never a Python traceback to the caller
+            _failed(span, error)
             raise for_client(error, f"action {action.type[:40]!r}") from None
+        finally:
+            if span is not None:
+                span.end()
+
+    def _server_span(
+        self,
+        context: flight.ServerCallContext,
+        method: str,
+        action: str | None = None,
+        attributes: dict[str, object] | None = None,
+    ) -> trace.Span | None:
+        """The SERVER span of a traced call (one whose caller sent a ``traceparent``)."""
+        parent = rpc.extract(traceparent_of(context)) if self.telemetry.enabled else None
+        if parent is None:
+            return None
+        return self.telemetry.tracer.start_span(
+            rpc.span_name(method),
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={**rpc.rpc_attributes(method, action), **(attributes or {})},  # type: ignore[dict-item]
+        )
 
     def _action(self, action: flight.Action) -> bytes:
         body = action.body.to_pybytes() if action.body is not None else b""
@@ -322,27 +355,52 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
         except Exception as error:  # never a Python traceback to the caller
             return get_error(error, "bucket read")
         bucket = task.buckets[request.bucket]
-        return flight.GeneratorStream(bucket.schema, self._serve(task, bucket, request.telemetry))
+        span = self._server_span(
+            context,
+            rpc.DO_GET,
+            # No otel_dist.query.id: the spans of a query that carry it are those EXPLAIN
+            # is built from (and counted against); this one is found by its trace.
+            attributes={
+                c.READ_STAGE_ID: request.stage_id,
+                c.READ_TASK_INDEX: request.task_index,
+                c.READ_BUCKET: request.bucket,
+            },
+        )
+        return flight.GeneratorStream(
+            bucket.schema, self._serve(task, bucket, request.telemetry, span)
+        )
 
     def _serve(
-        self, task: Task, bucket: Bucket, with_telemetry: bool
+        self, task: Task, bucket: Bucket, with_telemetry: bool, span: trace.Span | None = None
     ) -> Iterator[pa.RecordBatch | tuple[pa.RecordBatch, pa.Buffer]]:
         """The bucket's batches; for the reader that asked for it, a data-end marker, then
         the task's telemetry as a zero-row final message once it is recorded (which no
-        reader's data waits for)."""
+        reader's data waits for). ``span`` (the call's SERVER span) ends when the data
+        does, before the reader can have seen its end."""
+        ended: int | None = None
         try:
-            yield from bucket.read(self.config.read_timeout_s)
-        except BucketError as error:
-            raise flight.FlightServerError(str(error)) from None
-        except Exception as error:  # never a Python traceback to the reader
-            raise for_client(error, "bucket read") from None
-        if not self.telemetry.enabled or not with_telemetry:
-            return
-        empty = pa.RecordBatch.from_pylist([], schema=bucket.schema)
-        yield empty, pa.py_buffer(DATA_END)
-        task.wait(self.config.telemetry_wait_s)
-        if task.final_message is not None:
-            yield empty, pa.py_buffer(task.final_message)
+            try:
+                yield from bucket.read(self.config.read_timeout_s)
+            except BucketError as error:
+                # The producing task failed (its span is the error: one root cause) or the
+                # query was released; the call only passes that on.
+                raise flight.FlightServerError(str(error)) from None
+            except Exception as error:  # never a Python traceback to the reader
+                raise for_client(error, "bucket read") from None
+            if not self.telemetry.enabled or not with_telemetry:
+                ended = time.time_ns()
+                return
+            empty = pa.RecordBatch.from_pylist([], schema=bucket.schema)
+            # The call's data ends here; the reader's span (clamped into its task's time,
+            # which may end before the telemetry that follows arrives) covers that much.
+            ended = time.time_ns()
+            yield empty, pa.py_buffer(DATA_END)
+            task.wait(self.config.telemetry_wait_s)
+            if task.final_message is not None:
+                yield empty, pa.py_buffer(task.final_message)
+        finally:
+            if span is not None:
+                span.end(end_time=ended)
 
     def _wait_for_task(self, key: TaskKey) -> Task:
         deadline = time.monotonic() + self.config.task_wait_s
@@ -403,3 +461,10 @@ def _roots(folders: tuple[str, ...]) -> tuple[str, ...]:
 
 def _inside(path: str, roots: tuple[str, ...]) -> bool:
     return any(path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+
+
+def _failed(span: trace.Span | None, error: BaseException) -> None:
+    """Mark a SERVER span failed, as the RPC conventions say: ERROR, ``error.type``."""
+    if span is not None:
+        span.set_status(Status(StatusCode.ERROR, one_line(error)))
+        span.set_attribute("error.type", type(error).__name__)

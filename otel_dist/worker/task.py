@@ -20,6 +20,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.flight as flight
 from datafusion import SessionContext
+from opentelemetry.trace import SpanContext
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otel_dist.background import run_in_background
@@ -29,6 +30,7 @@ from otel_dist.exchange.router import StreamStats
 from otel_dist.exchange.security import NO_SECURITY, SecurityConfig
 from otel_dist.protocol import ROW_ID_COLUMN, BucketSource, TaskInput, TaskSpec
 from otel_dist.session import QUERY_ONLY, conform, new_session
+from otel_dist.telemetry import rpc
 from otel_dist.telemetry.cache import TelemetryCache
 from otel_dist.telemetry.collector import SpanCollector
 from otel_dist.telemetry.envelope import TaskRef
@@ -83,9 +85,10 @@ class InputRead:
     stats: StreamStats
     started_ns: int
     ended_ns: int = 0
+    span_id: int = field(default_factory=rpc.new_span_id)  # the read's CLIENT span
 
     def record(self) -> ReadRecord:
-        return read_record(self.source, self.stats, self.started_ns, self.ended_ns)
+        return read_record(self.source, self.stats, self.started_ns, self.ended_ns, self.span_id)
 
 
 @dataclass
@@ -97,6 +100,8 @@ class Task:
     buckets: list[Bucket] = field(default_factory=list)
     state: str = "pending"
     error: str | None = None
+    error_type: str | None = None
+    upstream_failed: bool = False  # stopped by an upstream task's failure (not the root cause)
     started_ns: int = 0
     ended_ns: int = 0
     rows_out: int = 0
@@ -109,6 +114,7 @@ class Task:
     live_plan: object | None = None
 
     def __post_init__(self) -> None:
+        self._span_context: SpanContext | None = None  # the task span's, once recorded
         self._cancel = threading.Event()  # cancelled from outside: the query is being stopped
         self._abort = threading.Event()  # one partition failed: its siblings stop too
         self._done = threading.Event()
@@ -183,9 +189,11 @@ class Task:
             self.state = "finished"
         except Exception as error:
             self.state = "cancelled" if self._cancel.is_set() else "failed"
+            self.error_type = type(error).__name__
             message = one_line(error)
             # An upstream task's failure is the root cause: pass it on rather than wrap it.
             if _UPSTREAM_FAILURE.match(message):
+                self.upstream_failed = True
                 self.error = message
             else:
                 verb = "was cancelled" if self.state == "cancelled" else "failed"
@@ -320,7 +328,7 @@ class Task:
                     self.settings.read_timeout_s,
                     self.collector.add_message,
                     read.stats,
-                    self.spec.trace_context,
+                    rpc.with_span_id(self.spec.trace_context, read.span_id)[0],
                     self.settings.security,
                 ):
                     _put(merged, conform(batch, schema), self._cancel)
@@ -400,11 +408,14 @@ class Task:
                 reads=[read.record() for read in self.input_reads],
                 time_breakdown=self.clock.breakdown(span_end - self.started_ns),
                 output_done_ns=self.ended_ns,
+                error_type=self.error_type,
+                upstream_failed=self.upstream_failed,
             )
             parent = TraceContextTextMapPropagator().extract(self.spec.trace_context)
             spans = record_task_spans(telemetry, parent, record, operators)
             if not spans:
                 return
+            self._span_context = spans[-1].get_span_context()  # the task span's
             own = encode_spans(spans).SerializeToString()
             self.settings.telemetry_cache.put(self.spec.query_id, self.ref, own)
             self.final_message = self.collector.forwarding_envelope(
@@ -430,6 +441,7 @@ class Task:
                 reads=[read.record() for read in self.input_reads],
                 final_message_bytes=len(self.final_message) if self.final_message else None,
                 malformed_messages=self.collector.malformed,
+                span_context=self._span_context,
             )
         except Exception:
             log.warning("metrics of %s could not be recorded", self.spec.key, exc_info=True)
