@@ -440,6 +440,7 @@ def _coordinator(args: argparse.Namespace) -> int:
         env,
         prometheus_port=_port(args.metrics_port),
         prometheus_host=args.host,
+        prometheus_token=security.token,
     )
     coordinator = Coordinator(
         CoordinatorConfig(
@@ -466,7 +467,11 @@ def _coordinator(args: argparse.Namespace) -> int:
             stdout.print(f"otel-dist coordinator metrics on {metrics.prometheus_url}")
         if args.http_port is not None:
             pages = QueryPagesServer(
-                recent, args.host, _port(args.http_port) or 0, trace_url_template()
+                recent,
+                args.host,
+                _port(args.http_port) or 0,
+                trace_url_template(),
+                token=security.token,
             ).start()
             stdout.print(f"otel-dist coordinator query pages on {pages.url}/queries")
         server.serve()

@@ -147,6 +147,7 @@ class LocalCluster:
                 self._child_env(),
                 prometheus_port=self.coordinator_metrics_port,
                 prometheus_host="127.0.0.1",
+                prometheus_token=self.security.token,
             )
             self.coordinator_metrics_url = metrics.prometheus_url
             self._coordinator = Coordinator(

@@ -22,6 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from otel_dist.explain.build import build_tree
 from otel_dist.explain.model import ExplainTree
 from otel_dist.explain.text import render_text
+from otel_dist.http_auth import printable
 from otel_dist.telemetry.otlp import SpanRecord
 
 log = logging.getLogger("otel_dist.explain.log")
@@ -130,15 +131,17 @@ class QueryLog:
             return
         root = next((s for s in outcome.telemetry.spans if s.name == "otel_dist.query"), None)
         level = logging.WARNING if outcome.error is not None else logging.INFO
+        # Client text (ids, SQL, errors) may hold lone surrogates no log sink can encode.
+        query_id = printable(outcome.query_id)
         log.log(
             level,
             "query %s finished in %.0f ms%s\n%s",
-            outcome.query_id,
+            query_id,
             outcome.duration_ns / 1e6,
-            f" with error: {outcome.error}" if outcome.error else "",
-            text,
+            f" with error: {printable(outcome.error)}" if outcome.error else "",
+            printable(text),
             extra={
-                "query_id": outcome.query_id,
+                "query_id": query_id,
                 "trace_id": outcome.telemetry.trace_id,
                 "span_id": root.span_id if root else "",
                 "duration_ms": round(outcome.duration_ns / 1e6, 3),

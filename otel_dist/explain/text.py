@@ -21,6 +21,7 @@ from otel_dist.explain.model import (
     StageNode,
     TaskNode,
 )
+from otel_dist.http_auth import printable
 
 _HEADLINE_METRICS = frozenset({"output_rows", "elapsed_compute", "output_bytes"})
 _STATS_METRICS = frozenset({"output_rows", "elapsed_compute"})
@@ -51,7 +52,7 @@ def render_text(
         root = _stage_line(stage, verbose)
         lines.append(root.text)
         _draw(root.children, "", lines)
-    return "\n".join(lines) + "\n"
+    return printable("\n".join(lines) + "\n")  # SQL and ids as received, surrogates too
 
 
 def _header(tree: ExplainTree) -> str:

@@ -95,7 +95,10 @@ class WorkerServer(flight.FlightServerBase):
         self.data_roots = _roots(config.data_roots)
         if telemetry is None:
             telemetry, default_metrics = start_process_telemetry(
-                "otel-dist-worker", prometheus_port=config.metrics_port, prometheus_host=config.host
+                "otel-dist-worker",
+                prometheus_port=config.metrics_port,
+                prometheus_host=config.host,
+                prometheus_token=config.security.token,
             )
             metrics = metrics or default_metrics
         self.telemetry = telemetry
