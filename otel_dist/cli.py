@@ -7,6 +7,8 @@ one-line message on stderr and exit code 1, never a traceback; Ctrl-C ends with 
 
 Security options (TLS, token) are the same on every command that talks over Flight; the token
 is read from ``OTEL_DIST_AUTH_TOKEN`` or ``--auth-token-file``, never from the command line.
+Servers also take the cluster-internal secret (``--internal-secret-file``,
+``OTEL_DIST_INTERNAL_SECRET_FILE`` or ``OTEL_DIST_INTERNAL_SECRET``), which clients never hold.
 """
 
 from __future__ import annotations
@@ -239,8 +241,23 @@ def _security_options(parser: argparse.ArgumentParser, server: bool) -> None:
     parser.add_argument(
         "--auth-token-file",
         type=Path,
-        help="file holding the shared-secret token (default: OTEL_DIST_AUTH_TOKEN)",
+        help="file holding the client token (default: OTEL_DIST_AUTH_TOKEN): clients present "
+        "it to the coordinator, every HTTP endpoint (/queries, /metrics) requires it"
+        + (
+            "; a worker without --internal-secret-file also takes it as the internal secret"
+            if server
+            else ""
+        ),
     )
+    if server:
+        parser.add_argument(
+            "--internal-secret-file",
+            type=Path,
+            help="file holding the cluster-internal secret that coordinator-to-worker and "
+            "worker-to-worker calls carry and workers require (default: "
+            "OTEL_DIST_INTERNAL_SECRET_FILE, OTEL_DIST_INTERNAL_SECRET; else the client token); "
+            "otel-dist local generates one",
+        )
 
 
 def _security(args: argparse.Namespace) -> Any:
@@ -252,6 +269,7 @@ def _security(args: argparse.Namespace) -> Any:
         args.tls_ca,
         args.auth_token_file,
         verify_client=getattr(args, "tls_verify_client", False),
+        internal_secret_file=getattr(args, "internal_secret_file", None),
     )
 
 
@@ -324,7 +342,9 @@ def _demo(args: argparse.Namespace) -> int:
     stdout.print(f"[bold]TPC-H Q{args.query}[/bold] at SF {DEMO_SCALE} on {args.workers} workers")
     # The demo's tables are far under the default bytes a scan task reads: split every table
     # anyway, so that the tree shows a scan spread over the workers.
-    with LocalCluster(workers=args.workers, data=data, min_task_bytes=0) as cluster:
+    with LocalCluster(
+        workers=args.workers, data=data, min_task_bytes=0, internal_secret=True
+    ) as cluster:
         analysis = cluster.explain_analyze(sql)
     assert analysis.table is not None
     _print_table(analysis.table)
@@ -359,6 +379,7 @@ def _local(args: argparse.Namespace) -> int:
         min_task_bytes=args.min_task_bytes,
         metrics_ports=_metrics_ports(args.metrics_ports),
         security=_security(args),
+        internal_secret=True,
         redact_sql=args.redact_sql,
         **_limits(args),
     ) as cluster:

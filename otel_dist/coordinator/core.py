@@ -207,7 +207,7 @@ class Coordinator:
         if not config.workers:
             raise QueryError("no worker URLs given")
         self.config = config
-        self.security = config.security
+        self.security = config.security.internal()  # what it presents to workers
         self.workers = tuple(secure_url(url, config.security) for url in config.workers)
         self.catalog = Catalog.from_folder(config.data)
         tasks = config.tasks_per_stage or len(config.workers)

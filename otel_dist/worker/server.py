@@ -88,7 +88,7 @@ class WorkerServer(flight.FlightServerBase):
         its own ``telemetry`` and no ``metrics`` gets no metrics."""
         super().__init__(
             location=server_location(config.host, config.port, config.security),
-            **server_options(config.security),
+            **server_options(config.security, internal=True),
         )
         self.config = config
         self.url = server_location(config.host, self.port, config.security)
@@ -182,7 +182,7 @@ class WorkerServer(flight.FlightServerBase):
             telemetry=self.telemetry,
             telemetry_cache=self.telemetry_cache,
             metrics=self.task_metrics,
-            security=self.config.security,
+            security=self.config.security.internal(),  # reads from other workers
         )
         with self._lock:
             keys = [spec.key for spec in specs]
