@@ -138,8 +138,14 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="DIR",
-        help="a folder tasks may read files from (repeatable); without any, tasks may read "
-        "any file the worker can (a warning says so)",
+        help="a folder tasks may read files from (repeatable); without any, the worker reads "
+        "no files (tasks naming one are refused)",
+    )
+    worker.add_argument(
+        "--allow-any-path",
+        action="store_true",
+        help="let tasks read any file this process can read, inside the data roots or not "
+        "(unsafe: whoever can submit tasks can read it)",
     )
     worker.add_argument(
         "--telemetry-cache-entries",
@@ -435,6 +441,7 @@ def _worker(args: argparse.Namespace) -> int:
         target_partitions=args.target_partitions,
         metrics_port=_port(args.metrics_port),
         data_roots=tuple(str(Path(root).expanduser().resolve()) for root in args.data_root),
+        allow_any_path=args.allow_any_path,
         telemetry_cache_entries=max(1, args.telemetry_cache_entries),
         security=_security(args),
     )

@@ -435,3 +435,34 @@ def test_a_local_cluster_generates_its_internal_secret(tpch_dir: Path) -> None:
                 _health(plain)
         finally:
             plain.close()
+
+
+def test_a_bare_worker_reads_no_files_unless_allowed_any_path(tpch_dir: Path) -> None:
+    nation = str(sorted((tpch_dir.resolve() / "nation").glob("*.parquet"))[0])
+    options = flight.FlightCallOptions(timeout=10)
+
+    def submit(client: flight.FlightClient, spec: TaskSpec) -> None:
+        action = flight.Action(ACTION_SUBMIT_TASKS, encode_submission((spec,)))
+        list(client.do_action(action, options=options))
+
+    bare, url = start_worker("--port", "0")
+    client = flight.FlightClient(url)
+    try:
+        for path in ("/etc/hostname", nation):
+            with pytest.raises(flight.FlightUnauthorizedError, match="--data-root"):
+                submit(client, _spec((path,)))
+        submit(client, _spec((), "select 1 as n", query_id="no-files"))  # no file: runs
+    finally:
+        client.close()
+        _, err = stop(bare)
+    assert "reads no files" not in err and "will be refused" in err
+    opted_in, url = start_worker("--port", "0", "--allow-any-path")
+    client = flight.FlightClient(url)
+    try:
+        submit(client, _spec((nation,), query_id="any-path"))
+        ticket = flight.Ticket(BucketTicket("any-path", 0, 0, 0).to_bytes())
+        assert client.do_get(ticket, options=options).read_all().column("n")[0].as_py() == 25
+    finally:
+        client.close()
+        _, err = stop(opted_in)
+    assert "--allow-any-path" in err

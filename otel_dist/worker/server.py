@@ -1,8 +1,9 @@
 """The worker: a Flight server that runs tasks and serves their output buckets via ``do_get``.
 
 It answers malformed input with INVALID_ARGUMENT, refuses tasks that name files outside its
-data roots (``data_roots``; none configured means no restriction, with a warning at start)
-with PERMISSION_DENIED, and with a token configured refuses every call without it.
+data roots (``data_roots``; none configured means no file at all, unless ``allow_any_path``)
+with PERMISSION_DENIED, and with an internal secret (or a token) configured refuses every
+call without it.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ class WorkerConfig:
     telemetry_cache_entries: int = 10_000
     spill_dir: str | None = None
     metrics_port: int | None = None  # Prometheus /metrics (0: a free port); None: env settings
-    data_roots: tuple[str, ...] = ()  # folders tasks may read; empty: no restriction
+    data_roots: tuple[str, ...] = ()  # folders tasks may read files from; empty: none
+    allow_any_path: bool = False  # read any file the process can (--allow-any-path)
     security: SecurityConfig = NO_SECURITY
 
 
@@ -199,13 +201,20 @@ class WorkerServer(flight.FlightServerBase):
         return tasks
 
     def _check_paths(self, spec: TaskSpec) -> None:
-        """Refuse a task that names a file outside the data roots. Paths are normalised
-        (``..`` removed, relative paths refused); symbolic links inside a root are trusted,
-        since only the operator can place them there."""
-        if not self.data_roots:
+        """Refuse a task that names a file outside the data roots (any file, without roots,
+        unless ``allow_any_path``). Paths are normalised (``..`` removed, relative paths
+        refused); symbolic links inside a root are trusted, since only the operator can place
+        them there."""
+        if self.config.allow_any_path:
             return
         for task_input in spec.inputs:
             for path in task_input.files:
+                if not self.data_roots:
+                    raise permission_denied(
+                        f"{spec.key} of query {spec.query_id} names {path[:300]}, but this "
+                        "worker reads no files: start it with --data-root DIR "
+                        "(or --allow-any-path)"
+                    )
                 if not os.path.isabs(path) or not _inside(os.path.normpath(path), self.data_roots):
                     raise permission_denied(
                         f"{spec.key} of query {spec.query_id} names {path[:300]}, "
