@@ -272,3 +272,35 @@ def test_text_utf8_cannot_encode_renders(protected: Protected) -> None:
         status, _, body = _get(f"{protected.pages_url}/queries/web-surrogate{suffix}", TOKEN)
         assert status == 200, (suffix, body[-500:])
     assert protected.coordinator.poll() is None
+
+
+def test_deploy_uses_the_security_model() -> None:
+    """Compose and Kubernetes give every otel_dist process both secrets and its workers a data
+    root; Prometheus scrapes otel_dist with the client token and never mounts the internal
+    secret."""
+    import yaml
+
+    deploy = Path(__file__).resolve().parent.parent / "deploy"
+    compose = yaml.safe_load((deploy / "docker-compose.yaml").read_text())["services"]
+    commands = {name: compose[name]["command"] for name in ("coordinator", "worker-1", "worker-2")}
+    pods = [
+        doc["spec"]["template"]["spec"]["containers"][0]
+        for name in ("workers.yaml", "coordinator.yaml")
+        for doc in yaml.safe_load_all((deploy / "kubernetes" / name).read_text())
+        if doc["kind"] in ("StatefulSet", "Deployment")
+    ]
+    commands |= {f"k8s {pod['name']}": pod["args"] for pod in pods}
+    for name, command in commands.items():
+        assert "--auth-token-file" in command and "--internal-secret-file" in command, name
+        if command[0] == "worker":
+            assert command[command.index("--data-root") + 1] == "/data", name
+            assert "--allow-any-path" not in command
+    prometheus = yaml.safe_load((deploy / "prometheus" / "prometheus.yml").read_text())
+    token = compose["coordinator"]["command"][
+        compose["coordinator"]["command"].index("--auth-token-file") + 1
+    ]
+    for job in prometheus["scrape_configs"]:
+        if job["job_name"].startswith("otel-dist-"):
+            assert job["authorization"]["credentials_file"] == token, job
+    mounts = " ".join(compose["prometheus"]["volumes"])
+    assert "client-token:" in mounts and "internal-secret" not in mounts
