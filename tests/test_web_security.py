@@ -160,6 +160,11 @@ def test_every_http_route_needs_the_token(protected: Protected) -> None:
         protected.coordinator_metrics_url,
         protected.worker_metrics_url,
     ]
+    for method in ("HEAD", "POST", "PUT"):  # every method, not only GET, before any route
+        request = urllib.request.Request(f"{pages}/queries", method=method, data=b"")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 401, method
     for url in routes:
         for token, scheme in ((None, "Bearer"), ("wrong", "Bearer"), (TOKEN, "Basic")):
             status, headers, body = _get(url, token, scheme)
@@ -266,11 +271,14 @@ def test_text_utf8_cannot_encode_renders(protected: Protected) -> None:
     wait_until(
         lambda: "web-after-surrogate" in _index(protected), 15, "the index page after the query"
     )
+    _run(protected, "select 2 as two", "web-\udce9-id")  # an id no UTF-8 can hold, too
     page = _index(protected)
     assert "web-surrogate" in page and "caf\\udce9" in page
     for suffix in ("", ".json"):
         status, _, body = _get(f"{protected.pages_url}/queries/web-surrogate{suffix}", TOKEN)
         assert status == 200, (suffix, body[-500:])
+    for href in re.findall(r"href='([^']*)'", page):  # every link leads to its page
+        assert _get(f"{protected.pages_url}{href}", TOKEN)[0] == 200, href
     assert protected.coordinator.poll() is None
 
 

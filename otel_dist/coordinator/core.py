@@ -222,7 +222,9 @@ class Coordinator:
             PlannerOptions(tasks, config.target_partitions, threshold, min_task_bytes),
         )
         if telemetry is None:
-            telemetry, default_metrics = start_process_telemetry("otel-dist-coordinator")
+            telemetry, default_metrics = start_process_telemetry(
+                "otel-dist-coordinator", prometheus_token=config.security.token
+            )
             metrics = metrics or default_metrics
         self.telemetry = telemetry
         self.metrics = metrics or Metrics.off()

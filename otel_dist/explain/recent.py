@@ -64,7 +64,8 @@ class RecentQueries:
         if telemetry is None:
             return
         entry = RecentQuery(
-            query_id=outcome.query_id,
+            # as its spans carry it: text UTF-8 cannot encode was escaped in the OTLP encoding
+            query_id=printable(outcome.query_id),
             sql=outcome.sql,
             finished_at=time.time(),
             duration_ns=outcome.duration_ns,
@@ -121,18 +122,16 @@ class QueryLog:
         slow = outcome.duration_ns >= self.config.slow_ms * 1e6
         if self.config.mode == "slow" and not slow and outcome.error is None:
             return
+        query_id = printable(outcome.query_id)  # as its spans carry it
         try:
-            tree = build_tree(outcome.telemetry.spans, outcome.query_id)
+            tree = build_tree(outcome.telemetry.spans, query_id)
             text = render_text(tree, trace_url_template=self.trace_url_template)
         except Exception:
-            log.warning(
-                "explain tree of query %s could not be built", outcome.query_id, exc_info=True
-            )
+            log.warning("explain tree of query %s could not be built", query_id, exc_info=True)
             return
         root = next((s for s in outcome.telemetry.spans if s.name == "otel_dist.query"), None)
         level = logging.WARNING if outcome.error is not None else logging.INFO
         # Client text (ids, SQL, errors) may hold lone surrogates no log sink can encode.
-        query_id = printable(outcome.query_id)
         log.log(
             level,
             "query %s finished in %.0f ms%s\n%s",

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, unquote
 
+from otel_dist.errors import one_line
 from otel_dist.explain.format import format_duration
 from otel_dist.explain.html import render_html
 from otel_dist.explain.json_tree import tree_to_dict
 from otel_dist.explain.recent import RecentQueries
-from otel_dist.http_auth import UNAUTHORIZED_BODY, WWW_AUTHENTICATE, bearer_allowed
+from otel_dist.http_auth import UNAUTHORIZED_BODY, WWW_AUTHENTICATE, bearer_allowed, printable
+
+log = logging.getLogger(__name__)
 
 
 class QueryPagesServer:
@@ -93,6 +97,14 @@ def _handler_for(pages: QueryPagesServer) -> type[BaseHTTPRequestHandler]:
             return False
 
         def do_GET(self) -> None:
+            try:
+                self._get()
+            except Exception as error:  # a reply, never a dropped connection
+                log.warning("query page %s failed", printable(self.path), exc_info=True)
+                message = f"the page could not be rendered: {one_line(error)}\n"
+                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", message)
+
+        def _get(self) -> None:
             path = self.path.split("?", 1)[0].rstrip("/")
             if path in ("", "/queries"):
                 self._send(HTTPStatus.OK, "text/html", pages.index())
