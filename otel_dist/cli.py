@@ -7,6 +7,8 @@ one-line message on stderr and exit code 1, never a traceback; Ctrl-C ends with 
 
 Security options (TLS, token) are the same on every command that talks over Flight; the token
 is read from ``OTEL_DIST_AUTH_TOKEN`` or ``--auth-token-file``, never from the command line.
+Servers also take the cluster-internal secret (``--internal-secret-file``,
+``OTEL_DIST_INTERNAL_SECRET_FILE`` or ``OTEL_DIST_INTERNAL_SECRET``), which clients never hold.
 """
 
 from __future__ import annotations
@@ -140,8 +142,14 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="DIR",
-        help="a folder tasks may read files from (repeatable); without any, tasks may read "
-        "any file the worker can (a warning says so)",
+        help="a folder tasks may read files from (repeatable); without any, the worker reads "
+        "no files (tasks naming one are refused)",
+    )
+    worker.add_argument(
+        "--allow-any-path",
+        action="store_true",
+        help="let tasks read any file this process can read, inside the data roots or not "
+        "(unsafe: whoever can submit tasks can read it)",
     )
     worker.add_argument(
         "--telemetry-cache-entries",
@@ -252,8 +260,23 @@ def _security_options(parser: argparse.ArgumentParser, server: bool) -> None:
     parser.add_argument(
         "--auth-token-file",
         type=Path,
-        help="file holding the shared-secret token (default: OTEL_DIST_AUTH_TOKEN)",
+        help="file holding the client token (default: OTEL_DIST_AUTH_TOKEN): clients present "
+        "it to the coordinator, every HTTP endpoint (/queries, /metrics) requires it"
+        + (
+            "; a worker without --internal-secret-file also takes it as the internal secret"
+            if server
+            else ""
+        ),
     )
+    if server:
+        parser.add_argument(
+            "--internal-secret-file",
+            type=Path,
+            help="file holding the cluster-internal secret that coordinator-to-worker and "
+            "worker-to-worker calls carry and workers require (default: "
+            "OTEL_DIST_INTERNAL_SECRET_FILE, OTEL_DIST_INTERNAL_SECRET; else the client token); "
+            "otel-dist local generates one",
+        )
 
 
 def _security(args: argparse.Namespace) -> Any:
@@ -265,6 +288,7 @@ def _security(args: argparse.Namespace) -> Any:
         args.tls_ca,
         args.auth_token_file,
         verify_client=getattr(args, "tls_verify_client", False),
+        internal_secret_file=getattr(args, "internal_secret_file", None),
     )
 
 
@@ -354,7 +378,9 @@ def _demo(args: argparse.Namespace) -> int:
     stdout.print(f"[bold]TPC-H Q{args.query}[/bold] at SF {DEMO_SCALE} on {args.workers} workers")
     # The demo's tables are far under the default bytes a scan task reads: split every table
     # anyway, so that the tree shows a scan spread over the workers.
-    with LocalCluster(workers=args.workers, data=data, min_task_bytes=0) as cluster:
+    with LocalCluster(
+        workers=args.workers, data=data, min_task_bytes=0, internal_secret=True
+    ) as cluster:
         analysis = cluster.explain_analyze(sql)
     assert analysis.table is not None
     _print_table(analysis.table)
@@ -390,6 +416,7 @@ def _local(args: argparse.Namespace) -> int:
         min_task_bytes=args.min_task_bytes,
         metrics_ports=_metrics_ports(args.metrics_ports),
         security=_security(args),
+        internal_secret=True,
         redact_sql=args.redact_sql,
         **_limits(args),
     ) as cluster:
@@ -449,6 +476,7 @@ def _worker(args: argparse.Namespace) -> int:
         target_partitions=args.target_partitions,
         metrics_port=_port(args.metrics_port),
         data_roots=tuple(str(Path(root).expanduser().resolve()) for root in args.data_root),
+        allow_any_path=args.allow_any_path,
         telemetry_cache_entries=max(1, args.telemetry_cache_entries),
         security=_security(args),
         **_limits(args),
@@ -477,6 +505,7 @@ def _coordinator(args: argparse.Namespace) -> int:
         env,
         prometheus_port=_port(args.metrics_port),
         prometheus_host=args.host,
+        prometheus_token=security.token,
     )
     coordinator = Coordinator(
         CoordinatorConfig(
@@ -508,6 +537,7 @@ def _coordinator(args: argparse.Namespace) -> int:
                 _port(args.http_port) or 0,
                 trace_url_template(),
                 LiveQueries(coordinator.progress),
+                token=security.token,
             ).start()
             stdout.print(f"otel-dist coordinator query pages on {pages.url}/queries")
         server.serve()

@@ -77,7 +77,9 @@ def remote_cluster(
 ) -> Iterator[tuple[str, str]]:
     """An ``otel-dist worker`` and an ``otel-dist coordinator`` process over it, as on two
     hosts; yields the coordinator's URL and the worker's, and stops both."""
-    worker, worker_url = start_worker("--port", "0", env=env, timeout=timeout)
+    worker, worker_url = start_worker(
+        "--port", "0", "--data-root", str(data), env=env, timeout=timeout
+    )
     coordinator = subprocess.Popen(
         [*CLI, "coordinator", "--port", "0", "--workers", worker_url, "--data", str(data)],
         stdout=subprocess.PIPE,

@@ -19,7 +19,12 @@ from otel_dist import tpch
 from otel_dist.coordinator.core import QueryRejected
 from otel_dist.coordinator.local import LocalCluster
 from otel_dist.exchange.clients import new_client
-from otel_dist.exchange.security import AUTH_TOKEN_ENV, SecurityConfig, SecurityError
+from otel_dist.exchange.security import (
+    AUTH_TOKEN_ENV,
+    INTERNAL_SECRET_ENV,
+    SecurityConfig,
+    SecurityError,
+)
 from otel_dist.protocol import (
     ACTION_HEALTH,
     ACTION_SUBMIT_TASKS,
@@ -36,7 +41,7 @@ from otel_dist.telemetry.setup import Telemetry, TelemetryConfig
 from otel_dist.testing.otlp_receiver import OtlpReceiver
 from otel_dist.worker.server import WorkerConfig, WorkerServer
 from tests.oracle import assert_same_rows, single_node
-from tests.support import CLI, self_signed_certificate, stop
+from tests.support import CLI, self_signed_certificate, start_worker, stop
 
 TOKEN = "otel-dist-test-token-6f1e"
 
@@ -146,6 +151,10 @@ def test_a_cluster_over_tls_with_a_token_answers_correctly(
         "plain gRPC": flight.FlightClient(url.replace("grpc+tls://", "grpc://")),
         "TLS, no token": new_client(url, SecurityConfig(tls_ca=str(certs["cert"]))),
         "another CA": new_client(url, SecurityConfig(tls_ca=str(certs["other"]), token=TOKEN)),
+        # the client token is the coordinator's: workers take the cluster's internal secret only
+        "TLS, client token": new_client(
+            url, SecurityConfig(tls_ca=str(certs["cert"]), token=TOKEN)
+        ),
     }
     try:
         for what, client in attempts.items():
@@ -155,9 +164,16 @@ def test_a_cluster_over_tls_with_a_token_answers_correctly(
     finally:
         for client in attempts.values():
             client.close()
-    for process in secure_cluster.processes:  # the token reaches workers by environment only
+    internal = new_client(url, secure_cluster.internal_security)
+    try:
+        assert _health(internal)["tasks"] == 0
+    finally:
+        internal.close()
+    secret = secure_cluster.security.internal_secret
+    assert secret and secret != TOKEN  # generated for the cluster
+    for process in secure_cluster.processes:  # secrets reach workers by environment only
         cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
-        assert TOKEN.encode() not in cmdline
+        assert TOKEN.encode() not in cmdline and secret.encode() not in cmdline
         assert b"--data-root" in cmdline
 
 
@@ -183,7 +199,11 @@ def test_the_coordinator_refuses_unauthenticated_clients(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**env, AUTH_TOKEN_ENV: TOKEN},
+        env={
+            **env,
+            AUTH_TOKEN_ENV: TOKEN,
+            INTERNAL_SECRET_ENV: secure_cluster.security.internal_secret or "",
+        },
     )
     try:
         assert coordinator.stdout is not None
@@ -333,3 +353,118 @@ def test_redact_sql_option_redacts_exported_spans(tpch_dir: Path) -> None:
     for span in spans:  # not in stage SQL, nor in the operators' descriptions on the workers
         text = json.dumps({k: str(v) for k, v in span.attributes.items()})
         assert "SECRET" not in text and "1234567" not in text, (span.name, text)
+
+
+# ---- the client token and the cluster-internal secret --------------------------------------
+
+
+def test_clients_reach_the_coordinator_only(tmp_path: Path, tpch_dir: Path) -> None:
+    """The coordinator takes the client token, workers the internal secret: a client holding
+    the coordinator's token cannot submit tasks to a worker or read its buckets."""
+    client_token, secret = "client-token-0c7a", "internal-secret-9e2f"
+    token_file, secret_file = tmp_path / "token", tmp_path / "secret"
+    token_file.write_text(client_token)
+    secret_file.write_text(secret + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_DIST_")}
+    auth = ["--auth-token-file", str(token_file), "--internal-secret-file", str(secret_file)]
+    worker, worker_url = start_worker("--port", "0", "--data-root", str(tpch_dir), *auth, env=env)
+    coordinator = subprocess.Popen(
+        [
+            *CLI,
+            "coordinator",
+            "--port",
+            "0",
+            "--workers",
+            worker_url,
+            "--data",
+            str(tpch_dir),
+            *auth,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    as_client = new_client(worker_url, SecurityConfig(token=client_token))
+    as_cluster = new_client(worker_url, SecurityConfig(token=secret))
+    try:
+        assert coordinator.stdout is not None
+        url = coordinator.stdout.readline().split()[-1]
+        sql = "select n_regionkey, count(*) as n from nation group by 1 order by 1"
+        result = subprocess.run(
+            [*CLI, "query", "--coordinator", url, "-e", sql, "--auth-token-file", str(token_file)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr
+        options = flight.FlightCallOptions(timeout=5)
+        ticket = flight.Ticket(BucketTicket("any-query", 0, 0, 0).to_bytes())
+        with pytest.raises(flight.FlightUnauthenticatedError, match="internal secret"):
+            _health(as_client)
+        with pytest.raises(flight.FlightUnauthenticatedError):
+            as_client.do_get(ticket, options=options).read_all()
+        with pytest.raises(flight.FlightUnauthenticatedError):
+            submission = encode_submission((_spec(()),))
+            list(as_client.do_action(flight.Action(ACTION_SUBMIT_TASKS, submission), options))
+        assert _health(as_cluster)["tasks"] == 0  # the worker is up: only the client is refused
+        # and the internal secret is no client credential for the coordinator
+        refused = subprocess.run(
+            [*CLI, "query", "--coordinator", url, "-e", sql],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**env, AUTH_TOKEN_ENV: secret},
+        )
+        assert refused.returncode == 1 and "unauthenticated" in refused.stderr, refused.stderr
+    finally:
+        as_client.close()
+        as_cluster.close()
+        out, err = stop(coordinator)
+        stop(worker)
+    assert secret not in out + err and client_token not in out + err
+
+
+def test_a_local_cluster_generates_its_internal_secret(tpch_dir: Path) -> None:
+    with LocalCluster(workers=2, data=tpch_dir, internal_secret=True) as local:
+        sql = tpch.query(3)  # shuffles: worker-to-worker reads carry the secret too
+        assert_same_rows(local.sql(sql), single_node(tpch_dir, sql), ordered=True)
+        plain = flight.FlightClient(local.worker_urls[0])
+        try:
+            with pytest.raises(flight.FlightUnauthenticatedError):
+                _health(plain)
+        finally:
+            plain.close()
+
+
+def test_a_bare_worker_reads_no_files_unless_allowed_any_path(tpch_dir: Path) -> None:
+    nation = str(sorted((tpch_dir.resolve() / "nation").glob("*.parquet"))[0])
+    options = flight.FlightCallOptions(timeout=10)
+
+    def submit(client: flight.FlightClient, spec: TaskSpec) -> None:
+        action = flight.Action(ACTION_SUBMIT_TASKS, encode_submission((spec,)))
+        list(client.do_action(action, options=options))
+
+    bare, url = start_worker("--port", "0")
+    client = flight.FlightClient(url)
+    try:
+        for path in ("/etc/hostname", nation):
+            with pytest.raises(flight.FlightUnauthorizedError, match="--data-root"):
+                submit(client, _spec((path,)))
+        submit(client, _spec((), "select 1 as n", query_id="no-files"))  # no file: runs
+    finally:
+        client.close()
+        _, err = stop(bare)
+    assert "reads no files" not in err and "will be refused" in err
+    opted_in, url = start_worker("--port", "0", "--allow-any-path")
+    client = flight.FlightClient(url)
+    try:
+        submit(client, _spec((nation,), query_id="any-path"))
+        ticket = flight.Ticket(BucketTicket("any-path", 0, 0, 0).to_bytes())
+        assert client.do_get(ticket, options=options).read_all().column("n")[0].as_py() == 25
+    finally:
+        client.close()
+        _, err = stop(opted_in)
+    assert "--allow-any-path" in err

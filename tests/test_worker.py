@@ -3,6 +3,7 @@ queries dropped after their TTL when no coordinator releases them."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -28,9 +29,9 @@ GROUPED = (
 
 
 @pytest.fixture
-def worker(request: pytest.FixtureRequest) -> Iterator[WorkerServer]:
+def worker(request: pytest.FixtureRequest, tpch_dir: Path) -> Iterator[WorkerServer]:
     config: WorkerConfig = getattr(request, "param", WorkerConfig())
-    server = WorkerServer(config)
+    server = WorkerServer(dataclasses.replace(config, data_roots=(str(tpch_dir),)))
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     try:

@@ -225,7 +225,7 @@ class Coordinator:
         if not config.workers:
             raise QueryError("no worker URLs given")
         self.config = config
-        self.security = config.security
+        self.security = config.security.internal()  # what it presents to workers
         self.workers = tuple(secure_url(url, config.security) for url in config.workers)
         self.catalog = Catalog.from_folder(config.data)
         deep_native_stacks()  # before the planner's session starts DataFusion's runtime
@@ -241,7 +241,9 @@ class Coordinator:
             PlannerOptions(tasks, config.target_partitions, threshold, min_task_bytes),
         )
         if telemetry is None:
-            telemetry, default_metrics = start_process_telemetry("otel-dist-coordinator")
+            telemetry, default_metrics = start_process_telemetry(
+                "otel-dist-coordinator", prometheus_token=config.security.token
+            )
             metrics = metrics or default_metrics
         self.telemetry = telemetry
         self.metrics = metrics or Metrics.off()

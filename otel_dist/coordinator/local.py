@@ -1,13 +1,17 @@
 """A local cluster: N worker processes on 127.0.0.1 and an in-process coordinator.
 
 The workers may read only the cluster's data folder (``--data-root``). With ``security``,
-they serve TLS with its certificate and require its token, which reaches them through their
-environment (``OTEL_DIST_AUTH_TOKEN``), never their command line.
+they serve TLS with its certificate and require an internal secret that only the cluster holds
+(generated unless given), which reaches them through their environment
+(``OTEL_DIST_INTERNAL_SECRET``), never their command line; its client token, if any, guards
+their ``/metrics``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import secrets
 import selectors
 import subprocess
 import sys
@@ -27,6 +31,8 @@ from otel_dist.coordinator.core import (
 )
 from otel_dist.exchange.security import (
     AUTH_TOKEN_ENV,
+    INTERNAL_SECRET_ENV,
+    INTERNAL_SECRET_FILE_ENV,
     NO_SECURITY,
     TLS_CA_ENV,
     TLS_CERT_ENV,
@@ -63,6 +69,7 @@ class LocalCluster:
         env: dict[str, str] | None = None,
         metrics_ports: bool | Sequence[int] = False,
         security: SecurityConfig | None = None,
+        internal_secret: bool | None = None,
         max_sql_bytes: int = DEFAULT_MAX_SQL_BYTES,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
         max_sql_depth: int = DEFAULT_MAX_SQL_DEPTH,
@@ -86,8 +93,12 @@ class LocalCluster:
         columns are smaller is read by fewer tasks (default: ``OTEL_DIST_MIN_TASK_BYTES`` or
         64 MB; 0 splits every table into one task per worker).
 
-        ``security`` turns on TLS and/or the shared-secret token between the coordinator and
-        the workers (default: neither). ``max_sql_bytes`` and ``max_result_bytes`` are the
+        ``security`` turns on TLS and/or authentication (default: neither). The workers take
+        calls carrying the internal secret only: ``security.internal_secret``, else a random
+        one generated when ``internal_secret`` is true, or by default when ``security`` has a
+        token or TLS (``otel-dist local`` and ``demo`` always generate one). The coordinator
+        holds it; ``internal_security`` is what a test needs to call a worker itself.
+        ``max_sql_bytes`` and ``max_result_bytes`` are the
         coordinator's limits, ``max_sql_depth`` and ``max_sql_operators`` the coordinator's
         and the workers' (``otel_dist.sql_limits``); ``redact_sql`` replaces literals in ``db.query.text`` (as
         ``OTEL_DIST_REDACT_SQL=true`` does); ``worker_args`` are extra ``otel-dist worker``
@@ -107,7 +118,12 @@ class LocalCluster:
         self.memory_budget_bytes = memory_budget_bytes
         self.start_timeout_s = start_timeout_s
         self.env = env
-        self.security = security or NO_SECURITY
+        security = security or NO_SECURITY
+        if internal_secret is None:
+            internal_secret = security.enabled
+        if internal_secret and security.internal_secret is None:
+            security = dataclasses.replace(security, internal_secret=secrets.token_urlsafe(32))
+        self.security = security
         self.max_sql_bytes = max_sql_bytes
         self.max_result_bytes = max_result_bytes
         self.max_sql_depth = max_sql_depth
@@ -153,6 +169,7 @@ class LocalCluster:
                 self._child_env(),
                 prometheus_port=self.coordinator_metrics_port,
                 prometheus_host="127.0.0.1",
+                prometheus_token=self.security.token,
             )
             self.coordinator_metrics_url = metrics.prometheus_url
             self._coordinator = Coordinator(
@@ -175,6 +192,11 @@ class LocalCluster:
         except BaseException:
             self.stop()
             raise
+
+    @property
+    def internal_security(self) -> SecurityConfig:
+        """What a call to one of the workers needs (TLS settings, the internal secret)."""
+        return self.security.internal()
 
     @property
     def metrics_urls(self) -> list[str]:
@@ -225,10 +247,13 @@ class LocalCluster:
         """The workers' environment (also the coordinator's telemetry settings): the given
         one, with this cluster's security and redaction settings in place of any inherited."""
         env = worker_environment(os.environ if self.env is None else self.env)
-        for name in (AUTH_TOKEN_ENV, TLS_CERT_ENV, TLS_KEY_ENV, TLS_CA_ENV):
+        inherited = (AUTH_TOKEN_ENV, INTERNAL_SECRET_ENV, INTERNAL_SECRET_FILE_ENV)
+        for name in (*inherited, TLS_CERT_ENV, TLS_KEY_ENV, TLS_CA_ENV):
             env.pop(name, None)
-        if self.security.token is not None:
+        if self.security.token is not None:  # guards the workers' /metrics
             env[AUTH_TOKEN_ENV] = self.security.token
+        if self.security.internal_secret is not None:
+            env[INTERNAL_SECRET_ENV] = self.security.internal_secret
         if self.redact_sql:
             env["OTEL_DIST_REDACT_SQL"] = "true"
         return env

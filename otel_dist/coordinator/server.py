@@ -77,8 +77,9 @@ class CoordinatorServer(UnsupportedCalls, flight.FlightServerBase):
         recent: RecentQueries | None = None,
         security: SecurityConfig | None = None,
     ) -> None:
-        """``security`` defaults to the coordinator's own (same certificate and token)."""
-        security = coordinator.security if security is None else security
+        """``security`` defaults to the coordinator's own (same certificate, its client token:
+        clients never need the internal secret)."""
+        security = coordinator.config.security if security is None else security
         super().__init__(location=server_location(host, port, security), **server_options(security))
         self.coordinator = coordinator
         self.url = server_location(host, self.port, security)

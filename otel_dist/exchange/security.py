@@ -8,11 +8,23 @@ Two independent mechanisms, both off by default (the local demo runs in plain gR
   With ``verify_client`` (``--tls-verify-client``) servers also require a client certificate
   signed by ``--tls-ca`` (mutual TLS); processes that are both server and client (workers,
   coordinators) present their own certificate, the ``query`` command its ``--tls-cert``.
-* **A shared-secret token**: every call carries ``authorization: Bearer <token>`` (client
+* **Two shared secrets**: every call carries ``authorization: Bearer <secret>`` (client
   middleware) and servers refuse calls without the right one with ``UNAUTHENTICATED`` (server
-  middleware, compared in constant time). The token comes from ``OTEL_DIST_AUTH_TOKEN`` or a
-  file (``--auth-token-file``), never from the command line (which any local user can read in
-  the process list), and is never logged: ``SecurityConfig`` leaves it out of its ``repr``.
+  middleware, compared in constant time).
+
+  - The *client token* (``OTEL_DIST_AUTH_TOKEN`` or ``--auth-token-file``) is what clients
+    present to the coordinator (Flight, query pages) and what every ``/metrics`` endpoint
+    requires. Clients hold it.
+  - The *internal secret* (``OTEL_DIST_INTERNAL_SECRET``, or a file: ``--internal-secret-file``
+    / ``OTEL_DIST_INTERNAL_SECRET_FILE``) is what the coordinator presents to workers and
+    workers to each other; workers accept nothing else. Clients never hold it, so a client
+    cannot submit tasks or read another query's buckets from a worker directly (as Trino's
+    ``internal-communication.shared-secret``). Without one, the client token serves as the
+    internal secret too (``internal``), so one-token set-ups keep working, unseparated.
+
+  Secrets come from the environment or files, never from the command line (which any local
+  user can read in the process list), and are never logged: ``SecurityConfig`` leaves them out
+  of its ``repr``.
 
 When TLS is configured, ``grpc://`` URLs are upgraded to ``grpc+tls://`` (``secure_url``), so
 the URLs people type keep working and nothing is sent in clear by mistake.
@@ -23,12 +35,14 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow.flight as flight
 
 AUTH_TOKEN_ENV = "OTEL_DIST_AUTH_TOKEN"
+INTERNAL_SECRET_ENV = "OTEL_DIST_INTERNAL_SECRET"
+INTERNAL_SECRET_FILE_ENV = "OTEL_DIST_INTERNAL_SECRET_FILE"
 TLS_CERT_ENV = "OTEL_DIST_TLS_CERT"
 TLS_KEY_ENV = "OTEL_DIST_TLS_KEY"
 TLS_CA_ENV = "OTEL_DIST_TLS_CA"
@@ -44,13 +58,15 @@ class SecurityError(ValueError):
 
 @dataclass(frozen=True)
 class SecurityConfig:
-    """TLS material (file paths, PEM) and the shared-secret token of one process."""
+    """TLS material (file paths, PEM), the client token and the internal secret of one
+    process."""
 
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None
     token: str | None = field(default=None, repr=False)
     verify_client: bool = False
+    internal_secret: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -64,6 +80,8 @@ class SecurityConfig:
             raise SecurityError(f"TLS CA file {self.tls_ca} does not exist")
         if self.token is not None and not self.token.strip():
             raise SecurityError("the auth token is empty")
+        if self.internal_secret is not None and not self.internal_secret.strip():
+            raise SecurityError("the internal secret is empty")
 
     @property
     def tls(self) -> bool:
@@ -76,7 +94,13 @@ class SecurityConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.tls or self.token is not None
+        return self.tls or self.token is not None or self.internal_secret is not None
+
+    def internal(self) -> SecurityConfig:
+        """The settings of cluster-internal calls (coordinator to worker, worker to worker):
+        the same TLS, with the internal secret as the token (the client token without one)."""
+        secret = self.internal_secret if self.internal_secret is not None else self.token
+        return replace(self, token=secret, internal_secret=None)
 
     def describe(self) -> str:
         """What is on, for start-up messages (never the token itself)."""
@@ -85,6 +109,8 @@ class SecurityConfig:
             parts.append("TLS" + (" with client certificates" if self.verify_client else ""))
         if self.token is not None:
             parts.append("token authentication")
+        if self.internal_secret is not None:
+            parts.append("an internal secret")
         return " and ".join(parts) or "no TLS, no authentication"
 
     @staticmethod
@@ -95,28 +121,41 @@ class SecurityConfig:
         token_file: str | os.PathLike[str] | None = None,
         verify_client: bool = False,
         env: Mapping[str, str] | None = None,
+        internal_secret_file: str | os.PathLike[str] | None = None,
     ) -> SecurityConfig:
-        """Command-line options first, then ``OTEL_DIST_TLS_CERT``/``_KEY``/``_CA`` and
-        ``OTEL_DIST_AUTH_TOKEN``."""
+        """Command-line options first, then ``OTEL_DIST_TLS_CERT``/``_KEY``/``_CA``,
+        ``OTEL_DIST_AUTH_TOKEN``, ``OTEL_DIST_INTERNAL_SECRET_FILE`` and
+        ``OTEL_DIST_INTERNAL_SECRET``."""
         env = os.environ if env is None else env
         token = env.get(AUTH_TOKEN_ENV) or None
         if token_file is not None:
-            try:
-                token = open(token_file, encoding="utf-8").read().strip()  # noqa: SIM115
-            except OSError as error:
-                raise SecurityError(f"auth token file {token_file}: {error.strerror}") from None
-            if not token:
-                raise SecurityError(f"auth token file {token_file} is empty")
+            token = _secret_file(token_file, "auth token")
+        secret = env.get(INTERNAL_SECRET_ENV) or None
+        internal_secret_file = internal_secret_file or env.get(INTERNAL_SECRET_FILE_ENV) or None
+        if internal_secret_file is not None:
+            secret = _secret_file(internal_secret_file, "internal secret")
         return SecurityConfig(
             tls_cert=_path(tls_cert) or env.get(TLS_CERT_ENV) or None,
             tls_key=_path(tls_key) or env.get(TLS_KEY_ENV) or None,
             tls_ca=_path(tls_ca) or env.get(TLS_CA_ENV) or None,
             token=token.strip() if token else None,
             verify_client=verify_client,
+            internal_secret=secret.strip() if secret else None,
         )
 
 
 NO_SECURITY = SecurityConfig()
+
+
+def _secret_file(path: str | os.PathLike[str], what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            secret = handle.read().strip()
+    except OSError as error:
+        raise SecurityError(f"{what} file {os.fspath(path)}: {error.strerror}") from None
+    if not secret:
+        raise SecurityError(f"{what} file {os.fspath(path)} is empty")
+    return secret
 
 
 def _path(value: str | os.PathLike[str] | None) -> str | None:
@@ -139,8 +178,18 @@ def server_location(host: str, port: int, security: SecurityConfig) -> str:
     return f"{scheme}{host}:{port}"
 
 
-def server_options(security: SecurityConfig) -> dict[str, Any]:
-    """Keyword arguments of ``FlightServerBase.__init__``: TLS material and the token check."""
+_CLIENT_REFUSAL = "unauthenticated: this server requires a valid auth token (OTEL_DIST_AUTH_TOKEN)"
+_INTERNAL_REFUSAL = (
+    "unauthenticated: this worker takes calls from its cluster only: it requires the internal "
+    "secret (OTEL_DIST_INTERNAL_SECRET), which clients do not hold"
+)
+
+
+def server_options(security: SecurityConfig, internal: bool = False) -> dict[str, Any]:
+    """Keyword arguments of ``FlightServerBase.__init__``: TLS material and the token check.
+    ``internal`` (workers): the internal secret is required instead of the client token."""
+    if internal:
+        security = security.internal()
     options: dict[str, Any] = {}
     if security.serves_tls:
         assert security.tls_cert is not None and security.tls_key is not None
@@ -152,16 +201,18 @@ def server_options(security: SecurityConfig) -> dict[str, Any]:
             options["verify_client"] = True
             options["root_certificates"] = _read(security.tls_ca)
     if security.token is not None:
-        options["middleware"] = {"auth": TokenServerMiddlewareFactory(security.token)}
+        refusal = _INTERNAL_REFUSAL if internal else _CLIENT_REFUSAL
+        options["middleware"] = {"auth": TokenServerMiddlewareFactory(security.token, refusal)}
     return options
 
 
 class TokenServerMiddlewareFactory(flight.ServerMiddlewareFactory):
     """Refuses every call that does not carry the shared-secret token (UNAUTHENTICATED)."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, refusal: str = _CLIENT_REFUSAL) -> None:
         super().__init__()
         self._expected = (_BEARER + token).encode()
+        self._refusal = refusal
 
     def start_call(
         self, info: flight.CallInfo, headers: dict[str, list[str | bytes]]
@@ -171,9 +222,7 @@ class TokenServerMiddlewareFactory(flight.ServerMiddlewareFactory):
             raw = value.encode() if isinstance(value, str) else value
             if hmac.compare_digest(raw, self._expected):
                 return None
-        raise flight.FlightUnauthenticatedError(
-            "unauthenticated: this server requires a valid auth token (OTEL_DIST_AUTH_TOKEN)"
-        )
+        raise flight.FlightUnauthenticatedError(self._refusal)
 
 
 # ---- clients -------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from otel_dist.explain.format import (
 )
 from otel_dist.explain.model import CriticalPath, ExplainTree, OperatorNode, StageNode, TaskNode
 from otel_dist.explain.text import format_metrics
+from otel_dist.http_auth import printable
 
 _PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#9c755f")
 
@@ -110,7 +111,7 @@ def render_html(tree: ExplainTree, trace_url_template: str | None = None) -> str
         "<div id='tip'></div>",
         f"<script>{_SCRIPT}</script></body></html>",
     ]
-    return "".join(parts)
+    return printable("".join(parts))  # SQL and ids as received, lone surrogates too
 
 
 def _e(value: object) -> str:

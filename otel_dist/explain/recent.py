@@ -22,6 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from otel_dist.explain.build import build_tree
 from otel_dist.explain.model import ExplainTree
 from otel_dist.explain.text import render_text
+from otel_dist.http_auth import printable
 from otel_dist.telemetry import conventions as c
 from otel_dist.telemetry.otlp import SpanRecord
 
@@ -64,7 +65,8 @@ class RecentQueries:
         if telemetry is None:
             return
         entry = RecentQuery(
-            query_id=outcome.query_id,
+            # as its spans carry it: text UTF-8 cannot encode was escaped in the OTLP encoding
+            query_id=printable(outcome.query_id),
             sql=outcome.sql,
             finished_at=time.time(),
             duration_ns=outcome.duration_ns,
@@ -121,27 +123,27 @@ class QueryLog:
         slow = outcome.duration_ns >= self.config.slow_ms * 1e6
         if self.config.mode == "slow" and not slow and outcome.error is None:
             return
+        query_id = printable(outcome.query_id)  # as its spans carry it
         try:
-            tree = build_tree(outcome.telemetry.spans, outcome.query_id)
+            tree = build_tree(outcome.telemetry.spans, query_id)
             text = render_text(tree, trace_url_template=self.trace_url_template)
         except Exception:
-            log.warning(
-                "explain tree of query %s could not be built", outcome.query_id, exc_info=True
-            )
+            log.warning("explain tree of query %s could not be built", query_id, exc_info=True)
             return
         root = next(
             (s for s in outcome.telemetry.spans if c.is_query_span(s.name, s.attributes)), None
         )
         level = logging.WARNING if outcome.error is not None else logging.INFO
+        # Client text (ids, SQL, errors) may hold lone surrogates no log sink can encode.
         log.log(
             level,
             "query %s finished in %.0f ms%s\n%s",
-            outcome.query_id,
+            query_id,
             outcome.duration_ns / 1e6,
-            f" with error: {outcome.error}" if outcome.error else "",
-            text,
+            f" with error: {printable(outcome.error)}" if outcome.error else "",
+            printable(text),
             extra={
-                "query_id": outcome.query_id,
+                "query_id": query_id,
                 "trace_id": outcome.telemetry.trace_id,
                 "span_id": root.span_id if root else "",
                 "duration_ms": round(outcome.duration_ns / 1e6, 3),

@@ -39,6 +39,7 @@ from otel_dist.explain.model import (
     StageNode,
     TaskNode,
 )
+from otel_dist.http_auth import printable
 
 _HEADLINE_METRICS = frozenset({"output_rows", "elapsed_compute"})
 # What a scan spent reading and decoding its files (its elapsed_compute leaves that out) and
@@ -102,7 +103,7 @@ def render_text(
         _draw(root.children, "", lines, limit)
     if limit is not None:
         lines = [_fit(line, "", limit) for line in lines]
-    return "\n".join(lines) + "\n"
+    return printable("\n".join(lines) + "\n")  # SQL and ids as received, surrogates too
 
 
 def _wrap(text: str, width: int) -> list[str]:

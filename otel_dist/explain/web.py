@@ -1,23 +1,34 @@
 """The coordinator's query pages over HTTP: ``/`` and ``/queries`` list running and recent
 queries (``/queries.json`` as JSON), ``/queries/<id>`` is a query's profile page and
 ``/queries/<id>.json`` its explain tree as JSON; while a query runs both show its live tree
-(``explain/live.py``) and the page reloads itself every second."""
+(``explain/live.py``) and the page reloads itself every second.
+
+With a token, every request (whatever its route or method) needs ``Authorization: Bearer
+<token>``: the check sits in ``parse_request``, before any route runs. Everything shown is
+escaped (ids are client-chosen text) and bodies are encoded so that any received text renders.
+"""
 
 from __future__ import annotations
 
 import html
 import json
+import logging
 import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import quote, unquote
 
+from otel_dist.errors import one_line
 from otel_dist.explain.format import format_duration
 from otel_dist.explain.html import render_html
 from otel_dist.explain.json_tree import tree_to_dict
 from otel_dist.explain.live import LiveQueries
 from otel_dist.explain.model import ExplainTree
 from otel_dist.explain.recent import RecentQueries
+from otel_dist.http_auth import UNAUTHORIZED_BODY, WWW_AUTHENTICATE, bearer_allowed, printable
+
+log = logging.getLogger(__name__)
 
 LIVE_REFRESH_S = 1
 
@@ -32,11 +43,14 @@ class QueryPagesServer:
         port: int = 0,
         trace_url_template: str | None = None,
         live: LiveQueries | None = None,
+        token: str | None = None,
     ) -> None:
-        """``live`` adds the queries still running (from the coordinator's progress)."""
+        """``live`` adds the queries still running (from the coordinator's progress);
+        ``token``: the bearer token every request must carry (None: no authentication)."""
         self.recent = recent
         self.live = live
         self.trace_url_template = trace_url_template
+        self.token = token
         handler = _handler_for(self)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
@@ -111,9 +125,36 @@ class QueryPagesServer:
         return None if query is None else (query.tree(), False)
 
 
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
 def _handler_for(pages: QueryPagesServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        def parse_request(self) -> bool:
+            """The one authentication check: a refused request reaches no route."""
+            if not super().parse_request():
+                return False
+            if bearer_allowed(self.headers.get("Authorization"), pages.token):
+                return True
+            self.send_response(HTTPStatus.UNAUTHORIZED)
+            self.send_header("WWW-Authenticate", WWW_AUTHENTICATE)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(UNAUTHORIZED_BODY)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(UNAUTHORIZED_BODY)
+            return False
+
         def do_GET(self) -> None:
+            try:
+                self._get()
+            except Exception as error:  # a reply, never a dropped connection
+                log.warning("query page %s failed", printable(self.path), exc_info=True)
+                message = f"the page could not be rendered: {one_line(error)}\n"
+                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", message)
+
+        def _get(self) -> None:
             path = self.path.split("?", 1)[0].rstrip("/")
             if path in ("", "/queries"):
                 self._send(HTTPStatus.OK, "text/html", pages.index())
@@ -122,9 +163,9 @@ def _handler_for(pages: QueryPagesServer) -> type[BaseHTTPRequestHandler]:
                 self._send(HTTPStatus.OK, "application/json", json.dumps(pages.queries()))
                 return
             if path.startswith("/queries/"):
-                name = path[len("/queries/") :]
-                as_json = name.endswith(".json")
-                found = pages.query_tree(name.removesuffix(".json"))
+                name = unquote(path[len("/queries/") :], errors="surrogatepass")
+                as_json = name.endswith(".json") and pages.query_tree(name) is None
+                found = pages.query_tree(name.removesuffix(".json") if as_json else name)
                 if found is not None:
                     tree, running = found
                     if as_json:
@@ -140,7 +181,7 @@ def _handler_for(pages: QueryPagesServer) -> type[BaseHTTPRequestHandler]:
             self._send(HTTPStatus.NOT_FOUND, "text/plain", "no such query\n")
 
         def _send(self, status: HTTPStatus, content_type: str, body: str) -> None:
-            data = body.encode()
+            data = body.encode("utf-8", "backslashreplace")  # lone surrogates too
             self.send_response(status)
             self.send_header("Content-Type", f"{content_type}; charset=utf-8")
             self.send_header("Content-Length", str(len(data)))
@@ -157,7 +198,7 @@ _REFRESH = f"<meta http-equiv='refresh' content='{LIVE_REFRESH_S}'>"
 
 
 def _index_row(query: dict[str, object]) -> str:
-    status = str(query["status"])
+    status = _e(query["status"])
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(query["started_at"])))  # type: ignore[arg-type]
     progress = ""
     stages = query.get("stages")
@@ -167,10 +208,11 @@ def _index_row(query: dict[str, object]) -> str:
         running = sum(int(s["running"]) for s in stages)
         progress = f"{done}/{total} tasks done, {running} running"
     sql = html.escape(" ".join(str(query["sql"]).split())[:160])
-    query_id = html.escape(str(query["query_id"]), quote=True)
+    query_id = _e(query["query_id"])
+    link = _e(quote(str(query["query_id"]), safe="", errors="surrogatepass"))
     return (
         f"<tr data-query='{query_id}' data-status='{status}'>"
-        f"<td><a href='/queries/{query_id}'>{query_id}</a></td>"
+        f"<td><a href='/queries/{link}'>{query_id}</a></td>"
         f"<td>{started}</td><td>{format_duration(query['duration_ns'])}</td>"  # type: ignore[arg-type]
         f"<td class='{status}'>{status}</td><td>{progress}</td><td><code>{sql}</code></td></tr>"
     )

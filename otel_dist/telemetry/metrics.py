@@ -55,7 +55,7 @@ import statistics
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from opentelemetry import baggage, trace
@@ -143,6 +143,7 @@ class MetricsConfig:
     prometheus_host: str = "127.0.0.1"
     prometheus_port: int = 9464
     exemplar_filter: str = "trace_based"
+    prometheus_token: str | None = field(default=None, repr=False)  # /metrics needs it if set
 
     @staticmethod
     def from_env(
@@ -150,8 +151,10 @@ class MetricsConfig:
         *,
         prometheus_port: int | None = None,
         prometheus_host: str | None = None,
+        prometheus_token: str | None = None,
     ) -> MetricsConfig:
-        """Read the ``OTEL_*`` variables; an explicit ``prometheus_port`` adds ``prometheus``."""
+        """Read the ``OTEL_*`` variables; an explicit ``prometheus_port`` adds ``prometheus``;
+        ``prometheus_token`` is the bearer token ``/metrics`` requires (None: none)."""
         env = os.environ if env is None else env
 
         def get(*names: str, default: str = "") -> str:
@@ -196,6 +199,7 @@ class MetricsConfig:
             prometheus_host=get("OTEL_EXPORTER_PROMETHEUS_HOST") or prometheus_host or "127.0.0.1",
             prometheus_port=port,
             exemplar_filter=get("OTEL_METRICS_EXEMPLAR_FILTER", default="trace_based").lower(),
+            prometheus_token=prometheus_token,
         )
 
 
@@ -205,8 +209,10 @@ def start_process_telemetry(
     *,
     prometheus_port: int | None = None,
     prometheus_host: str | None = None,
+    prometheus_token: str | None = None,
 ) -> tuple[Telemetry, Metrics]:
     """A process's spans and metrics from one environment mapping (default: ``os.environ``).
+    ``prometheus_token``: the bearer token a ``/metrics`` endpoint, if served, requires.
 
     Spans are set up as ``Telemetry(TelemetryConfig.from_env(service_name, env))`` does, with
     the span exporter counted for the telemetry-health metrics; the metrics share the spans'
@@ -214,7 +220,10 @@ def start_process_telemetry(
     """
     telemetry, stats = instrumented_telemetry(TelemetryConfig.from_env(service_name, env))
     config = MetricsConfig.from_env(
-        env, prometheus_port=prometheus_port, prometheus_host=prometheus_host
+        env,
+        prometheus_port=prometheus_port,
+        prometheus_host=prometheus_host,
+        prometheus_token=prometheus_token,
     )
     resource = telemetry.provider.resource if telemetry.provider is not None else None
     return telemetry, Metrics(config, resource, stats)
@@ -268,7 +277,9 @@ class Metrics:
         self.meter = self.provider.get_meter("otel_dist")
         if prometheus is not None:
             try:
-                port = prometheus.serve(config.prometheus_host, config.prometheus_port)
+                port = prometheus.serve(
+                    config.prometheus_host, config.prometheus_port, config.prometheus_token
+                )
                 self.prometheus_url = f"http://{_url_host(config.prometheus_host)}:{port}/metrics"
             except OSError as error:
                 log.warning(

@@ -32,6 +32,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind
 
+from otel_dist.http_auth import printable
+
 log = logging.getLogger(__name__)
 
 _KINDS: Final = {
@@ -217,6 +219,11 @@ def _add_attributes(target: Any, attributes: Mapping[str, object] | None) -> Non
         except Exception as error:
             if len(target) > count:  # added before the value failed: take it out again
                 del target[count:]
+            if isinstance(error, UnicodeEncodeError) and isinstance(value, str):
+                # Text as a client sent it (lone surrogates from invalid UTF-8): kept, escaped.
+                add(key=key).value.string_value = printable(value)
+                count += 1
+                continue
             log.exception("Failed to encode key %s: %s", key, error)
 
 

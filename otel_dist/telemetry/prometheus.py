@@ -62,6 +62,8 @@ from prometheus_client.core import (
 from prometheus_client.samples import Exemplar as PromExemplar
 from prometheus_client.utils import floatToGoString
 
+from otel_dist.http_auth import UNAUTHORIZED_BODY, WWW_AUTHENTICATE, bearer_allowed
+
 log = logging.getLogger(__name__)
 
 _UNITS = {
@@ -165,13 +167,13 @@ class PrometheusReader(MetricReader):
         self._server: WSGIServer | None = None
         self.registry.register(_Collector(self))  # type: ignore[arg-type]
 
-    def serve(self, host: str, port: int) -> int:
-        """Serve ``/metrics`` on ``host:port`` (0 chooses a free port); return the port."""
+    def serve(self, host: str, port: int, token: str | None = None) -> int:
+        """Serve ``/metrics`` on ``host:port`` (0 chooses a free port); return the port. With
+        ``token``, every request needs ``Authorization: Bearer <token>`` (else 401)."""
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         server_class = type("_MetricsServer", (_MetricsServer,), {"address_family": family})
-        server = make_server(
-            host, port, make_wsgi_app(self.registry), server_class, handler_class=_QuietHandler
-        )
+        app = _guarded(make_wsgi_app(self.registry), token)
+        server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
         threading.Thread(
             target=server.serve_forever, args=(0.1,), name="prometheus-metrics", daemon=True
         ).start()
@@ -294,6 +296,27 @@ def _unit(unit: str | None, kind: str) -> str:
     """The OpenMetrics ``# UNIT`` of a metric: its name's unit suffix (``seconds``...), or
     none for units that add no suffix (``{row}``)."""
     return unit_suffix(unit or "", gauge=kind == "gauge")
+
+
+def _guarded(app: Any, token: str | None) -> Any:
+    """The WSGI app behind the bearer-token check (the app itself without a token)."""
+    if token is None:
+        return app
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if bearer_allowed(environ.get("HTTP_AUTHORIZATION"), token):
+            return app(environ, start_response)  # type: ignore[no-any-return]
+        start_response(
+            "401 Unauthorized",
+            [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(UNAUTHORIZED_BODY))),
+                ("WWW-Authenticate", WWW_AUTHENTICATE),
+            ],
+        )
+        return [UNAUTHORIZED_BODY]
+
+    return guarded
 
 
 class _MetricsServer(ThreadingMixIn, WSGIServer):

@@ -32,8 +32,10 @@ METRICS_PREFIX = "otel-dist worker metrics on "
 def run_worker(config: WorkerConfig, parent_pid: int | None = None) -> None:
     """Serve until SIGTERM/SIGINT, or until the parent process (if given) goes away."""
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    if not config.data_roots:
-        log.warning("no --data-root given: tasks may read any parquet file this process can read")
+    if config.allow_any_path:
+        log.warning("--allow-any-path: tasks may read any file this process can read")
+    elif not config.data_roots:
+        log.warning("no --data-root given: tasks that read files will be refused")
     server = WorkerServer(config)
     gc.collect()
     gc.freeze()

@@ -2,8 +2,9 @@
 
 It answers malformed input with INVALID_ARGUMENT (actions: an error saying ``invalid
 argument``; never a traceback, see ``exchange/server_errors.py``), refuses tasks that name files outside its
-data roots (``data_roots``; none configured means no restriction, with a warning at start)
-with PERMISSION_DENIED, and with a token configured refuses every call without it.
+data roots (``data_roots``; none configured means no file at all, unless ``allow_any_path``)
+with PERMISSION_DENIED, and with an internal secret (or a token) configured refuses every
+call without it.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ class WorkerConfig:
     telemetry_cache_entries: int = 10_000
     spill_dir: str | None = None
     metrics_port: int | None = None  # Prometheus /metrics (0: a free port); None: env settings
-    data_roots: tuple[str, ...] = ()  # folders tasks may read; empty: no restriction
+    data_roots: tuple[str, ...] = ()  # folders tasks may read files from; empty: none
+    allow_any_path: bool = False  # read any file the process can (--allow-any-path)
     max_sql_depth: int = DEFAULT_MAX_SQL_DEPTH  # task SQL beyond these is refused
     max_sql_operators: int = DEFAULT_MAX_SQL_OPERATORS
     security: SecurityConfig = NO_SECURITY
@@ -110,7 +112,7 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
     ) -> None:
         """Spans and metrics default to the process environment's settings; a caller passing
         its own ``telemetry`` and no ``metrics`` gets no metrics."""
-        options = server_options(config.security)
+        options = server_options(config.security, internal=True)
         options["middleware"] = {
             **options.get("middleware", {}),
             MIDDLEWARE_KEY: TraceServerMiddlewareFactory(),
@@ -125,7 +127,10 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
         self.data_roots = _roots(config.data_roots)
         if telemetry is None:
             telemetry, default_metrics = start_process_telemetry(
-                "otel-dist-worker", prometheus_port=config.metrics_port, prometheus_host=config.host
+                "otel-dist-worker",
+                prometheus_port=config.metrics_port,
+                prometheus_host=config.host,
+                prometheus_token=config.security.token,
             )
             metrics = metrics or default_metrics
         self.telemetry = telemetry
@@ -245,7 +250,7 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
             telemetry=self.telemetry,
             telemetry_cache=self.telemetry_cache,
             metrics=self.task_metrics,
-            security=self.config.security,
+            security=self.config.security.internal(),  # reads from other workers
         )
         with self._lock:
             keys = [spec.key for spec in specs]
@@ -262,13 +267,20 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
         return tasks
 
     def _check_paths(self, spec: TaskSpec) -> None:
-        """Refuse a task that names a file outside the data roots. Paths are normalised
-        (``..`` removed, relative paths refused); symbolic links inside a root are trusted,
-        since only the operator can place them there."""
-        if not self.data_roots:
+        """Refuse a task that names a file outside the data roots (any file, without roots,
+        unless ``allow_any_path``). Paths are normalised (``..`` removed, relative paths
+        refused); symbolic links inside a root are trusted, since only the operator can place
+        them there."""
+        if self.config.allow_any_path:
             return
         for task_input in spec.inputs:
             for path in task_input.files:
+                if not self.data_roots:
+                    raise permission_denied(
+                        f"{spec.key} of query {spec.query_id} names {path[:300]}, but this "
+                        "worker reads no files: start it with --data-root DIR "
+                        "(or --allow-any-path)"
+                    )
                 if not os.path.isabs(path) or not _inside(os.path.normpath(path), self.data_roots):
                     raise permission_denied(
                         f"{spec.key} of query {spec.query_id} names {path[:300]}, "
