@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -192,9 +193,24 @@ class TaskSpec:
         return spec
 
 
-def encode_submission(specs: Sequence[TaskSpec]) -> bytes:
-    """The body of a ``submit_tasks`` action: the tasks one worker is to run for one query."""
-    return b'{"tasks":[' + b",".join(spec.to_json() for spec in specs) + b"]}"
+def encode_submission(specs: Sequence[TaskSpec], data_roots: Sequence[str] = ()) -> bytes:
+    """The body of a ``submit_tasks`` action: the tasks one worker is to run for one query,
+    and the data folders the coordinator reads its tables from (``data_roots``: what a worker
+    started without ``--data-root`` lets a trusted coordinator's tasks read)."""
+    roots = json.dumps(list(data_roots)).encode()
+    tasks = b",".join(spec.to_json() for spec in specs)
+    return b'{"data_roots":' + roots + b',"tasks":[' + tasks + b"]}"
+
+
+def submission_data_roots(data: bytes) -> tuple[str, ...]:
+    """The data folders a ``submit_tasks`` body declares (absolute paths only); raises
+    ``ProtocolError`` and nothing else."""
+    roots = _load_object(data, "task submission").get("data_roots", [])
+    if not isinstance(roots, list) or not all(
+        isinstance(root, str) and os.path.isabs(root) for root in roots
+    ):
+        raise ProtocolError("malformed task submission: 'data_roots' is not a list of paths")
+    return tuple(roots)
 
 
 def decode_submission(data: bytes) -> list[TaskSpec]:

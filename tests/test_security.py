@@ -41,7 +41,7 @@ from otel_dist.telemetry.setup import Telemetry, TelemetryConfig
 from otel_dist.testing.otlp_receiver import OtlpReceiver
 from otel_dist.worker.server import WorkerConfig, WorkerServer
 from tests.oracle import assert_same_rows, single_node
-from tests.support import CLI, self_signed_certificate, start_worker, stop
+from tests.support import CLI, remote_cluster, self_signed_certificate, start_worker, stop
 
 TOKEN = "otel-dist-test-token-6f1e"
 
@@ -454,10 +454,23 @@ def test_a_bare_worker_reads_no_files_unless_allowed_any_path(tpch_dir: Path) ->
             with pytest.raises(flight.FlightUnauthorizedError, match="--data-root"):
                 submit(client, _spec((path,)))
         submit(client, _spec((), "select 1 as n", query_id="no-files"))  # no file: runs
+        # A caller on the worker's own host (the worker has no authentication) may declare
+        # the data folder, as a hand-started coordinator does; nothing outside it is read.
+        declared = (str(tpch_dir.resolve()),)
+        action = flight.Action(
+            ACTION_SUBMIT_TASKS, encode_submission((_spec(("/etc/hostname",)),), declared)
+        )
+        with pytest.raises(flight.FlightUnauthorizedError, match="outside the worker's data"):
+            list(client.do_action(action, options=options))
+        spec = _spec((nation,), query_id="declared")
+        action = flight.Action(ACTION_SUBMIT_TASKS, encode_submission((spec,), declared))
+        list(client.do_action(action, options=options))
+        ticket = flight.Ticket(BucketTicket("declared", 0, 0, 0).to_bytes())
+        assert client.do_get(ticket, options=options).read_all().column("n")[0].as_py() == 25
     finally:
         client.close()
         _, err = stop(bare)
-    assert "reads no files" not in err and "will be refused" in err
+    assert "no --data-root given" in err and "declares" in err
     opted_in, url = start_worker("--port", "0", "--allow-any-path")
     client = flight.FlightClient(url)
     try:
@@ -468,3 +481,16 @@ def test_a_bare_worker_reads_no_files_unless_allowed_any_path(tpch_dir: Path) ->
         client.close()
         _, err = stop(opted_in)
     assert "--allow-any-path" in err
+
+
+def test_a_hand_started_cluster_reads_the_coordinators_data_folder(tpch_dir: Path) -> None:
+    """``otel-dist worker --port P`` with no ``--data-root`` under ``otel-dist coordinator
+    --data DIR`` on the same host answers queries: the coordinator declares its folder."""
+    with remote_cluster(tpch_dir, data_root=False) as (coordinator_url, _):
+        client = flight.FlightClient(coordinator_url)
+        try:
+            ticket = flight.Ticket(json.dumps({"sql": "select count(*) as n from nation"}).encode())
+            table = client.do_get(ticket, options=flight.FlightCallOptions(timeout=60)).read_all()
+        finally:
+            client.close()
+    assert table.column("n")[0].as_py() == 25

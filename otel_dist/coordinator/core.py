@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -228,6 +229,7 @@ class Coordinator:
         self.security = config.security.internal()  # what it presents to workers
         self.workers = tuple(secure_url(url, config.security) for url in config.workers)
         self.catalog = Catalog.from_folder(config.data)
+        self._data_roots = (os.path.realpath(config.data),)  # declared in every submission
         deep_native_stacks()  # before the planner's session starts DataFusion's runtime
         tasks = config.tasks_per_stage or len(config.workers)
         threshold = config.broadcast_threshold
@@ -704,7 +706,11 @@ class Coordinator:
             by_worker.setdefault(spec.worker_url, []).append(spec)
         futures = {
             self._pool.submit(
-                self._rpc_action, parent, url, ACTION_SUBMIT_TASKS, encode_submission(worker_specs)
+                self._rpc_action,
+                parent,
+                url,
+                ACTION_SUBMIT_TASKS,
+                encode_submission(worker_specs, self._data_roots),
             ): url
             for url, worker_specs in by_worker.items()
         }

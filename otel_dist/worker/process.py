@@ -35,7 +35,11 @@ def run_worker(config: WorkerConfig, parent_pid: int | None = None) -> None:
     if config.allow_any_path:
         log.warning("--allow-any-path: tasks may read any file this process can read")
     elif not config.data_roots:
-        log.warning("no --data-root given: tasks that read files will be refused")
+        log.warning(
+            "no --data-root given: tasks read files only under the data folder their "
+            "coordinator declares, and only a coordinator holding the internal secret or, "
+            "without authentication, one on this host may declare it"
+        )
     server = WorkerServer(config)
     gc.collect()
     gc.freeze()

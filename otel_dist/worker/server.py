@@ -58,6 +58,7 @@ from otel_dist.protocol import (
     invalid_argument,
     not_found,
     permission_denied,
+    submission_data_roots,
 )
 from otel_dist.sql_limits import (
     DEFAULT_MAX_SQL_DEPTH,
@@ -175,7 +176,7 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
     ) -> Iterator[bytes]:
         span = self._server_span(context, rpc.DO_ACTION, action.type)
         try:
-            return iter([self._action(action)])
+            return iter([self._action(action, self._trusts_declared_roots(context))])
         except ProtocolError as error:
             _failed(span, error)
             raise for_client(invalid_argument(str(error)), "action") from None
@@ -204,10 +205,23 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
             attributes={**rpc.rpc_attributes(method, action), **(attributes or {})},  # type: ignore[dict-item]
         )
 
-    def _action(self, action: flight.Action) -> bytes:
+    def _trusts_declared_roots(self, context: flight.ServerCallContext) -> bool:
+        """Whether a submission's declared data folders may stand in for ``--data-root``:
+        only on a worker started without one, and only from a caller that proved it holds
+        the internal secret or, on a worker without authentication, from this host."""
+        if self.data_roots or self.config.allow_any_path:
+            return False
+        if self.config.security.internal().token is not None:
+            return True  # the middleware let only internal-secret holders through
+        peer = context.peer()
+        return peer.startswith(("ipv4:127.", "ipv6:[::1]", "ipv6:%5B::1%5D", "unix:"))
+
+    def _action(self, action: flight.Action, trusted_roots: bool = False) -> bytes:
         body = action.body.to_pybytes() if action.body is not None else b""
         if action.type == ACTION_SUBMIT_TASKS:
-            self.submit_all(decode_submission(body))
+            specs = decode_submission(body)
+            declared = _roots(submission_data_roots(body)) if trusted_roots else ()
+            self.submit_all(specs, declared)
             return b"{}"
         if action.type == ACTION_CANCEL_QUERY:
             self.cancel_query(decode_query_id(body))
@@ -231,12 +245,13 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
     def submit(self, spec: TaskSpec) -> Task:
         return self.submit_all([spec])[0]
 
-    def submit_all(self, specs: list[TaskSpec]) -> list[Task]:
-        """Start tasks, all of them or (on any error) none."""
+    def submit_all(self, specs: list[TaskSpec], declared_roots: tuple[str, ...] = ()) -> list[Task]:
+        """Start tasks, all of them or (on any error) none. ``declared_roots``: the data
+        folders a trusted coordinator declared, read when the worker has no roots of its own."""
         if self._stopping.is_set():
             raise flight.FlightUnavailableError("unavailable: the worker is stopping")
         for spec in specs:
-            self._check_paths(spec)
+            self._check_paths(spec, self.data_roots or declared_roots)
             try:
                 check_sql(spec.sql, self.sql_limits)
             except SqlTooComplex as error:
@@ -266,7 +281,7 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
             task.start()
         return tasks
 
-    def _check_paths(self, spec: TaskSpec) -> None:
+    def _check_paths(self, spec: TaskSpec, roots: tuple[str, ...]) -> None:
         """Refuse a task that names a file outside the data roots (any file, without roots,
         unless ``allow_any_path``). Paths are normalised (``..`` removed, relative paths
         refused); symbolic links inside a root are trusted, since only the operator can place
@@ -275,13 +290,13 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
             return
         for task_input in spec.inputs:
             for path in task_input.files:
-                if not self.data_roots:
+                if not roots:
                     raise permission_denied(
                         f"{spec.key} of query {spec.query_id} names {path[:300]}, but this "
                         "worker reads no files: start it with --data-root DIR "
                         "(or --allow-any-path)"
                     )
-                if not os.path.isabs(path) or not _inside(os.path.normpath(path), self.data_roots):
+                if not os.path.isabs(path) or not _inside(os.path.normpath(path), roots):
                     raise permission_denied(
                         f"{spec.key} of query {spec.query_id} names {path[:300]}, "
                         "outside the worker's data roots"
