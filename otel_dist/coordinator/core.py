@@ -1,6 +1,8 @@
 """The coordinator: plans a query, submits its tasks to workers, reads the root stage's output,
 and collects every task's telemetry (in-band, then by fetching what did not arrive).
 
+Membership: the workers come from a static list, from workers that announce themselves and
+from DNS names (``membership.py``); none of them needs to be up when the coordinator starts.
 Faults: tasks are placed on the workers the health monitor (``health.py``) sees up; a worker
 found unreachable while tasks are submitted is left out and the query placed again; a worker
 that goes down while a query runs fails that query at once, with an error naming the stage,
@@ -11,6 +13,7 @@ refused; only queries run (no DDL, DML or SET statements).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -30,6 +33,12 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from otel_dist.background import run_in_background
 from otel_dist.coordinator.health import ProbeFailed, WorkerHealth
+from otel_dist.coordinator.membership import (
+    DEFAULT_DNS_INTERVAL_S,
+    DEFAULT_HEARTBEAT_S,
+    DnsName,
+    Membership,
+)
 from otel_dist.coordinator.scheduler import assign, task_specs
 from otel_dist.errors import one_line
 from otel_dist.exchange.clients import REMOTE_ERRORS, call_options, client_for
@@ -122,6 +131,9 @@ class CoordinatorConfig:
     health_interval_s: float = 1.0  # 0: no background probes (calls still mark workers down)
     health_timeout_s: float = 2.0
     security: SecurityConfig = NO_SECURITY
+    dns_names: tuple[DnsName, ...] = ()  # resolved to workers, again every dns_interval_s
+    dns_interval_s: float = DEFAULT_DNS_INTERVAL_S
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S  # registered workers: dropped after 3 missed
 
 
 @dataclass
@@ -194,7 +206,7 @@ class _Run:
 
 
 class Coordinator:
-    """Runs SQL over a static list of workers, on those of them that are up."""
+    """Runs SQL over its workers (a list, registered ones, DNS names), on those that are up."""
 
     def __init__(
         self,
@@ -204,13 +216,11 @@ class Coordinator:
     ) -> None:
         """Spans and metrics default to the process environment's settings; a caller passing
         its own ``telemetry`` and no ``metrics`` gets no metrics."""
-        if not config.workers:
-            raise QueryError("no worker URLs given")
         self.config = config
         self.security = config.security
-        self.workers = tuple(secure_url(url, config.security) for url in config.workers)
         self.catalog = Catalog.from_folder(config.data)
-        tasks = config.tasks_per_stage or len(config.workers)
+        # Without a fixed count, each query gets as many tasks per stage as workers are up.
+        tasks = config.tasks_per_stage or max(1, len(config.workers))
         threshold = config.broadcast_threshold
         if threshold is None:
             threshold = broadcast_threshold_from_env()
@@ -236,12 +246,34 @@ class Coordinator:
         self._listeners: list[QueryListener] = []
         self.query_metrics = self.metrics.coordinator(lambda: len(self._running))
         self.worker_health = WorkerHealth(
-            self.workers, self._probe, config.health_interval_s, config.health_timeout_s
+            [secure_url(url, config.security) for url in config.workers],
+            self._probe,
+            config.health_interval_s,
+            config.health_timeout_s,
         )
         self.worker_health.add_listener(self._worker_down)
         self.worker_health.add_up_listener(self._worker_back)
         self._undelivered: dict[str, dict[str, None]] = {}  # url -> queries to release there
         self.worker_health.start()
+        self.membership = Membership(
+            self.worker_health,
+            config.dns_names,
+            lambda url: secure_url(url, config.security),
+            heartbeat_s=config.heartbeat_s,
+            dns_interval_s=config.dns_interval_s,
+        ).start()
+
+    @property
+    def workers(self) -> tuple[str, ...]:
+        """Every worker known now, up or not."""
+        return self.worker_health.urls
+
+    def register_worker(self, url: str) -> bool:
+        """A worker's heartbeat (``register_worker`` action); True when it is new."""
+        return self.membership.register(url)
+
+    def unregister_worker(self, url: str) -> bool:
+        return self.membership.unregister(url)
 
     def check_workers(self) -> None:
         """Raise ``WorkerUnreachable`` naming the first worker that does not answer."""
@@ -256,6 +288,10 @@ class Coordinator:
                 f"the SQL text of {size} bytes exceeds the limit of "
                 f"{self.config.max_sql_bytes} bytes (max_sql_bytes)"
             )
+        if self.config.tasks_per_stage is None:
+            up = len(self.worker_health.healthy())
+            if up and up != self.planner.options.tasks_per_stage:
+                self.planner.options = dataclasses.replace(self.planner.options, tasks_per_stage=up)
         try:
             return self.planner.plan(sql)
         except NotAQuery as error:
@@ -346,6 +382,7 @@ class Coordinator:
     def close(self) -> None:
         if self.relay is not None:
             self.relay.shutdown()
+        self.membership.close()
         self.worker_health.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.telemetry.shutdown()
@@ -410,8 +447,10 @@ class Coordinator:
         list(self._pool.map(self.worker_health.check, self.workers))
         healthy = self.worker_health.healthy()
         if not healthy:
-            reasons = "; ".join(f"{s.url}: {s.reason}" for s in self.worker_health.states())
-            raise WorkerUnreachable(f"no worker is reachable ({reasons})")
+            tried = "; ".join(f"{s.url}: {s.reason}" for s in self.worker_health.states())
+            raise WorkerUnreachable(
+                f"no worker is usable (tried {tried or 'none'}; from {self.membership.describe()})"
+            )
         return healthy
 
     def _place_and_submit(self, run: _Run) -> None:
@@ -709,7 +748,10 @@ class Coordinator:
             run.reads.append(read_record(source, stats, started, time.time_ns()))
 
     def _action(self, url: str, action: str, body: bytes, timeout_s: float | None = None) -> bytes:
-        client = client_for(url, self.security)
+        try:
+            client = client_for(url, self.security)
+        except (pa.ArrowException, ValueError) as error:  # not a Flight address
+            raise WorkerUnreachable(f"worker {url}: {one_line(error)}", url) from None
         try:
             results = client.do_action(
                 flight.Action(action, body),

@@ -5,7 +5,9 @@ streams the statement's result (EXPLAIN statements return their plan text). With
 ``telemetry`` the stream ends, like a worker's, with a final message carrying every span of
 the query, so the client can build the EXPLAIN ANALYZE tree. The action
 ``query_telemetry {query_id}`` returns the spans of a recent query, failed ones included;
-``cancel_query {query_id}`` cancels a running one.
+``cancel_query {query_id}`` cancels a running one. Workers announce themselves with
+``register_worker {url}`` (a heartbeat, see ``membership.py``) and leave with
+``unregister_worker {url}``.
 
 A client that goes away (disconnects, hits its deadline, is interrupted) cancels its query on
 every worker: the statement runs on a separate thread while the call's handler watches
@@ -36,9 +38,12 @@ from otel_dist.planner.distribute import PlanningError
 from otel_dist.protocol import (
     ACTION_CANCEL_QUERY,
     ACTION_QUERY_TELEMETRY,
+    ACTION_REGISTER_WORKER,
+    ACTION_UNREGISTER_WORKER,
     ProtocolError,
     decode_json_object,
     decode_query_id,
+    decode_worker_url,
     invalid_argument,
     not_found,
 )
@@ -151,6 +156,12 @@ class CoordinatorServer(flight.FlightServerBase):
             if action.type == ACTION_CANCEL_QUERY:
                 cancelled = self.coordinator.cancel(decode_query_id(body))
                 return iter([json.dumps({"cancelled": cancelled}).encode()])
+            if action.type == ACTION_REGISTER_WORKER:
+                new = self.coordinator.register_worker(decode_worker_url(body))
+                return iter([json.dumps({"new": new}).encode()])
+            if action.type == ACTION_UNREGISTER_WORKER:
+                known = self.coordinator.unregister_worker(decode_worker_url(body))
+                return iter([json.dumps({"known": known}).encode()])
             if action.type != ACTION_QUERY_TELEMETRY:
                 raise ProtocolError(f"unknown action {action.type[:100]!r}")
             query_id = decode_query_id(body)

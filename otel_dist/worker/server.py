@@ -34,6 +34,7 @@ from otel_dist.protocol import (
     ACTION_RELEASE_QUERY,
     ACTION_SUBMIT_TASKS,
     MAX_TICKET_BYTES,
+    NOT_A_COORDINATOR,
     BucketTicket,
     ProtocolError,
     TaskKey,
@@ -279,6 +280,8 @@ class WorkerServer(flight.FlightServerBase):
         try:
             request = BucketTicket.from_bytes(ticket.ticket)
         except ProtocolError as error:
+            if b'"sql"' in ticket.ticket[:MAX_TICKET_BYTES]:  # a query client's ticket
+                raise invalid_argument(NOT_A_COORDINATOR) from None
             raise invalid_argument(str(error)) from None
         task = self._wait_for_task(request.task_key)
         if request.bucket >= len(task.buckets):
