@@ -44,6 +44,7 @@ from otel_dist.telemetry.task_spans import (
     without_details,
 )
 from otel_dist.worker.buckets import Bucket, MemoryBudget
+from otel_dist.worker.streams import StreamCancelled, batches
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ class Task:
         self.state = "running"
         self.started_ns = time.time_ns()
         plan: object | None = None
+        ctx: SessionContext | None = None
         try:
             ctx = new_session(self.settings.target_partitions)
             for task_input in self.spec.inputs:
@@ -177,9 +179,13 @@ class Task:
                 bucket.finish()
             else:
                 bucket.fail(self.error or self.state)
-        # The plan holds the task's inputs, so it is passed for its metrics and not kept on the
-        # task (which lives until the query is released).
-        self._record_telemetry(plan)
+        # The plan holds the task's inputs, and (its repartitions) the DataFusion tasks that
+        # still run after a cancel until it is dropped: read its metrics and drop it now, not
+        # after the wait for upstream telemetry, and never keep it on the task (which lives
+        # until the query is released).
+        operators = self._operator_metrics(plan)
+        plan = ctx = None
+        self._record_telemetry(operators)
         self._done.set()
         self._record_metrics()  # after the data is complete: never delays a reader
 
@@ -208,14 +214,21 @@ class Task:
 
     def _drain(self, ctx: SessionContext, plan: object, partition: int) -> None:
         schema = self.spec.output_schema()
-        for raw in ctx.execute(plan, partition):  # type: ignore[arg-type]
+        stream = ctx.execute(plan, partition)  # type: ignore[arg-type]
+        try:
+            for raw in batches(stream, self._stopped):
+                batch = conform(raw.to_pyarrow(), schema)  # type: ignore[attr-defined]
+                if batch.num_rows:
+                    self._emit(batch)
+        except StreamCancelled:
             if self._cancel.is_set():
-                raise TaskCancelled("cancelled")
-            if self._abort.is_set():
-                return
-            batch = conform(raw.to_pyarrow(), schema)
-            if batch.num_rows:
-                self._emit(batch)
+                raise TaskCancelled("cancelled") from None
+            return  # a sibling partition failed: its error is the task's
+        finally:
+            del stream  # dropping it aborts DataFusion's work on the partition
+
+    def _stopped(self) -> bool:
+        return self._cancel.is_set() or self._abort.is_set()
 
     def _emit(self, batch: pa.RecordBatch) -> None:
         output = self.spec.output
@@ -316,15 +329,21 @@ class Task:
 
     # ---- telemetry -----------------------------------------------------------------------
 
-    def _record_telemetry(self, plan: object | None) -> None:
+    def _operator_metrics(self, plan: object | None) -> OperatorMetrics | None:
+        if plan is None or not self.settings.telemetry.enabled:
+            return None
+        try:
+            self._operators = operator_metrics(plan)
+        except Exception:
+            log.warning("operator metrics of %s could not be read", self.spec.key, exc_info=True)
+        return self._operators
+
+    def _record_telemetry(self, operators: OperatorMetrics | None) -> None:
         """Spans, cache entry and final message; a failure here never affects the data."""
         telemetry = self.settings.telemetry
         if not telemetry.enabled:
             return
         try:
-            operators: OperatorMetrics | None = None
-            if plan is not None:
-                operators = self._operators = operator_metrics(plan)
             record = TaskRecord(
                 query_id=self.spec.query_id,
                 stage_id=self.spec.stage_id,
