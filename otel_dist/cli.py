@@ -914,7 +914,9 @@ def _emit_batches(
 
     rows = emit(batches, schema, output, stdout, max_rows or DEFAULT_MAX_ROWS, progress=stderr)
     if output is not None:
-        stderr.print(f"{rows} rows written to {output}", markup=False, highlight=False)
+        stderr.print(
+            f"{rows} rows written to {output}", markup=False, highlight=False, soft_wrap=True
+        )
     return rows
 
 
