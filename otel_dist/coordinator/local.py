@@ -37,6 +37,7 @@ from otel_dist.explain.statements import ExplainAnalysis, explain_analyze, run_s
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.model import DistributedPlan
 from otel_dist.telemetry.metrics import MetricsConfig, start_process_telemetry
+from otel_dist.telemetry.setup import EXPORT_ERRORS_ENV
 from otel_dist.worker.allocator import worker_environment
 from otel_dist.worker.process import METRICS_PREFIX, READY_PREFIX
 
@@ -219,6 +220,9 @@ class LocalCluster:
             env[AUTH_TOKEN_ENV] = self.security.token
         if self.redact_sql:
             env["OTEL_DIST_REDACT_SQL"] = "true"
+        # A collector that is down is said once, by the coordinator (this process), not again
+        # by every worker.
+        env.setdefault(EXPORT_ERRORS_ENV, "off")
         return env
 
     @staticmethod
