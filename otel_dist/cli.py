@@ -454,6 +454,7 @@ def _demo(args: argparse.Namespace) -> int:
     data = generate(DEMO_SCALE, default_cache_dir(DEMO_SCALE))
     sql = tpch.query(args.query)
     stdout.print(f"[bold]TPC-H Q{args.query}[/bold] at SF {DEMO_SCALE} on {args.workers} workers")
+    stdout.print(f"data: {data} (cached; OTEL_DIST_CACHE_DIR moves it)", markup=False)
     # The demo's tables are far under the default bytes a scan task reads: split every table
     # anyway, so that the tree shows a scan spread over the workers.
     with LocalCluster(workers=args.workers, data=data, min_task_bytes=0) as cluster:
@@ -474,8 +475,10 @@ def _tpchgen(args: argparse.Namespace) -> int:
 
     if args.scale <= 0:
         raise UserError(f"scale must be positive, got {args.scale}")
+    existed = (args.out / "lineitem").is_dir()
     path = generate(args.scale, args.out)
-    stdout.print(f"TPC-H SF {args.scale:g} written to {path}")
+    done = "is already in" if existed else "written to"
+    stdout.print(f"TPC-H SF {args.scale:g} {done} {path}", markup=False, highlight=False)
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import threading
 import time
 from http import HTTPStatus
@@ -49,7 +50,8 @@ class QueryPagesServer:
             f"<tr><td><a href='/queries/{q.query_id}'>{q.query_id}</a></td>"
             f"<td>{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(q.finished_at))}</td>"
             f"<td>{format_duration(q.duration_ns)}</td><td>{q.status}</td>"
-            f"<td><code>{html.escape(' '.join(q.sql.split())[:160])}</code></td></tr>"
+            f"<td><code>{html.escape(' '.join(_without_comments(q.sql).split())[:160])}</code>"
+            "</td></tr>"
             for q in self.recent.list()
         )
         return (
@@ -96,3 +98,12 @@ def _handler_for(pages: QueryPagesServer) -> type[BaseHTTPRequestHandler]:
             return
 
     return Handler
+
+
+_LEADING_COMMENTS = re.compile(r"\A(?:\s*(?:--[^\n]*(?:\n|\Z)|/\*.*?\*/))*\s*", re.DOTALL)
+
+
+def _without_comments(sql: str) -> str:
+    """The statement without its leading comment lines (TPC-H files start with a header),
+    so that the listing shows the query itself."""
+    return _LEADING_COMMENTS.sub("", sql, count=1) or sql
