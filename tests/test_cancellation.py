@@ -15,10 +15,13 @@ import pytest
 
 from tests.support import CLI, start_worker, stop, wait_until, worker_health
 
-# About 1/3 s of CPU per input batch, and some 15 s in all at SF 0.1: the partial aggregate
-# emits nothing until its input is read, so only a cancel reaching DataFusion stops it.
+# A scan-heavy aggregate: about 1/3 s of CPU per input batch and half a minute or more in all
+# at SF 0.1, and the partial aggregate emits nothing until its input is read, so only a cancel
+# reaching DataFusion (or the task's files going away) stops it. What this cannot show: an
+# operator over in-memory stage inputs that never yields to tokio (an exploding join feeding
+# an aggregate) runs on until its current poll returns (see otel_dist/worker/streams.py).
 SLOW = (
-    "select count(*), max(regexp_replace(repeat(l_comment, 20), '(a|e|i)+', 'x', 'g')) "
+    "select count(*), max(regexp_replace(repeat(l_comment, 60), '(a|e|i)+', 'x', 'g')) "
     "from lineitem"
 )
 SF01 = Path(os.environ.get("OTEL_DIST_TEST_DATA_SF01", "/work/data/tpch-sf0.1"))
@@ -64,10 +67,12 @@ def _busy(pid: int) -> bool:
     return _cpu_seconds(pid) - before > 0.05
 
 
-def test_ctrl_c_on_query_stops_the_workers_computing(
+@pytest.fixture
+def slow_cluster(
     sf01: Path, processes: list[subprocess.Popen[str]]
-) -> None:
-    # One partition per task: the whole stage runs in the one stream the task pulls.
+) -> tuple[subprocess.Popen[str], str, str]:
+    """A worker (one partition per task: the whole stage runs in the one stream the task
+    pulls) and a coordinator over it; the worker process, its URL and the coordinator's."""
     worker, worker_url = start_worker(
         "--port", "0", "--data-root", str(sf01), "--target-partitions", "1"
     )
@@ -81,14 +86,24 @@ def test_ctrl_c_on_query_stops_the_workers_computing(
     )
     processes.append(coordinator)
     assert coordinator.stdout is not None
-    address = coordinator.stdout.readline().split()[-1]
-    client = subprocess.Popen(
-        [*CLI, "query", "--coordinator", address, "-e", SLOW],
+    return worker, worker_url, coordinator.stdout.readline().split()[-1]
+
+
+def _query(address: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*CLI, "query", "--coordinator", address, "-e", SLOW, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
     )
+
+
+def test_ctrl_c_on_query_stops_the_workers_computing(
+    slow_cluster: tuple[subprocess.Popen[str], str, str], processes: list[subprocess.Popen[str]]
+) -> None:
+    worker, worker_url, address = slow_cluster
+    client = _query(address)
     processes.append(client)
     wait_until(lambda: worker_health(worker_url)["running_tasks"], 30, "the query to run")
     wait_until(lambda: _busy(worker.pid), 30, "the worker to compute")
@@ -100,6 +115,23 @@ def test_ctrl_c_on_query_stops_the_workers_computing(
     assert client.returncode == 130
     assert err.strip().splitlines() == ["otel-dist: interrupted"], err
     # Bound with room for a loaded machine: the last batch in DataFusion's hands finishes.
+    assert idle_after < 5, idle_after
+
+
+def test_query_timeout_stops_the_workers_computing(
+    slow_cluster: tuple[subprocess.Popen[str], str, str], processes: list[subprocess.Popen[str]]
+) -> None:
+    worker, _, address = slow_cluster
+    started = time.monotonic()
+    client = _query(address, "--timeout", "4")
+    processes.append(client)
+    _, err = client.communicate(timeout=30)
+    timed_out = time.monotonic()
+    idle_after = _seconds_until_idle([worker.pid], timed_out)
+    print(f"client gave up after {timed_out - started:.1f}s, worker idle {idle_after:.2f}s later")
+    assert client.returncode == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "timed out after 4s (--timeout)" in lines[0], err
     assert idle_after < 5, idle_after
 
 

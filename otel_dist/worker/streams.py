@@ -8,6 +8,11 @@ the task's cancel flag every ``POLL_S``. On cancel the pending ``__anext__`` is 
 which drops the Rust future polling the stream (pyo3's cancellation), and the stream itself is
 dropped by the caller: DataFusion then aborts the tokio tasks that run the plan's partitions
 (repartitions, merges) at their next yield point.
+
+The limit: DataFusion stops only where it yields to tokio (file reads, exchanges, its
+cooperative budget). An operator computing over in-memory input without yielding (a join
+whose output explodes, feeding an aggregate) goes on until its current poll returns; this
+thread and the task end at once all the same, and the core frees itself when that poll ends.
 """
 
 from __future__ import annotations
