@@ -219,7 +219,7 @@ class Coordinator:
         self.config = config
         self.security = config.security
         self.catalog = Catalog.from_folder(config.data)
-        # Without a fixed count, each query gets as many tasks per stage as workers are up.
+        # Without a fixed count, each query gets as many tasks per stage as workers are known.
         tasks = config.tasks_per_stage or max(1, len(config.workers))
         threshold = config.broadcast_threshold
         if threshold is None:
@@ -288,10 +288,12 @@ class Coordinator:
                 f"the SQL text of {size} bytes exceeds the limit of "
                 f"{self.config.max_sql_bytes} bytes (max_sql_bytes)"
             )
-        if self.config.tasks_per_stage is None:
-            up = len(self.worker_health.healthy())
-            if up and up != self.planner.options.tasks_per_stage:
-                self.planner.options = dataclasses.replace(self.planner.options, tasks_per_stage=up)
+        if self.config.tasks_per_stage is None:  # one task per known worker, as they change
+            known = len(self.workers)
+            if known and known != self.planner.options.tasks_per_stage:
+                self.planner.options = dataclasses.replace(
+                    self.planner.options, tasks_per_stage=known
+                )
         try:
             return self.planner.plan(sql)
         except NotAQuery as error:
