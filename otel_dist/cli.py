@@ -134,7 +134,8 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="generate TPC-H SF 0.1 (once, into ~/.cache/otel_dist/tpch-sf0.1 or $OTEL_DIST_CACHE_DIR), run a query on local workers",
+        help="generate TPC-H SF 0.1 (once, into ~/.cache/otel_dist/tpch-sf0.1 or "
+        "$OTEL_DIST_CACHE_DIR), run a query on local workers",
     )
     demo.add_argument("--query", type=int, default=DEMO_QUERY, help="TPC-H query number, 1-22")
     demo.add_argument("--workers", type=int, default=3, help="worker processes to start")
