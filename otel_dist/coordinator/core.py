@@ -199,7 +199,10 @@ class _Run:
     cancelled: threading.Event = field(default_factory=threading.Event)
     lost_workers: dict[str, str] = field(default_factory=dict)  # url -> why it went down
     result_bytes: int = 0
+    result_rows: int = 0
+    sink: Callable[[pa.RecordBatch], None] | None = None  # streamed result: batches go here
     lock: threading.Lock = field(default_factory=threading.Lock)
+    sink_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def workers(self) -> set[str]:
         return set(self.placement.values())
@@ -323,8 +326,18 @@ class Coordinator:
             except Exception:
                 log.warning("query listener %r failed", listener, exc_info=True)
 
-    def execute(self, sql: str, query_id: str | None = None) -> QueryResult:
-        """Run SQL and return its result; ``query_id`` lets a caller name (and cancel) it."""
+    def execute(
+        self,
+        sql: str,
+        query_id: str | None = None,
+        sink: Callable[[pa.RecordBatch], None] | None = None,
+    ) -> QueryResult:
+        """Run SQL and return its result; ``query_id`` lets a caller name (and cancel) it.
+
+        With ``sink``, every batch of the result goes to it as it arrives (from the reading
+        threads, one at a time, in the output schema) and the returned table is empty: the
+        coordinator holds no result, so ``max_result_bytes`` does not apply. A sink that
+        raises fails the query (and cancels it everywhere)."""
         started = time.time_ns()
         query_id = query_id or uuid.uuid4().hex
         text = redact_sql(sql) if self.telemetry.config.redact_sql else sql
@@ -337,7 +350,7 @@ class Coordinator:
                 c.DB_OPERATION_NAME: operation_name(sql),
             },
         )
-        run = _Run(query_id, sql, SpanCollector(query_id), query_span)
+        run = _Run(query_id, sql, SpanCollector(query_id), query_span, sink=sink)
         with self._running_lock:
             self._running[query_id] = run
         failure: BaseException | None = None
@@ -348,7 +361,7 @@ class Coordinator:
             self._start_stage_spans(run)
             self._place_and_submit(run)
             table = self._read_root(run)
-            query_span.set_attribute(c.QUERY_ROWS, table.num_rows)
+            query_span.set_attribute(c.QUERY_ROWS, table.num_rows + run.result_rows)
         except BaseException as error:
             failure = error
             self._broadcast(query_id, ACTION_CANCEL_QUERY, run.workers())
@@ -709,6 +722,14 @@ class Coordinator:
         output = plain_schema(run.plan.output_schema)
         return pa.Table.from_batches([conform(b, output) for b in batches], schema=output)
 
+    def _to_sink(self, run: _Run, batch: pa.RecordBatch) -> None:
+        """Hand a batch of a streamed result to its sink, one reading thread at a time."""
+        assert run.plan is not None and run.sink is not None
+        output = plain_schema(run.plan.output_schema)
+        with run.sink_lock:
+            run.sink(conform(batch, output))
+            run.result_rows += batch.num_rows
+
     def _read_source(self, run: _Run, source: BucketSource) -> list[pa.RecordBatch]:
         stats = StreamStats()
         run.read_stats.append(stats)
@@ -725,6 +746,9 @@ class Coordinator:
             ):
                 if run.cancelled.is_set():
                     raise QueryError(f"query {run.query_id} was cancelled")
+                if run.sink is not None:
+                    self._to_sink(run, batch)
+                    continue
                 with run.lock:
                     run.result_bytes += batch.get_total_buffer_size()  # received: owns its buffers
                     too_large = run.result_bytes > self.config.max_result_bytes

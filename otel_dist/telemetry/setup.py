@@ -244,7 +244,6 @@ class Telemetry:
         )
         exporter = _exporter(config)
         if exporter is not None:
-            quiet_export_errors()
             self._processors.append(BatchSpanProcessor(exporter))
         self._processors.extend(extra_processors)
         for processor in self._processors:
@@ -328,6 +327,7 @@ def _exporter(config: TelemetryConfig) -> SpanExporter | None:
         return ConsoleSpanExporter(out=sys.stderr)
     if config.traces_exporter != "otlp":
         return None
+    quiet_export_errors()
     headers = _headers(config.headers)
     if config.protocol.startswith("http"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
