@@ -336,8 +336,8 @@ class Coordinator:
 
         With ``sink``, every batch of the result goes to it as it arrives (from the reading
         threads, one at a time, in the output schema) and the returned table is empty: the
-        coordinator holds no result, so ``max_result_bytes`` does not apply. A sink that
-        raises fails the query (and cancels it everywhere)."""
+        coordinator holds no result (``max_result_bytes`` still applies, as the contract of
+        what a query may return). A sink that raises fails the query (and cancels it)."""
         started = time.time_ns()
         query_id = query_id or uuid.uuid4().hex
         text = redact_sql(sql) if self.telemetry.config.redact_sql else sql
@@ -746,9 +746,6 @@ class Coordinator:
             ):
                 if run.cancelled.is_set():
                     raise QueryError(f"query {run.query_id} was cancelled")
-                if run.sink is not None:
-                    self._to_sink(run, batch)
-                    continue
                 with run.lock:
                     run.result_bytes += batch.get_total_buffer_size()  # received: owns its buffers
                     too_large = run.result_bytes > self.config.max_result_bytes
@@ -758,7 +755,10 @@ class Coordinator:
                         f"{self.config.max_result_bytes} bytes (max_result_bytes); "
                         "add a LIMIT or raise the limit"
                     )
-                batches.append(batch)
+                if run.sink is not None:
+                    self._to_sink(run, batch)
+                else:
+                    batches.append(batch)
             return batches
         except flight.FlightUnavailableError:
             url = source.worker_url
