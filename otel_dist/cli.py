@@ -26,7 +26,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 from rich.console import Console
-from rich.table import Table
 
 from otel_dist.coordinator.core import QueryError
 from otel_dist.errors import one_line
@@ -60,8 +59,47 @@ stderr = Console(stderr=True)
 stdout = Console(width=None if sys.stdout.isatty() else 400)
 
 
+DESCRIPTION = (
+    "Distributed SQL over Arrow Flight with DataFusion, observable end to end with "
+    "OpenTelemetry: run SQL on worker processes, see where its time went (EXPLAIN ANALYZE "
+    "tree, traces, metrics)."
+)
+
+
 class UserError(Exception):
     """A problem with the user's input, reported in one line."""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Adds "(default: X)" to every option whose help does not already say its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default is None
+            or default is False
+            or default == []
+            or default is argparse.SUPPRESS
+            or action.option_strings == []
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _describe_subcommands(commands: Any) -> None:
+    """Every subcommand's parser gets its help line as its description and the formatter
+    that shows defaults (subcommands added later included)."""
+    add_parser = commands.add_parser
+
+    def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        if "help" in kwargs:
+            kwargs.setdefault("description", kwargs["help"][:1].upper() + kwargs["help"][1:] + ".")
+        return add_parser(name, **kwargs)
+
+    commands.add_parser = add
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,25 +131,43 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="otel-dist", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="otel-dist", description=DESCRIPTION, formatter_class=_HelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _describe_subcommands(commands)
 
-    demo = commands.add_parser("demo", help="generate TPC-H SF 0.1, run a query on 3 local workers")
-    demo.add_argument("--query", type=int, default=DEMO_QUERY, help="TPC-H query number")
-    demo.add_argument("--workers", type=int, default=3)
+    demo = commands.add_parser(
+        "demo",
+        help="generate TPC-H SF 0.1 (once, into ~/.cache/otel_dist/tpch-sf0.1 or "
+        "$OTEL_DIST_CACHE_DIR), run a query on local workers",
+    )
+    demo.add_argument("--query", type=int, default=DEMO_QUERY, help="TPC-H query number, 1-22")
+    demo.add_argument("--workers", type=int, default=3, help="worker processes to start")
     demo.set_defaults(run=_demo)
 
     gen = commands.add_parser("tpchgen", help="generate TPC-H parquet, one folder per table")
-    gen.add_argument("--scale", type=float, required=True)
-    gen.add_argument("--out", type=Path, required=True)
+    gen.add_argument(
+        "--scale", type=float, required=True, help="scale factor (1 is about 1 GB of CSV)"
+    )
+    gen.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder to write; a folder holding another scale is refused (remove it first)",
+    )
     gen.set_defaults(run=_tpchgen)
 
     local = commands.add_parser("local", help="run SQL on a local cluster of worker processes")
-    local.add_argument("--workers", type=int, default=3)
-    local.add_argument("--data", type=Path, required=True)
+    local.add_argument("--workers", type=int, default=3, help="worker processes to start")
+    local.add_argument(
+        "--data", type=Path, required=True, help="data folder: every sub-folder is a table"
+    )
     local.add_argument("-e", "--execute", dest="sql", required=True, help="SQL to run")
-    local.add_argument("--output", type=Path, help="write the result (.parquet, .csv, .json)")
-    local.add_argument("--tasks-per-stage", type=int)
+    _output_options(local)
+    local.add_argument(
+        "--tasks-per-stage", type=int, help="tasks per stage (default: one per worker)"
+    )
     local.add_argument(
         "--broadcast-threshold", type=_byte_count, metavar="BYTES", help=_BROADCAST_HELP
     )
@@ -131,10 +187,32 @@ def _parser() -> argparse.ArgumentParser:
     local.set_defaults(run=_local)
 
     worker = commands.add_parser("worker", help="run a worker (Flight server)")
-    worker.add_argument("--host", default="127.0.0.1")
-    worker.add_argument("--port", type=int, default=50051)
-    worker.add_argument("--memory-budget", type=int, default=1 << 30, help="bytes before spilling")
-    worker.add_argument("--target-partitions", type=int, default=2)
+    worker.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    worker.add_argument("--port", type=int, default=50051, help="port to listen on (0: a free one)")
+    worker.add_argument(
+        "--memory-budget", type=int, default=1 << 30, help="bytes of task output before spilling"
+    )
+    worker.add_argument(
+        "--target-partitions", type=int, default=2, help="DataFusion partitions per task"
+    )
+    worker.add_argument(
+        "--coordinator",
+        metavar="URL",
+        help="announce this worker to a coordinator (heartbeats; host:port or grpc://host:port)",
+    )
+    worker.add_argument(
+        "--advertise-url",
+        metavar="URL",
+        help="the URL the coordinator and other workers reach this worker at (default: "
+        "grpc://HOST:PORT, this host's address when HOST is 0.0.0.0)",
+    )
+    worker.add_argument(
+        "--heartbeat",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between heartbeats to --coordinator",
+    )
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     worker.add_argument("--metrics-port", type=int, help=_METRICS_PORT_HELP)
     worker.add_argument(
@@ -167,11 +245,47 @@ def _parser() -> argparse.ArgumentParser:
     worker.set_defaults(run=_worker)
 
     coordinator = commands.add_parser("coordinator", help="run a coordinator (Flight server)")
-    coordinator.add_argument("--host", default="127.0.0.1")
-    coordinator.add_argument("--port", type=int, default=50050)
-    coordinator.add_argument("--workers", required=True, help="comma-separated worker URLs")
-    coordinator.add_argument("--data", type=Path, required=True)
-    coordinator.add_argument("--tasks-per-stage", type=int)
+    coordinator.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    coordinator.add_argument(
+        "--port", type=int, default=50050, help="port to listen on (0: a free one)"
+    )
+    coordinator.add_argument(
+        "--workers",
+        default="",
+        metavar="ADDRESSES",
+        help="comma-separated workers (host:port, grpc://host:port, grpc+tls://host:port) "
+        "and DNS names (dns:///NAME:PORT, resolved to all addresses, again every "
+        "--dns-interval); none need be up at start. Workers started with --coordinator join "
+        "by themselves (default: none)",
+    )
+    coordinator.add_argument(
+        "--workers-dns",
+        action="append",
+        default=[],
+        metavar="NAME:PORT",
+        help="a DNS name whose every address is a worker, e.g. a Kubernetes headless service "
+        "(repeatable; same as --workers dns:///NAME:PORT)",
+    )
+    coordinator.add_argument(
+        "--dns-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds between resolutions of the DNS names",
+    )
+    coordinator.add_argument(
+        "--heartbeat",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="heartbeat interval the workers use: one silent for 3 intervals is dropped",
+    )
+    coordinator.add_argument(
+        "--data", type=Path, required=True, help="data folder: every sub-folder is a table"
+    )
+    coordinator.add_argument(
+        "--tasks-per-stage", type=int, help="tasks per stage (default: one per worker up)"
+    )
     coordinator.add_argument(
         "--broadcast-threshold", type=_byte_count, metavar="BYTES", help=_BROADCAST_HELP
     )
@@ -180,23 +294,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     coordinator.add_argument("--metrics-port", type=int, help=_METRICS_PORT_HELP)
     coordinator.add_argument(
-        "--http-port", type=int, help="serve recent queries' profile pages (/queries/<id>)"
+        "--http-port",
+        type=int,
+        help="serve recent queries' profile pages (/queries/<id>) on this port (default: off)",
     )
     coordinator.add_argument(
         "--explain-log",
         choices=("off", "slow", "all"),
-        help="log each query's explain tree (default: OTEL_DIST_EXPLAIN_LOG, else all)",
+        help="log each query's explain tree: never, queries slower than "
+        "OTEL_DIST_EXPLAIN_LOG_SLOW_MS (1000 ms), or all (default: OTEL_DIST_EXPLAIN_LOG, "
+        "else slow)",
     )
-    coordinator.add_argument("--log-format", choices=("text", "json"), default="text")
+    coordinator.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="log line format"
+    )
     _security_options(coordinator, server=True)
     _coordinator_options(coordinator)
     coordinator.set_defaults(run=_coordinator)
 
     query = commands.add_parser("query", help="send SQL to a running coordinator")
-    query.add_argument("--coordinator", required=True, help="coordinator URL, grpc://host:port")
-    query.add_argument("-e", "--execute", dest="sql", required=True)
-    query.add_argument("--output", type=Path)
-    query.add_argument("--timeout", type=float, default=600.0)
+    query.add_argument(
+        "--coordinator",
+        required=True,
+        metavar="ADDRESS",
+        help="the coordinator: host:port, grpc://host:port or grpc+tls://host:port",
+    )
+    query.add_argument("-e", "--execute", dest="sql", required=True, help="SQL to run")
+    _output_options(query)
+    query.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="give up (and cancel the query on every worker) after this many seconds",
+    )
     _explain_options(query)
     _security_options(query, server=False)
     add_progress_option(query)
@@ -220,9 +351,9 @@ def _parser() -> argparse.ArgumentParser:
     explain.set_defaults(run=_explain)
 
     bench = commands.add_parser("bench", help="single node vs distributed vs traced, TPC-H")
-    bench.add_argument("--scale", type=float, default=1.0)
-    bench.add_argument("--workers", type=int, default=3)
-    bench.add_argument("--runs", type=int, default=3)
+    bench.add_argument("--scale", type=float, default=1.0, help="TPC-H scale factor")
+    bench.add_argument("--workers", type=int, default=3, help="worker processes to start")
+    bench.add_argument("--runs", type=int, default=3, help="measured runs of each query")
     bench.add_argument(
         "--warmup",
         type=int,
@@ -365,7 +496,9 @@ def _explain_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--explain-json", type=Path, help="write the explain tree as JSON")
     parser.add_argument("--profile-html", type=Path, help="write the query profile page")
     parser.add_argument("--verbose", action="store_true", help="explain every task's operators")
-    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="log line format"
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -376,6 +509,7 @@ def _demo(args: argparse.Namespace) -> int:
     data = generate(DEMO_SCALE, default_cache_dir(DEMO_SCALE))
     sql = tpch.query(args.query)
     stdout.print(f"[bold]TPC-H Q{args.query}[/bold] at SF {DEMO_SCALE} on {args.workers} workers")
+    stdout.print(f"data: {data} (cached; OTEL_DIST_CACHE_DIR moves it)", markup=False)
     # The demo's tables are far under the default bytes a scan task reads: split every table
     # anyway, so that the tree shows a scan spread over the workers.
     with LocalCluster(
@@ -398,8 +532,10 @@ def _tpchgen(args: argparse.Namespace) -> int:
 
     if args.scale <= 0:
         raise UserError(f"scale must be positive, got {args.scale}")
+    existed = (args.out / "lineitem").is_dir()
     path = generate(args.scale, args.out)
-    stdout.print(f"TPC-H SF {args.scale:g} written to {path}")
+    done = "is already in" if existed else "written to"
+    stdout.print(f"TPC-H SF {args.scale:g} {done} {path}", markup=False, highlight=False)
     return 0
 
 
@@ -426,7 +562,7 @@ def _local(args: argparse.Namespace) -> int:
         if not _wants_explain(args):
             with display:
                 table = cluster.sql(args.sql)
-            _emit(table, args.output)
+            _emit(table, args.output, args.max_rows)
             return 0
         try:
             with display:
@@ -436,7 +572,7 @@ def _local(args: argparse.Namespace) -> int:
             if partial is not None:
                 _explain_outputs(partial, args, show_tree=True)
             raise
-    _emit(analysis.table, args.output)
+    _emit(analysis.table, args.output, args.max_rows)
     _explain_outputs(analysis, args, show_tree=args.explain_analyze)
     return 0
 
@@ -469,6 +605,12 @@ def _worker(args: argparse.Namespace) -> int:
     if args.redact_sql:  # read by the worker's telemetry set-up, in this process only
         os.environ["OTEL_DIST_REDACT_SQL"] = "true"
 
+    coordinator = None if args.coordinator is None else _address(args.coordinator, "--coordinator")
+    advertise = (
+        None if args.advertise_url is None else _address(args.advertise_url, "--advertise-url")
+    )
+    _check_port(args.host, args.port, "worker port")
+    _check_port(args.host, args.metrics_port, "--metrics-port")
     config = WorkerConfig(
         host=args.host,
         port=args.port,
@@ -481,11 +623,21 @@ def _worker(args: argparse.Namespace) -> int:
         security=_security(args),
         **_limits(args),
     )
-    run_worker(config, parent_pid=args.parent_pid)
+    try:
+        run_worker(
+            config,
+            parent_pid=args.parent_pid,
+            coordinator=coordinator,
+            advertise=advertise,
+            heartbeat_s=max(0.1, args.heartbeat),
+        )
+    except pa.ArrowException as error:  # e.g. the port taken between the check and the bind
+        raise UserError(f"worker on {args.host}:{args.port}: {one_line(error)}") from None
     return 0
 
 
 def _coordinator(args: argparse.Namespace) -> int:
+    from otel_dist.addresses import AddressError, parse_dns_name, parse_workers
     from otel_dist.coordinator.core import Coordinator, CoordinatorConfig
     from otel_dist.coordinator.server import CoordinatorServer
     from otel_dist.explain.live import LiveQueries
@@ -494,8 +646,15 @@ def _coordinator(args: argparse.Namespace) -> int:
     from otel_dist.explain.web import QueryPagesServer
     from otel_dist.telemetry.metrics import start_process_telemetry
 
-    workers = tuple(url.strip() for url in args.workers.split(",") if url.strip())
-    log_config = QueryLogConfig.from_env("all")
+    try:
+        workers, dns_names = parse_workers(args.workers)
+        dns_names += tuple(parse_dns_name(name, "--workers-dns") for name in args.workers_dns)
+    except AddressError as error:
+        raise UserError(str(error)) from None
+    _check_port(args.host, args.port, "coordinator port")
+    _check_port(args.host, args.http_port, "--http-port")
+    _check_port(args.host, args.metrics_port, "--metrics-port")
+    log_config = QueryLogConfig.from_env("slow")
     if args.explain_log:
         log_config = QueryLogConfig(args.explain_log, log_config.slow_ms)
     security = _security(args)
@@ -515,6 +674,9 @@ def _coordinator(args: argparse.Namespace) -> int:
             broadcast_threshold=args.broadcast_threshold,
             min_task_bytes=args.min_task_bytes,
             security=security,
+            dns_names=dns_names,
+            dns_interval_s=max(0.1, args.dns_interval),
+            heartbeat_s=max(0.1, args.heartbeat),
             **_limits(args),
         ),
         telemetry,
@@ -525,20 +687,28 @@ def _coordinator(args: argparse.Namespace) -> int:
     coordinator.add_listener(QueryLog(log_config, trace_url_template()))
     pages: QueryPagesServer | None = None
     try:
-        coordinator.check_workers()
-        server = CoordinatorServer(coordinator, args.host, args.port, recent)
+        try:
+            server = CoordinatorServer(coordinator, args.host, args.port, recent)
+        except pa.ArrowException as error:  # the port taken between the check and the bind
+            raise UserError(f"coordinator on {args.host}:{args.port}: {one_line(error)}") from None
         stdout.print(f"otel-dist coordinator listening on {server.url}")
+        stdout.print(f"otel-dist coordinator workers: {coordinator.membership.describe()}")
         if metrics.prometheus_url:
             stdout.print(f"otel-dist coordinator metrics on {metrics.prometheus_url}")
         if args.http_port is not None:
-            pages = QueryPagesServer(
-                recent,
-                args.host,
-                _port(args.http_port) or 0,
-                trace_url_template(),
-                LiveQueries(coordinator.progress),
-                token=security.token,
-            ).start()
+            try:
+                pages = QueryPagesServer(
+                    recent,
+                    args.host,
+                    _port(args.http_port) or 0,
+                    trace_url_template(),
+                    LiveQueries(coordinator.progress),
+                    token=security.token,
+                ).start()
+            except OSError as error:
+                raise UserError(
+                    f"--http-port {args.http_port} on {args.host}: {error.strerror or error}"
+                ) from None
             stdout.print(f"otel-dist coordinator query pages on {pages.url}/queries")
         server.serve()
     finally:
@@ -546,6 +716,26 @@ def _coordinator(args: argparse.Namespace) -> int:
             pages.stop()
         coordinator.close()
     return 0
+
+
+def _address(raw: str, what: str) -> str:
+    from otel_dist.addresses import AddressError, flight_url
+
+    try:
+        return flight_url(raw, what)
+    except AddressError as error:
+        raise UserError(str(error)) from None
+
+
+def _check_port(host: str, port: int | None, what: str) -> None:
+    from otel_dist.addresses import AddressError, check_port_free
+
+    if port is None:
+        return
+    try:
+        check_port_free(host, port, what)
+    except AddressError as error:
+        raise UserError(str(error)) from None
 
 
 def _port(port: int | None) -> int | None:
@@ -572,22 +762,31 @@ def _query(args: argparse.Namespace) -> int:
     from otel_dist.exchange.router import route
     from otel_dist.explain.statements import analysis_of
     from otel_dist.progress_view import remote_poll
-    from otel_dist.protocol import ACTION_CANCEL_QUERY, ACTION_QUERY_TELEMETRY
+    from otel_dist.protocol import ACTION_CANCEL_QUERY, ACTION_QUERY_TELEMETRY, NOT_A_COORDINATOR
     from otel_dist.telemetry.collector import SpanCollector
 
     _check_output(args.output)
+    address = _address(args.coordinator, "--coordinator")
     query_id = uuid.uuid4().hex
     explain = _wants_explain(args)
     collector = SpanCollector(query_id)
-    client = new_client(args.coordinator, _security(args))
+    client = new_client(address, _security(args))
     ticket = flight.Ticket(
         json.dumps({"sql": args.sql, "query_id": query_id, "telemetry": explain}).encode()
     )
     options = flight.FlightCallOptions(timeout=args.timeout)
 
-    def fetch() -> pa.Table:
+    def fetch() -> pa.Table | int:
+        """Stream the result to its sink as it arrives; with explain, the table (it is part
+        of the analysis), else the number of rows."""
         reader = client.do_get(ticket, options=options)
-        return pa.Table.from_batches(list(route(reader, collector.add_message)), reader.schema)
+        batches = route(reader, collector.add_message)
+        if explain:
+            return pa.Table.from_batches(list(batches), reader.schema)
+        if reader.schema.names == ["plan_type", "plan"]:  # EXPLAIN's text
+            _emit(pa.Table.from_batches(list(batches), reader.schema), args.output)
+            return 0
+        return _emit_batches(batches, reader.schema, args.output, args.max_rows)
 
     def cancel() -> None:
         """On Ctrl-C: ask the coordinator to cancel the query everywhere (bounded, quiet)."""
@@ -609,15 +808,24 @@ def _query(args: argparse.Namespace) -> int:
         interrupted = True
         raise
     except flight.FlightUnavailableError:
-        raise UserError(f"coordinator {args.coordinator} is unreachable") from None
+        raise UserError(f"coordinator {address} is unreachable") from None
+    except flight.FlightTimedOutError:
+        raise UserError(
+            f"query timed out after {args.timeout:g}s (--timeout); it was cancelled"
+        ) from None
     except REMOTE_ERRORS as error:
+        message = one_line(error)
+        if NOT_A_COORDINATOR in message:
+            raise UserError(f"{address}: {NOT_A_COORDINATOR}") from None
         if explain:
             _remote_partial_explain(client, query_id, collector, args, ACTION_QUERY_TELEMETRY)
-        raise UserError(one_line(error)) from None
+        raise UserError(message) from None
     finally:
         if not interrupted:  # the interrupted call may still be in the client: leave it
             client.close()
-    _emit(table, args.output)
+    if not explain:
+        return 0
+    _emit(table, args.output, args.max_rows)
     if explain:
         spans = collector.spans()
         telemetry = _RemoteTelemetry(query_id, spans)
@@ -752,39 +960,57 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-_WRITERS = (".parquet", ".csv", ".json")
+def _output_options(parser: argparse.ArgumentParser) -> None:
+    from otel_dist.output import DEFAULT_MAX_ROWS
+
+    parser.add_argument(
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="write the result, batch by batch, to a .parquet, .csv or JSON Lines file "
+        "(.jsonl, .ndjson; .json is JSON Lines too) instead of printing it",
+    )
+    parser.add_argument(
+        "--max-rows",
+        type=int,
+        default=DEFAULT_MAX_ROWS,
+        metavar="N",
+        help="rows printed at most: the first and the last half, with the total count",
+    )
 
 
 def _check_output(path: Path | None) -> None:
-    if path is not None and path.suffix.lower() not in _WRITERS:
-        raise UserError(f"output file {path} must end in .parquet, .csv or .json")
+    from otel_dist.output import check_output
+
+    try:
+        check_output(path)
+    except ValueError as error:
+        raise UserError(str(error)) from None
 
 
-def _emit(table: pa.Table, output: Path | None) -> None:
-    if output is None:
-        _print_table(table)
+def _emit(table: pa.Table, output: Path | None, max_rows: int | None = None) -> None:
+    if output is None and table.column_names == ["plan_type", "plan"]:  # EXPLAIN: its text
+        stdout.print("\n".join(table.column("plan").to_pylist()), markup=False, highlight=False)
         return
-    suffix = output.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+    _emit_batches(table.to_batches(), table.schema, output, max_rows)
 
-        pq.write_table(table, output)
-    elif suffix == ".csv":
-        import pyarrow.csv as pacsv
 
-        pacsv.write_csv(table, output)
-    else:
-        output.write_text(json.dumps(table.to_pylist(), default=str, indent=1) + "\n")
-    stderr.print(f"{table.num_rows} rows written to {output}")
+def _emit_batches(
+    batches: Any, schema: pa.Schema, output: Path | None, max_rows: int | None = None
+) -> int:
+    """Print (capped) or write (streaming) a result; the number of rows."""
+    from otel_dist.output import DEFAULT_MAX_ROWS, emit
+
+    rows = emit(batches, schema, output, stdout, max_rows or DEFAULT_MAX_ROWS, progress=stderr)
+    if output is not None:
+        stderr.print(
+            f"{rows} rows written to {output}", markup=False, highlight=False, soft_wrap=True
+        )
+    return rows
 
 
 def _print_table(table: pa.Table) -> None:
-    view = Table(show_lines=False)
-    for name in table.column_names:
-        view.add_column(name, no_wrap=True)
-    for row in table.to_pylist():
-        view.add_row(*("NULL" if v is None else str(v) for v in row.values()))
-    stdout.print(view)
+    _emit(table, None)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,11 @@ ACTION_TASK_PROGRESS = "task_progress"
 ACTION_WORKER_STATUS = "worker_status"
 ACTION_QUERY_PROGRESS = "query_progress"
 ACTION_CLUSTER_STATUS = "cluster_status"
+# A worker's heartbeat to a coordinator ({url}), and its goodbye when it shuts down.
+ACTION_REGISTER_WORKER = "register_worker"
+ACTION_UNREGISTER_WORKER = "unregister_worker"
+# A worker's answer to a coordinator's ticket (someone pointed a query client at a worker).
+NOT_A_COORDINATOR = "that address is a worker, not a coordinator"
 
 ROW_ID_COLUMN = "__rowid"
 MAX_TICKET_BYTES = 64 * 1024
@@ -286,6 +291,16 @@ def decode_query_id(body: bytes) -> str:
     if not isinstance(query_id, str) or not query_id:
         raise ProtocolError("action body needs a string query_id")
     return query_id
+
+
+def decode_worker_url(body: bytes) -> str:
+    """The ``url`` of a ``register_worker``/``unregister_worker`` action body."""
+    if len(body) > MAX_TICKET_BYTES:
+        raise ProtocolError(f"action body of {len(body)} bytes exceeds {MAX_TICKET_BYTES}")
+    url = _load_object(body, "action body").get("url")
+    if not isinstance(url, str) or "://" not in url or len(url) > 1000:
+        raise ProtocolError("action body needs a worker 'url' such as grpc://host:port")
+    return url
 
 
 def encode_schema(schema: pa.Schema) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import remote_cluster
+from tests.support import remote_cluster, stop
 
 CLI = [sys.executable, "-m", "otel_dist.cli"]
 
@@ -79,9 +79,33 @@ def test_empty_data_folder(tmp_path: Path) -> None:
 
 
 def test_unreachable_worker(tpch_dir: Path) -> None:
+    """The coordinator starts anyway (the worker may come up later); a query fails in one line
+    naming the worker it tried."""
     url = "grpc://127.0.0.1:9"
-    result = run_cli("coordinator", "--port", "0", "--workers", url, "--data", str(tpch_dir))
-    assert_one_line_error(result, url)
+    coordinator = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "otel_dist.cli",
+            "coordinator",
+            "--port",
+            "0",
+            "--workers",
+            url,
+            "--data",
+            str(tpch_dir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert coordinator.stdout is not None
+        address = coordinator.stdout.readline().split()[-1]
+        result = run_cli("query", "--coordinator", address, "-e", "select 1 from nation")
+        assert_one_line_error(result, "no worker is usable", url)
+    finally:
+        stop(coordinator)
 
 
 def test_unreachable_coordinator() -> None:

@@ -273,9 +273,12 @@ def test_compose_stack() -> None:
             "http://otel-collector:"
         )
         assert "--metrics-port" in services[name]["command"]
-    command = services["coordinator"]["command"]
-    urls = command[command.index("--workers") + 1].split(",")
-    assert urls == [f"grpc://{w}:50051" for w in workers]
+    # Workers announce themselves to the coordinator: any start order, nothing to restart.
+    assert "--workers" not in services["coordinator"]["command"]
+    for name in workers:
+        command = services[name]["command"]
+        assert command[command.index("--coordinator") + 1] == "coordinator:50050"
+        assert "restart" not in services[name]
     assert "50050:50050" in services["coordinator"]["ports"]
     # Every bind mount exists in the repository.
     for service in services.values():
@@ -336,11 +339,9 @@ def test_kubernetes_manifests() -> None:
     assert int(env["MIMALLOC_PURGE_DELAY"]) >= 0
     coordinator = _find(documents, "Deployment", "otel-dist-coordinator")
     args = coordinator["spec"]["template"]["spec"]["containers"][0]["args"]
-    urls = args[args.index("--workers") + 1].split(",")
-    assert urls == [
-        f"grpc://otel-dist-worker-{n}.otel-dist-workers:50051"
-        for n in range(workers["spec"]["replicas"])
-    ]
+    # The workers' headless Service name, resolved to every worker (scaling needs no edit).
+    port = headless["spec"]["ports"][0]["port"]
+    assert args[args.index("--workers") + 1] == f"dns:///otel-dist-workers:{port}"
     collector = _find(documents, "Deployment", "otel-collector")
     container = collector["spec"]["template"]["spec"]["containers"][0]
     assert container["image"].startswith("otel/opentelemetry-collector-contrib:")

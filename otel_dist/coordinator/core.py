@@ -1,6 +1,8 @@
 """The coordinator: plans a query, submits its tasks to workers, reads the root stage's output,
 and collects every task's telemetry (in-band, then by fetching what did not arrive).
 
+Membership: the workers come from a static list, from workers that announce themselves and
+from DNS names (``membership.py``); none of them needs to be up when the coordinator starts.
 Faults: tasks are placed on the workers the health monitor (``health.py``) sees up; a worker
 found unreachable while tasks are submitted is left out and the query placed again; a worker
 that goes down while a query runs fails that query at once, with an error naming the stage,
@@ -13,6 +15,7 @@ Planning runs on a thread with a deep native stack (``deep_stack.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -33,6 +36,12 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from otel_dist.background import run_in_background
 from otel_dist.coordinator.health import ProbeFailed, WorkerHealth
+from otel_dist.coordinator.membership import (
+    DEFAULT_DNS_INTERVAL_S,
+    DEFAULT_HEARTBEAT_S,
+    DnsName,
+    Membership,
+)
 from otel_dist.coordinator.progress import ProgressTracker
 from otel_dist.coordinator.scheduler import assign, task_specs
 from otel_dist.deep_stack import call_with_deep_stack, deep_native_stacks
@@ -140,6 +149,9 @@ class CoordinatorConfig:
     health_interval_s: float = 1.0  # 0: no background probes (calls still mark workers down)
     health_timeout_s: float = 2.0
     security: SecurityConfig = NO_SECURITY
+    dns_names: tuple[DnsName, ...] = ()  # resolved to workers, again every dns_interval_s
+    dns_interval_s: float = DEFAULT_DNS_INTERVAL_S
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S  # registered workers: dropped after 3 missed
 
 
 @dataclass
@@ -205,15 +217,18 @@ class _Run:
     cancelled: threading.Event = field(default_factory=threading.Event)
     lost_workers: dict[str, str] = field(default_factory=dict)  # url -> why it went down
     result_bytes: int = 0
+    result_rows: int = 0
+    sink: Callable[[pa.RecordBatch], None] | None = None  # streamed result: batches go here
     lock: threading.Lock = field(default_factory=threading.Lock)
     started_ns: int = 0
+    sink_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def workers(self) -> set[str]:
         return set(self.placement.values())
 
 
 class Coordinator:
-    """Runs SQL over a static list of workers, on those of them that are up."""
+    """Runs SQL over its workers (a list, registered ones, DNS names), on those that are up."""
 
     def __init__(
         self,
@@ -223,15 +238,13 @@ class Coordinator:
     ) -> None:
         """Spans and metrics default to the process environment's settings; a caller passing
         its own ``telemetry`` and no ``metrics`` gets no metrics."""
-        if not config.workers:
-            raise QueryError("no worker URLs given")
         self.config = config
         self.security = config.security.internal()  # what it presents to workers
-        self.workers = tuple(secure_url(url, config.security) for url in config.workers)
         self.catalog = Catalog.from_folder(config.data)
         self._data_roots = (os.path.realpath(config.data),)  # declared in every submission
         deep_native_stacks()  # before the planner's session starts DataFusion's runtime
-        tasks = config.tasks_per_stage or len(config.workers)
+        # Without a fixed count, each query gets as many tasks per stage as workers are known.
+        tasks = config.tasks_per_stage or max(1, len(config.workers))
         threshold = config.broadcast_threshold
         if threshold is None:
             threshold = broadcast_threshold_from_env()
@@ -259,7 +272,10 @@ class Coordinator:
         self._listeners: list[QueryListener] = []
         self.query_metrics = self.metrics.coordinator(lambda: len(self._running))
         self.worker_health = WorkerHealth(
-            self.workers, self._probe, config.health_interval_s, config.health_timeout_s
+            [secure_url(url, config.security) for url in config.workers],
+            self._probe,
+            config.health_interval_s,
+            config.health_timeout_s,
         )
         self.worker_health.add_listener(self._worker_down)
         self.worker_health.add_up_listener(self._worker_back)
@@ -267,6 +283,25 @@ class Coordinator:
         self.progress = ProgressTracker(self)  # live state of running queries, for watchers
         self._used_ids: dict[str, None] = {}  # running and recent query ids, oldest first
         self.worker_health.start()
+        self.membership = Membership(
+            self.worker_health,
+            config.dns_names,
+            lambda url: secure_url(url, config.security),
+            heartbeat_s=config.heartbeat_s,
+            dns_interval_s=config.dns_interval_s,
+        ).start()
+
+    @property
+    def workers(self) -> tuple[str, ...]:
+        """Every worker known now, up or not."""
+        return self.worker_health.urls
+
+    def register_worker(self, url: str) -> bool:
+        """A worker's heartbeat (``register_worker`` action); True when it is new."""
+        return self.membership.register(url)
+
+    def unregister_worker(self, url: str) -> bool:
+        return self.membership.unregister(url)
 
     def check_workers(self) -> None:
         """Raise ``WorkerUnreachable`` naming the first worker that does not answer."""
@@ -281,6 +316,12 @@ class Coordinator:
                 f"the SQL text of {size} bytes exceeds the limit of "
                 f"{self.config.max_sql_bytes} bytes (max_sql_bytes)"
             )
+        if self.config.tasks_per_stage is None:  # one task per known worker, as they change
+            known = len(self.workers)
+            if known and known != self.planner.options.tasks_per_stage:
+                self.planner.options = dataclasses.replace(
+                    self.planner.options, tasks_per_stage=known
+                )
         try:
             sql.encode("utf-8")
         except UnicodeEncodeError as error:  # a lone surrogate: no engine can read it
@@ -321,12 +362,22 @@ class Coordinator:
                 log.warning("query listener %r failed", listener, exc_info=True)
 
     def execute(
-        self, sql: str, query_id: str | None = None, *, claimed: bool = False
+        self,
+        sql: str,
+        query_id: str | None = None,
+        sink: Callable[[pa.RecordBatch], None] | None = None,
+        *,
+        claimed: bool = False,
     ) -> QueryResult:
         """Run SQL and return its result; ``query_id`` lets a caller name (and cancel) it.
         A name in use by a running or recent query is refused (``QueryRejected``) without
         touching that query: ids are what workers, cancellation and telemetry go by.
-        ``claimed``: the caller has already claimed the id with ``claim``."""
+        ``claimed``: the caller has already claimed the id with ``claim``.
+
+        With ``sink``, every batch of the result goes to it as it arrives (from the reading
+        threads, one at a time, in the output schema) and the returned table is empty: the
+        coordinator holds no result (``max_result_bytes`` still applies, as the contract of
+        what a query may return). A sink that raises fails the query (and cancels it)."""
         started = time.time_ns()
         query_id = query_id or uuid.uuid4().hex
         if not claimed:
@@ -342,7 +393,9 @@ class Coordinator:
                 c.DB_OPERATION_NAME: operation_name(sql),
             },
         )
-        run = _Run(query_id, sql, SpanCollector(query_id), query_span, started_ns=started)
+        run = _Run(
+            query_id, sql, SpanCollector(query_id), query_span, started_ns=started, sink=sink
+        )
         with self._running_lock:
             self._running[query_id] = run
         failure: BaseException | None = None
@@ -354,8 +407,8 @@ class Coordinator:
             self._start_stage_spans(run)
             self._place_and_submit(run)
             table = self._read_root(run)
-            query_span.set_attribute(c.QUERY_ROWS, table.num_rows)
-            query_span.set_attribute(c.DB_RETURNED_ROWS, table.num_rows)
+            query_span.set_attribute(c.QUERY_ROWS, table.num_rows + run.result_rows)
+            query_span.set_attribute(c.DB_RETURNED_ROWS, table.num_rows + run.result_rows)
         except BaseException as error:
             failure = error
             self._broadcast(query_id, ACTION_CANCEL_QUERY, run.workers())
@@ -407,6 +460,7 @@ class Coordinator:
     def close(self) -> None:
         if self.relay is not None:
             self.relay.shutdown()
+        self.membership.close()
         self.worker_health.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.telemetry.shutdown()
@@ -471,8 +525,10 @@ class Coordinator:
         list(self._pool.map(self.worker_health.check, self.workers))
         healthy = self.worker_health.healthy()
         if not healthy:
-            reasons = "; ".join(f"{s.url}: {s.reason}" for s in self.worker_health.states())
-            raise WorkerUnreachable(f"no worker is reachable ({reasons})")
+            tried = "; ".join(f"{s.url}: {s.reason}" for s in self.worker_health.states())
+            raise WorkerUnreachable(
+                f"no worker is usable (tried {tried or 'none'}; from {self.membership.describe()})"
+            )
         return healthy
 
     def _place_and_submit(self, run: _Run) -> None:
@@ -766,6 +822,14 @@ class Coordinator:
         output = plain_schema(run.plan.output_schema)
         return pa.Table.from_batches([conform(b, output) for b in batches], schema=output)
 
+    def _to_sink(self, run: _Run, batch: pa.RecordBatch) -> None:
+        """Hand a batch of a streamed result to its sink, one reading thread at a time."""
+        assert run.plan is not None and run.sink is not None
+        output = plain_schema(run.plan.output_schema)
+        with run.sink_lock:
+            run.sink(conform(batch, output))
+            run.result_rows += batch.num_rows
+
     def _read_source(self, run: _Run, source: BucketSource) -> list[pa.RecordBatch]:
         stats = StreamStats()
         run.read_stats.append(stats)
@@ -795,7 +859,10 @@ class Coordinator:
                         f"{self.config.max_result_bytes} bytes (max_result_bytes); "
                         "add a LIMIT or raise the limit"
                     )
-                batches.append(batch)
+                if run.sink is not None:
+                    self._to_sink(run, batch)
+                else:
+                    batches.append(batch)
             return batches
         except flight.FlightUnavailableError:
             url = source.worker_url
@@ -847,7 +914,10 @@ class Coordinator:
         timeout_s: float | None = None,
         headers: dict[str, str] | None = None,
     ) -> bytes:
-        client = client_for(url, self.security)
+        try:
+            client = client_for(url, self.security)
+        except (pa.ArrowException, ValueError) as error:  # not a Flight address
+            raise WorkerUnreachable(f"worker {url}: {one_line(error)}", url) from None
         try:
             results = client.do_action(
                 flight.Action(action, body),

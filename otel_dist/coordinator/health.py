@@ -6,6 +6,10 @@ other call finds it unreachable (connection refused or reset: a definite answer)
 ``slow_probes`` probes in a row that time out (a hung process or host); it is *up* again at
 its first answered probe. Queries are placed on workers that are up; a listener hears of
 every worker that goes down so running queries with tasks there can fail at once.
+
+The set of workers may change while the coordinator runs (``add``/``remove``: workers that
+announce themselves, addresses of a DNS name, see ``membership.py``); a worker added is
+*up* only from its first answered probe.
 """
 
 from __future__ import annotations
@@ -56,35 +60,82 @@ class WorkerHealth:
         timeout_s: float = 2.0,
         slow_probes: int = 3,
     ) -> None:
-        self.urls = tuple(urls)
+        self._urls = list(dict.fromkeys(urls))
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.slow_probes = slow_probes
         self._probe = probe
         now = time.monotonic()
-        self._states = {url: WorkerState(url, since=now) for url in self.urls}
+        self._states = {url: WorkerState(url, since=now) for url in self._urls}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._listeners: list[DownListener] = []
         self._up_listeners: list[UpListener] = []
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._threads: dict[str, tuple[threading.Thread, threading.Event]] = {}
+        self._started = False
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(self._urls)
 
     def start(self) -> WorkerHealth:
-        if self.interval_s > 0 and not self._threads:
-            for url in self.urls:
-                thread = threading.Thread(
-                    target=self._loop, args=(url,), name=f"health-{url}", daemon=True
-                )
-                thread.start()
-                self._threads.append(thread)
+        self._started = True
+        for url in self.urls:
+            self._start_probing(url)
         return self
+
+    def _start_probing(self, url: str) -> None:
+        if self.interval_s <= 0 or not self._started or self._stop.is_set():
+            return
+        with self._lock:
+            if url in self._threads:
+                return
+            gone = threading.Event()
+            thread = threading.Thread(
+                target=self._loop, args=(url, gone), name=f"health-{url}", daemon=True
+            )
+            self._threads[url] = (thread, gone)
+        thread.start()
+
+    def add(self, url: str) -> bool:
+        """Watch a worker that joined; it takes tasks from its first answered probe."""
+        with self._lock:
+            if url in self._states:
+                return False
+            self._urls.append(url)
+            self._states[url] = WorkerState(url, up=False, since=time.monotonic(), reason="joining")
+        log.info("worker %s joined", url)
+        self._start_probing(url)
+        if self.interval_s <= 0:
+            self.check(url)
+        return True
+
+    def remove(self, url: str, reason: str) -> bool:
+        """Stop using a worker that left; running queries with tasks there fail as for a
+        worker that went down."""
+        self.mark_down(url, reason, quiet=True)
+        with self._lock:
+            if url not in self._states:
+                return False
+            self._urls.remove(url)
+            del self._states[url]
+            probing = self._threads.pop(url, None)
+            self._changed.notify_all()
+        if probing is not None:
+            probing[1].set()
+        log.warning("worker %s left: %s", url, reason)
+        return True
 
     def close(self) -> None:
         self._stop.set()
-        for thread in self._threads:
+        with self._lock:
+            threads = list(self._threads.values())
+            self._threads = {}
+        for thread, gone in threads:
+            gone.set()
             thread.join(self.timeout_s + 1)
-        self._threads = []
 
     def add_listener(self, listener: DownListener) -> None:
         self._listeners.append(listener)
@@ -94,7 +145,7 @@ class WorkerHealth:
 
     def healthy(self) -> list[str]:
         with self._lock:
-            return [url for url in self.urls if self._states[url].up]
+            return [url for url in self._urls if self._states[url].up]
 
     def is_up(self, url: str) -> bool:
         with self._lock:
@@ -103,7 +154,7 @@ class WorkerHealth:
 
     def states(self) -> list[WorkerState]:
         with self._lock:
-            return [WorkerState(**vars(self._states[url])) for url in self.urls]
+            return [WorkerState(**vars(self._states[url])) for url in self._urls]
 
     def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
         """Wait (bounded) until ``predicate`` holds after some change of state."""
@@ -116,7 +167,7 @@ class WorkerHealth:
                 self._changed.wait(min(remaining, 0.5))
             return True
 
-    def mark_down(self, url: str, reason: str) -> None:
+    def mark_down(self, url: str, reason: str, quiet: bool = False) -> None:
         """A call found ``url`` unreachable: down now (its probes bring it back)."""
         with self._lock:
             state = self._states.get(url)
@@ -125,7 +176,8 @@ class WorkerHealth:
             state.up, state.since, state.reason = False, time.monotonic(), reason
             seen = state.seen
             self._changed.notify_all()
-        log.log(logging.WARNING if seen else logging.INFO, "worker %s is down: %s", url, reason)
+        if not quiet:
+            log.log(logging.WARNING if seen else logging.INFO, "worker %s is down: %s", url, reason)
         for listener in list(self._listeners):
             try:
                 listener(url, reason)
@@ -138,12 +190,15 @@ class WorkerHealth:
             if state is None:
                 return
             state.slow_probes = 0
-            state.seen = True
+            seen, state.seen = state.seen, True
             if state.up:
                 return
             state.up, state.since, state.reason = True, time.monotonic(), ""
             self._changed.notify_all()
-        log.warning("worker %s is back", url)
+        if seen:
+            log.warning("worker %s is back", url)
+        else:
+            log.info("worker %s is up", url)
         for listener in list(self._up_listeners):
             try:
                 listener(url)
@@ -156,7 +211,9 @@ class WorkerHealth:
             self._probe(url, self.timeout_s)
         except ProbeFailed as failure:
             with self._lock:
-                state = self._states[url]
+                state = self._states.get(url)
+                if state is None:  # removed meanwhile
+                    return False
                 state.last_probe = time.monotonic()
                 state.slow_probes = 0 if failure.definite else state.slow_probes + 1
                 down = failure.definite or state.slow_probes >= self.slow_probes
@@ -164,15 +221,18 @@ class WorkerHealth:
                 self.mark_down(url, str(failure))
             return False
         with self._lock:
-            self._states[url].last_probe = time.monotonic()
+            state = self._states.get(url)
+            if state is None:
+                return False
+            state.last_probe = time.monotonic()
         self.mark_up(url)
         return True
 
-    def _loop(self, url: str) -> None:
-        while not self._stop.is_set():
+    def _loop(self, url: str, gone: threading.Event) -> None:
+        while not self._stop.is_set() and not gone.is_set():
             started = time.monotonic()
             try:
                 self.check(url)
             except Exception:  # a probe bug must not end the monitoring
                 log.warning("health probe of %s failed", url, exc_info=True)
-            self._stop.wait(max(0.05, self.interval_s - (time.monotonic() - started)))
+            gone.wait(max(0.05, self.interval_s - (time.monotonic() - started)))

@@ -44,6 +44,7 @@ from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.model import DistributedPlan
 from otel_dist.sql_limits import DEFAULT_MAX_SQL_DEPTH, DEFAULT_MAX_SQL_OPERATORS
 from otel_dist.telemetry.metrics import MetricsConfig, start_process_telemetry
+from otel_dist.telemetry.setup import EXPORT_ERRORS_ENV
 from otel_dist.worker.allocator import worker_environment
 from otel_dist.worker.process import METRICS_PREFIX, READY_PREFIX
 
@@ -256,6 +257,9 @@ class LocalCluster:
             env[INTERNAL_SECRET_ENV] = self.security.internal_secret
         if self.redact_sql:
             env["OTEL_DIST_REDACT_SQL"] = "true"
+        # A collector that is down is said once, by the coordinator (this process), not again
+        # by every worker.
+        env.setdefault(EXPORT_ERRORS_ENV, "off")
         return env
 
     @staticmethod

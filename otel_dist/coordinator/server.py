@@ -7,7 +7,9 @@ the query, so the client can build the EXPLAIN ANALYZE tree. A ticket's ``query_
 chooses, e.g. to cancel the query) must not be in use by a running or recent query: such a
 ticket is refused and the other query left alone; without one the coordinator assigns an id. The action
 ``query_telemetry {query_id}`` returns the spans of a recent query, failed ones included;
-``cancel_query {query_id}`` cancels a running one; ``query_progress {query_id}`` gives a
+``cancel_query {query_id}`` cancels a running one. Workers announce themselves with
+``register_worker {url}`` (a heartbeat, see ``membership.py``) and leave with
+``unregister_worker {url}``; ``query_progress {query_id}`` gives a
 running query's progress per stage (tasks done, running, queued; rows so far), and
 ``cluster_status`` every worker's state and load with every query in flight (for
 ``otel-dist top``), both as JSON.
@@ -21,8 +23,10 @@ tracebacks stay in the log (``exchange/server_errors.py``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import queue
 import threading
 import uuid
 from collections.abc import Iterator
@@ -41,7 +45,7 @@ from otel_dist.exchange.server_errors import (
     for_client,
 )
 from otel_dist.explain.recent import RecentQueries
-from otel_dist.explain.statements import run_sql
+from otel_dist.explain.statements import parse_explain, run_sql
 from otel_dist.planner.catalog import CatalogError
 from otel_dist.planner.distribute import PlanningError
 from otel_dist.protocol import (
@@ -49,12 +53,16 @@ from otel_dist.protocol import (
     ACTION_CLUSTER_STATUS,
     ACTION_QUERY_PROGRESS,
     ACTION_QUERY_TELEMETRY,
+    ACTION_REGISTER_WORKER,
+    ACTION_UNREGISTER_WORKER,
     ProtocolError,
     decode_json_object,
     decode_query_id,
+    decode_worker_url,
     invalid_argument,
     not_found,
 )
+from otel_dist.session import plain_schema
 from otel_dist.telemetry import envelope
 from otel_dist.telemetry.envelope import NO_TASK
 
@@ -63,6 +71,7 @@ log = logging.getLogger(__name__)
 __all__ = ["ACTION_QUERY_TELEMETRY", "CoordinatorServer"]
 
 WATCH_INTERVAL_S = 0.1
+STREAM_QUEUE_BATCHES = 8  # a streamed result's batches held between the workers and the client
 _TICKET_OVERHEAD = 4096  # the JSON around the SQL text
 
 
@@ -93,6 +102,10 @@ class CoordinatorServer(UnsupportedCalls, flight.FlightServerBase):
         query_id = ""
         try:
             sql, query_id, telemetry = self._decode_ticket(ticket.ticket)
+            if not telemetry and parse_explain(sql) is None:
+                plan = self.coordinator.plan(sql)  # refused SQL: an error before any data
+                schema = plain_schema(plan.output_schema)
+                return flight.GeneratorStream(schema, self._streamed(context, sql, query_id))
             result = self._run_watched(context, sql, query_id, telemetry)
         except (ProtocolError, PlanningError, CatalogError, QueryRejected) as error:
             return failed_stream(invalid_argument(one_line(error)))
@@ -108,6 +121,62 @@ class CoordinatorServer(UnsupportedCalls, flight.FlightServerBase):
             else None
         )
         return flight.GeneratorStream(result.table.schema, _stream(context, result.table, final))
+
+    def _streamed(
+        self, context: flight.ServerCallContext, sql: str, query_id: str
+    ) -> Iterator[pa.RecordBatch]:
+        """A plain query's result, batch by batch as the root stage's tasks produce it,
+        through a small queue: the coordinator holds a few batches, not the result, and a
+        slow client slows the reading down. When the client goes away (the stream is closed
+        before its end) the query is cancelled everywhere."""
+        batches: queue.Queue[object] = queue.Queue(maxsize=STREAM_QUEUE_BATCHES)
+        gone, done = threading.Event(), threading.Event()
+        end = object()
+        outcome: dict[str, BaseException] = {}
+
+        def put(item: object) -> None:
+            while not gone.is_set():
+                try:
+                    batches.put(item, timeout=WATCH_INTERVAL_S)
+                    return
+                except queue.Full:
+                    continue
+            raise QueryError(f"query {query_id} was cancelled by its client")
+
+        def run() -> None:
+            try:
+                self.coordinator.execute(sql, query_id, sink=put)
+            except BaseException as error:
+                outcome["error"] = error
+            finally:
+                done.set()
+                with contextlib.suppress(QueryError):
+                    put(end)
+
+        threading.Thread(target=run, name=f"query-{query_id[:12]}", daemon=True).start()
+        finished = False
+        try:
+            while True:
+                try:
+                    item = batches.get(timeout=WATCH_INTERVAL_S)
+                except queue.Empty:
+                    if context.is_cancelled():  # gone while the first batches are computed
+                        return
+                    continue
+                if item is end:
+                    break
+                yield item  # type: ignore[misc]
+            finished = True
+        finally:
+            if not finished:
+                log.info("client of query %s went away: cancelling it", query_id)
+                gone.set()
+                threading.Thread(
+                    target=_cancel_until_done, args=(self.coordinator, query_id, done), daemon=True
+                ).start()
+        error = outcome.get("error")
+        if error is not None:
+            raise _flight_error(query_id, error)
 
     def _decode_ticket(self, data: bytes) -> tuple[str, str, bool]:
         limit = self.coordinator.config.max_sql_bytes * 6 + _TICKET_OVERHEAD  # JSON escapes
@@ -171,6 +240,12 @@ class CoordinatorServer(UnsupportedCalls, flight.FlightServerBase):
                 return iter([json.dumps(self.coordinator.progress.cluster_status()).encode()])
             if action.type == ACTION_QUERY_PROGRESS:
                 return iter([json.dumps(self._progress(decode_query_id(body))).encode()])
+            if action.type == ACTION_REGISTER_WORKER:
+                new = self.coordinator.register_worker(decode_worker_url(body))
+                return iter([json.dumps({"new": new}).encode()])
+            if action.type == ACTION_UNREGISTER_WORKER:
+                known = self.coordinator.unregister_worker(decode_worker_url(body))
+                return iter([json.dumps({"known": known}).encode()])
             if action.type != ACTION_QUERY_TELEMETRY:
                 raise ProtocolError(f"unknown action {action.type[:100]!r}")
             query_id = decode_query_id(body)
@@ -207,6 +282,18 @@ class _Named:
 
     def plan(self, sql: str) -> Any:
         return self.coordinator.plan(sql)
+
+
+def _flight_error(query_id: str, error: BaseException) -> flight.FlightError:
+    """The Flight error a client sees for a failed query (never a Python traceback)."""
+    if isinstance(error, (ProtocolError, PlanningError, CatalogError, QueryRejected)):
+        return invalid_argument(one_line(error))
+    if isinstance(error, QueryError):
+        return flight.FlightServerError(str(error))
+    if isinstance(error, flight.FlightError):
+        return error
+    log.warning("query %s failed", query_id, exc_info=error)
+    return flight.FlightServerError(one_line(error))
 
 
 def _cancel_until_done(coordinator: Coordinator, query_id: str, done: threading.Event) -> None:

@@ -34,7 +34,10 @@ _lock = threading.Lock()
 
 
 def new_client(location: str, security: SecurityConfig = NO_SECURITY) -> flight.FlightClient:
-    """A new client for a Flight location, with the process's TLS and token settings."""
+    """A new client for a Flight location, with the process's TLS and token settings;
+    ``host:port`` means ``grpc://host:port``."""
+    if "://" not in location:
+        location = f"grpc://{location}"
     return flight.FlightClient(
         secure_url(location, security),
         generic_options=[

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import re
 import threading
 import time
 from http import HTTPStatus
@@ -207,7 +208,7 @@ def _index_row(query: dict[str, object]) -> str:
         total = sum(int(s["task_count"]) for s in stages)
         running = sum(int(s["running"]) for s in stages)
         progress = f"{done}/{total} tasks done, {running} running"
-    sql = html.escape(" ".join(str(query["sql"]).split())[:160])
+    sql = html.escape(" ".join(_without_comments(str(query["sql"])).split())[:160])
     query_id = _e(query["query_id"])
     link = _e(quote(str(query["query_id"]), safe="", errors="surrogatepass"))
     return (
@@ -216,3 +217,12 @@ def _index_row(query: dict[str, object]) -> str:
         f"<td>{started}</td><td>{format_duration(query['duration_ns'])}</td>"  # type: ignore[arg-type]
         f"<td class='{status}'>{status}</td><td>{progress}</td><td><code>{sql}</code></td></tr>"
     )
+
+
+_LEADING_COMMENTS = re.compile(r"\A(?:\s*(?:--[^\n]*(?:\n|\Z)|/\*.*?\*/))*\s*", re.DOTALL)
+
+
+def _without_comments(sql: str) -> str:
+    """The statement without its leading comment lines (TPC-H files start with a header),
+    so that the listing shows the query itself."""
+    return _LEADING_COMMENTS.sub("", sql, count=1) or sql

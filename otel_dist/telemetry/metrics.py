@@ -77,7 +77,13 @@ from opentelemetry.sdk.resources import Resource
 
 from otel_dist.telemetry import conventions as c
 from otel_dist.telemetry.otlp import SpanRecord
-from otel_dist.telemetry.setup import SHUTDOWN_TIMEOUT_S, Telemetry, TelemetryConfig, bounded
+from otel_dist.telemetry.setup import (
+    Telemetry,
+    TelemetryConfig,
+    bounded,
+    quiet_export_errors,
+    shutdown_timeout_s,
+)
 from otel_dist.telemetry.span_export import SpanExportStats, instrumented_telemetry
 from otel_dist.telemetry.task_spans import OperatorMetrics, ReadRecord
 
@@ -252,6 +258,7 @@ class Metrics:
         for name in config.exporters:
             if name == "prometheus":
                 continue
+            quiet_export_errors()
             try:
                 readers.append(
                     PeriodicExportingMetricReader(
@@ -313,9 +320,13 @@ class Metrics:
             log.warning("metrics flush failed", exc_info=True)
             return False
 
-    def shutdown(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+    def shutdown(self, timeout_s: float | None = None) -> None:
         provider, self.provider = self.provider, None
         if provider is not None:
+            if timeout_s is None:  # short when the collector is down (telemetry/setup.py)
+                otlp = "otlp" in self.config.exporters
+                endpoint = (self.config.endpoint or "http://localhost:4317") if otlp else None
+                timeout_s = shutdown_timeout_s(endpoint)
             bounded(provider.shutdown, timeout_s, "metrics shutdown")
 
     def _process_instruments(self, span_stats: SpanExportStats | None) -> None:

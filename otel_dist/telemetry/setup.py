@@ -23,7 +23,12 @@ Read once when a coordinator or worker starts (nothing happens at import time):
 
 Spans are exported by a ``BatchSpanProcessor``: a bounded queue and a background thread, so an
 exporter that is slow or down never blocks a query; each export is bounded by the OTLP timeout
-and shutting down waits at most ``SHUTDOWN_TIMEOUT_S`` for what is still queued.
+and shutting down waits at most ``SHUTDOWN_TIMEOUT_S`` for what is still queued, or
+``UNREACHABLE_SHUTDOWN_S`` when the collector is down (an export failed, or it refuses a
+connection at exit): a process exits at once rather than retry a collector that is not there.
+A failing exporter says so in one log line per process (``quiet_export_errors``), not one per
+retry; ``OTEL_DIST_EXPORT_ERRORS=off`` silences even that (``LocalCluster``'s workers, whose
+coordinator already says it).
 """
 
 from __future__ import annotations
@@ -71,9 +76,83 @@ SAMPLERS = (
     "parentbased_traceidratio",
 )
 SHUTDOWN_TIMEOUT_S = 5.0
+UNREACHABLE_SHUTDOWN_S = 0.3
+EXPORT_ERRORS_ENV = "OTEL_DIST_EXPORT_ERRORS"
+# The SDK's exporters log every retry and every failed export; these are their loggers.
+_EXPORTER_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.http._log_exporter",
+    "opentelemetry.sdk.metrics._internal.export",
+    "opentelemetry.sdk.trace.export",
+)
 _TRUE = {"1", "true", "yes", "on"}
 
 log = logging.getLogger(__name__)
+
+
+class _ExportErrorsOnce(logging.Filter):
+    """Lets the first export error of the process through as one short line, and no other."""
+
+    def __init__(self, show: bool) -> None:
+        super().__init__()
+        self.show = show
+        self.failed = threading.Event()
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        with self._lock:
+            first = not self.failed.is_set()
+            self.failed.set()
+        if not first or not self.show:
+            return False
+        reason = " ".join(record.getMessage().split())
+        record.msg = "telemetry export is failing, spans and metrics are dropped (%s)"
+        record.args = (reason[:300],)
+        record.exc_info = record.exc_text = None
+        return True
+
+
+_export_errors: _ExportErrorsOnce | None = None
+_export_errors_lock = threading.Lock()
+
+
+def quiet_export_errors(env: Mapping[str, str] | None = None) -> _ExportErrorsOnce:
+    """Install (once per process) the filter that reduces exporter errors to one line."""
+    global _export_errors
+    env = os.environ if env is None else env
+    with _export_errors_lock:
+        if _export_errors is None:
+            show = env.get(EXPORT_ERRORS_ENV, "").strip().lower() not in ("off", "0", "false")
+            _export_errors = _ExportErrorsOnce(show)
+            for name in _EXPORTER_LOGGERS:
+                logging.getLogger(name).addFilter(_export_errors)
+        return _export_errors
+
+
+def shutdown_timeout_s(endpoint: str | None) -> float:
+    """How long a shutdown may wait for queued telemetry: short when the collector is down."""
+    if _export_errors is not None and _export_errors.failed.is_set():
+        return UNREACHABLE_SHUTDOWN_S
+    if endpoint and not _answers(endpoint):
+        return UNREACHABLE_SHUTDOWN_S
+    return SHUTDOWN_TIMEOUT_S
+
+
+def _answers(endpoint: str, timeout_s: float = 0.2) -> bool:
+    """Whether something accepts a TCP connection at an OTLP endpoint's host and port."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+    port = parts.port or (443 if parts.scheme == "https" else 4317)
+    try:
+        with socket.create_connection((parts.hostname or "localhost", port), timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def bounded(action: Callable[[], object], timeout_s: float, what: str) -> bool:
@@ -92,7 +171,7 @@ def bounded(action: Callable[[], object], timeout_s: float, what: str) -> bool:
     thread = threading.Thread(target=run, name=what, daemon=True)
     thread.start()
     thread.join(timeout_s)
-    if thread.is_alive():
+    if thread.is_alive() and timeout_s > UNREACHABLE_SHUTDOWN_S:  # else: already said
         log.warning("%s did not finish within %.0fs; going on without it", what, timeout_s)
     return bool(outcome)
 
@@ -221,8 +300,12 @@ class Telemetry:
     def flush(self, timeout_ms: int = 5000) -> bool:
         return self.provider.force_flush(timeout_ms) if self.provider is not None else True
 
-    def shutdown(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+    def shutdown(self, timeout_s: float | None = None) -> None:
         if self.provider is not None:
+            if timeout_s is None:
+                otlp = self.config.traces_exporter == "otlp"
+                endpoint = (self.config.endpoint or "http://localhost:4317") if otlp else None
+                timeout_s = shutdown_timeout_s(endpoint)
             bounded(self.provider.shutdown, timeout_s, "span export shutdown")
 
 
@@ -291,6 +374,7 @@ def _exporter(config: TelemetryConfig) -> SpanExporter | None:
         return ConsoleSpanExporter(out=sys.stderr)
     if config.traces_exporter != "otlp":
         return None
+    quiet_export_errors()
     headers = _headers(config.headers)
     if config.protocol.startswith("http"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import (

@@ -78,6 +78,12 @@ def generate(
         raise ValueError(f"parts must be at least 1, got {parts!r}")
     out_dir = Path(out_dir)
     if _is_complete(out_dir):
+        found = existing_scale(out_dir)
+        if found is not None and not math.isclose(found, scale, rel_tol=0.05):
+            raise RuntimeError(
+                f"{out_dir} already holds TPC-H SF {_format_scale(found)}, not SF "
+                f"{_format_scale(scale)}: remove it or choose another folder"
+            )
         return out_dir
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise RuntimeError(
@@ -188,6 +194,20 @@ def _find_executable() -> str:
             "install it with 'pip install tpchgen-cli'"
         )
     return found
+
+
+def existing_scale(folder: Path) -> float | None:
+    """The scale factor of the TPC-H data in ``folder``, from its supplier count (10,000 per
+    unit of scale), read from the Parquet footers; None when it cannot be read."""
+    try:
+        import pyarrow.parquet as pq
+
+        rows = sum(
+            pq.ParquetFile(f).metadata.num_rows for f in (folder / "supplier").glob("*.parquet")
+        )
+    except Exception:
+        return None
+    return round(rows / 10_000, 6) if rows else None
 
 
 def _is_complete(folder: Path) -> bool:

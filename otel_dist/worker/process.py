@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 
+from otel_dist.worker.announce import Announcer, advertised_url
 from otel_dist.worker.server import WorkerConfig, WorkerServer
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,15 @@ READY_PREFIX = "otel-dist worker listening on "
 METRICS_PREFIX = "otel-dist worker metrics on "
 
 
-def run_worker(config: WorkerConfig, parent_pid: int | None = None) -> None:
-    """Serve until SIGTERM/SIGINT, or until the parent process (if given) goes away."""
+def run_worker(
+    config: WorkerConfig,
+    parent_pid: int | None = None,
+    coordinator: str | None = None,
+    advertise: str | None = None,
+    heartbeat_s: float = 2.0,
+) -> None:
+    """Serve until SIGTERM/SIGINT, or until the parent process (if given) goes away; with
+    ``coordinator``, announce this worker to it (at ``advertise``, default: its own URL)."""
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     if config.allow_any_path:
         log.warning("--allow-any-path: tasks may read any file this process can read")
@@ -45,12 +53,15 @@ def run_worker(config: WorkerConfig, parent_pid: int | None = None) -> None:
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     stop = threading.Event()
+    announcer: Announcer | None = None
 
     def shutdown(*_: object) -> None:
         if not stop.is_set():
             stop.set()
 
             def stop_serving() -> None:
+                if announcer is not None:  # first: no new tasks come while it drains
+                    announcer.stop()
                 server.begin_shutdown()
                 server.shutdown()
 
@@ -70,6 +81,9 @@ def run_worker(config: WorkerConfig, parent_pid: int | None = None) -> None:
         print(f"{METRICS_PREFIX}{server.metrics.prometheus_url}", flush=True)
     print(f"{READY_PREFIX}{server.url}", flush=True)
     sys.stdout.flush()
+    if coordinator is not None:
+        url = advertise or advertised_url(server.url)
+        announcer = Announcer(coordinator, url, config.security, heartbeat_s).start()
     try:
         server.serve()
     finally:

@@ -48,6 +48,7 @@ from otel_dist.protocol import (
     ACTION_TASK_PROGRESS,
     ACTION_WORKER_STATUS,
     MAX_TICKET_BYTES,
+    NOT_A_COORDINATOR,
     BucketTicket,
     ProtocolError,
     TaskKey,
@@ -378,6 +379,8 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
                     f"bucket {request.bucket} out of range for {request.task_key}"
                 )
         except ProtocolError as error:
+            if b'"sql"' in ticket.ticket[:MAX_TICKET_BYTES]:  # a query client's ticket
+                return failed_stream(invalid_argument(NOT_A_COORDINATOR))
             return failed_stream(invalid_argument(str(error)))
         except Exception as error:  # never a Python traceback to the caller
             return get_error(error, "bucket read")

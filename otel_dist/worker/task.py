@@ -47,6 +47,7 @@ from otel_dist.telemetry.task_spans import (
     without_details,
 )
 from otel_dist.worker.buckets import Bucket, MemoryBudget
+from otel_dist.worker.streams import StreamCancelled, batches
 from otel_dist.worker.timing import PLANNING, TELEMETRY, Stopwatch, TaskClock, wait_part
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,7 @@ class Task:
         self.state, self.phase = "running", "starting"
         self.started_ns = time.time_ns()
         plan: object | None = None
+        ctx: SessionContext | None = None
         try:
             with Stopwatch(self.clock, PLANNING):
                 ctx = new_session(self.settings.target_partitions)
@@ -210,9 +212,14 @@ class Task:
                 bucket.finish()
             else:
                 bucket.fail(self.error or self.state)
-        # The plan holds the task's inputs, so it is passed for its metrics and not kept on the
-        # task (which lives until the query is released).
-        self._record_telemetry(plan)
+        # The plan holds the task's inputs, and (its repartitions) the DataFusion tasks that
+        # still run after a cancel until it is dropped: read its metrics and drop it now, not
+        # after the wait for upstream telemetry, and never keep it on the task (which lives
+        # until the query is released).
+        telemetry_started = time.time_ns()
+        operators = self._operator_metrics(plan)
+        plan = ctx = None
+        self._record_telemetry(operators, telemetry_started)
         self._done.set()
         self._record_metrics()  # after the data is complete: never delays a reader
 
@@ -243,23 +250,28 @@ class Task:
         schema = self.spec.output_schema()
         times = self.clock.drain()
         clock = time.perf_counter_ns
+        stream = ctx.execute(plan, partition)  # type: ignore[arg-type]
         try:
             mark = clock()
-            for raw in ctx.execute(plan, partition):  # type: ignore[arg-type]
+            for raw in batches(stream, self._stopped):
                 pulled = clock()
                 times.operators_ns += pulled - mark
-                if self._cancel.is_set():
-                    raise TaskCancelled("cancelled")
-                if self._abort.is_set():
-                    return
-                batch = conform(raw.to_pyarrow(), schema)
+                batch = conform(raw.to_pyarrow(), schema)  # type: ignore[attr-defined]
                 if batch.num_rows:
                     times.spill_ns += self._emit(batch)
                 mark = clock()
                 times.output_ns += mark - pulled
             times.operators_ns += clock() - mark
+        except StreamCancelled:
+            if self._cancel.is_set():
+                raise TaskCancelled("cancelled") from None
+            return  # a sibling partition failed: its error is the task's
         finally:
             times.stop()
+            del stream  # dropping it aborts DataFusion's work on the partition
+
+    def _stopped(self) -> bool:
+        return self._cancel.is_set() or self._abort.is_set()
 
     def _emit(self, batch: pa.RecordBatch) -> int:
         """Append the batch to the buckets; return the nanoseconds spent on appends that
@@ -371,18 +383,24 @@ class Task:
 
     # ---- telemetry -----------------------------------------------------------------------
 
-    def _record_telemetry(self, plan: object | None) -> None:
-        """Spans, cache entry and final message; a failure here never affects the data."""
+    def _operator_metrics(self, plan: object | None) -> OperatorMetrics | None:
+        if plan is None or not self.settings.telemetry.enabled:
+            return None
+        try:
+            self._operators = operator_metrics(plan)
+        except Exception:
+            log.warning("operator metrics of %s could not be read", self.spec.key, exc_info=True)
+        return self._operators
+
+    def _record_telemetry(self, operators: OperatorMetrics | None, telemetry_started: int) -> None:
+        """Spans, cache entry and final message; a failure here never affects the data.
+        ``telemetry_started``: when the task began reading its metrics (unix ns)."""
         telemetry = self.settings.telemetry
         if not telemetry.enabled:
             return
         try:
-            telemetry_started = time.time_ns()
-            operators: OperatorMetrics | None = None
-            if plan is not None:
-                operators = self._operators = operator_metrics(plan)
-                if self._scratch is not None:
-                    operators = with_scan_names(operators, self._scratch)
+            if operators is not None and self._scratch is not None:
+                operators = with_scan_names(operators, self._scratch)
             if operators is not None and telemetry.config.redact_sql:
                 operators = without_details(operators)
             deadline = time.monotonic() + UPSTREAM_TELEMETRY_WAIT_S
