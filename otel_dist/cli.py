@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    configure_logging(getattr(args, "log_format", "text"))
+    configure_logging(
+        getattr(args, "log_format", "text"), getattr(args, "log_level", "warning").upper()
+    )
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
@@ -240,6 +242,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="operator spans without literals (as OTEL_DIST_REDACT_SQL=true does)",
     )
+    _logging_options(worker)
     _security_options(worker, server=True)
     _sql_limit_options(worker)
     worker.set_defaults(run=_worker)
@@ -305,9 +308,7 @@ def _parser() -> argparse.ArgumentParser:
         "OTEL_DIST_EXPLAIN_LOG_SLOW_MS (1000 ms), or all (default: OTEL_DIST_EXPLAIN_LOG, "
         "else slow)",
     )
-    coordinator.add_argument(
-        "--log-format", choices=("text", "json"), default="text", help="log line format"
-    )
+    _logging_options(coordinator)
     _security_options(coordinator, server=True)
     _coordinator_options(coordinator)
     coordinator.set_defaults(run=_coordinator)
@@ -373,6 +374,18 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", type=Path, help="an existing TPC-H folder (default: generated)")
     bench.set_defaults(run=_bench)
     return parser
+
+
+def _logging_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="log line format"
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="warning",
+        help="the least severe log lines written to stderr (default: warning)",
+    )
 
 
 def _security_options(parser: argparse.ArgumentParser, server: bool) -> None:

@@ -223,6 +223,10 @@ class LocalCluster:
             str(self.max_sql_depth),
             "--max-sql-operators",
             str(self.max_sql_operators),
+            # The coordinator in this process reports what fails, once: the workers' own
+            # warnings would repeat it on the same terminal.
+            "--log-level",
+            "error",
         ]
         security = self.security
         if security.tls_cert and security.tls_key:

@@ -103,7 +103,7 @@ def render_html(tree: ExplainTree, trace_url_template: str | None = None) -> str
         f"<title>otel_dist query {_e(tree.query_id)}</title><style>{_STYLE}</style></head><body>",
         _header(tree, trace_url_template),
         "<h2>Critical path</h2>",
-        _critical_path(tree.critical_path),
+        _critical_path(tree.critical_path, tree.status == "running"),
         "<h2>Timeline</h2>",
         _timeline(tree, colors),
         "<h2>Stages</h2>",
@@ -127,7 +127,8 @@ def _header(tree: ExplainTree, trace_url_template: str | None) -> str:
     items = [
         f"<span>query <b>{_e(tree.query_id)}</b></span>",
         f"<span>trace {trace}</span>",
-        f"<span>total <b>{_e(format_duration(tree.duration_ns))}</b></span>",
+        f"<span>{'elapsed' if tree.status == 'running' else 'total'} "
+        f"<b>{_e(format_duration(tree.duration_ns))}</b></span>",
         f"<span>status <b class='{status_class}'>{_e(tree.status)}</b></span>",
     ]
     if tree.output_rows is not None:
@@ -240,7 +241,9 @@ def _task_row(stage: StageNode, task: TaskNode) -> str:
     )
 
 
-def _critical_path(path: CriticalPath | None) -> str:
+def _critical_path(path: CriticalPath | None, running: bool = False) -> str:
+    if path is None and running:
+        return "<p id='critical-path'>Found when the query ends.</p>"
     if path is None:
         return "<p id='critical-path'>No task timings were recorded.</p>"
     items = []
