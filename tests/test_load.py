@@ -117,7 +117,11 @@ def test_32_concurrent_queries_are_correct_and_leave_nothing_behind(
     loaded: LocalCluster, expected: dict[str, pa.Table]
 ) -> None:
     _round(loaded, expected, len(QUERIES))  # warm-up: imports, pools and caches
-    time.sleep(0.5)
+    wait_until(
+        lambda: all(worker_health(url)["running_tasks"] == 0 for url in loaded.worker_urls),
+        30,
+        "the warm-up's tasks to end",
+    )
     baseline = _usage(loaded)
     elapsed = _round(loaded, expected, CONCURRENT)
     assert elapsed < 120, f"{CONCURRENT} concurrent queries took {elapsed:.0f}s"
