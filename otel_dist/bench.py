@@ -33,8 +33,8 @@ from rich.console import Console
 from rich.table import Table
 
 from otel_dist import tpch
-from otel_dist.coordinator.local import LocalCluster
 from otel_dist.exchange.router import route
+from otel_dist.frontend.local import LocalCluster
 from otel_dist.planner.catalog import Catalog
 from otel_dist.session import plain_schema
 from otel_dist.telemetry import envelope

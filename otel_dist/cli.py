@@ -516,7 +516,7 @@ def _explain_options(parser: argparse.ArgumentParser) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     from otel_dist import tpch
-    from otel_dist.coordinator.local import LocalCluster
+    from otel_dist.frontend.local import LocalCluster
     from otel_dist.tpch.datagen import default_cache_dir, generate
 
     data = generate(DEMO_SCALE, default_cache_dir(DEMO_SCALE))
@@ -553,7 +553,7 @@ def _tpchgen(args: argparse.Namespace) -> int:
 
 
 def _local(args: argparse.Namespace) -> int:
-    from otel_dist.coordinator.local import LocalCluster
+    from otel_dist.frontend.local import LocalCluster
     from otel_dist.progress_view import local_poll
 
     _check_output(args.output)
@@ -652,11 +652,11 @@ def _worker(args: argparse.Namespace) -> int:
 def _coordinator(args: argparse.Namespace) -> int:
     from otel_dist.addresses import AddressError, parse_dns_name, parse_workers
     from otel_dist.coordinator.core import Coordinator, CoordinatorConfig
-    from otel_dist.coordinator.server import CoordinatorServer
     from otel_dist.explain.live import LiveQueries
     from otel_dist.explain.recent import QueryLog, QueryLogConfig, RecentQueries
     from otel_dist.explain.statements import trace_url_template
     from otel_dist.explain.web import QueryPagesServer
+    from otel_dist.frontend.server import CoordinatorServer
     from otel_dist.telemetry.metrics import start_process_telemetry
 
     try:

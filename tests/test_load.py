@@ -15,7 +15,7 @@ import pytest
 
 from otel_dist import tpch
 from otel_dist.coordinator.core import QueryResult
-from otel_dist.coordinator.local import LocalCluster
+from otel_dist.frontend.local import LocalCluster
 from otel_dist.telemetry import conventions as c
 from otel_dist.telemetry.envelope import TaskRef
 from tests.oracle import assert_same_rows, has_order_by, single_node
