@@ -29,6 +29,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from rich.console import Console
 from rich.table import Table
 
@@ -223,7 +224,8 @@ def router_throughput(data: Path, repeats: int = 15) -> dict[str, float]:
                 pass
 
         try:
-            raw(), routed()
+            raw()  # warm-up
+            routed()
             raw_times: list[float] = []
             routed_times: list[float] = []
             pairs = ((raw, raw_times), (routed, routed_times))
@@ -260,10 +262,7 @@ def _serve_lineitem(data: Path, port_to: Connection) -> None:
     server.serve()
 
 
-def _synthetic_request(spans: int) -> object:
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-        ExportTraceServiceRequest,
-    )
+def _synthetic_request(spans: int) -> ExportTraceServiceRequest:
     from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
     items = [

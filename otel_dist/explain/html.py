@@ -299,10 +299,11 @@ def _timeline(tree: ExplainTree, colors: dict[int, str]) -> str:
     workers = _workers(tree)
     if not tasks and not workers:
         return "<p>No task timings were recorded.</p>"
-    origin = min((t.started_ns for _, t in tasks), default=0)  # type: ignore[type-var]
+    times = [(t.started_ns or 0, t.duration_ns or 0) for _, t in tasks]  # both known: above
+    origin = min((start for start, _ in times), default=0)
     if tree.started_ns is not None and tasks:
         origin = min(origin, tree.started_ns)
-    end = max((t.started_ns + t.duration_ns for _, t in tasks), default=origin + 1)  # type: ignore[operator]
+    end = max((start + duration for start, duration in times), default=origin + 1)
     if tree.started_ns is not None and tree.duration_ns is not None and tasks:
         end = max(end, tree.started_ns + tree.duration_ns)
     span = max(1, end - origin)

@@ -166,7 +166,7 @@ class CoordinatorServer(UnsupportedCalls, flight.FlightServerBase):
                     continue
                 if item is end:
                     break
-                yield item  # type: ignore[misc]
+                yield item
             finished = True
         finally:
             if not finished:
