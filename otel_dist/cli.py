@@ -553,6 +553,7 @@ def _tpchgen(args: argparse.Namespace) -> int:
 
 
 def _local(args: argparse.Namespace) -> int:
+    from otel_dist.explain.statements import parse_explain
     from otel_dist.frontend.local import LocalCluster
     from otel_dist.progress_view import local_poll
 
@@ -572,10 +573,15 @@ def _local(args: argparse.Namespace) -> int:
         for url in cluster.metrics_urls:
             stderr.print(f"metrics: {url}", markup=False, highlight=False)
         display = ProgressDisplay(local_poll(cluster.coordinator), stderr, wanted(args))
-        if not _wants_explain(args):
+        if not _wants_explain(args) and parse_explain(args.sql) is not None:
             with display:
                 table = cluster.sql(args.sql)
             _emit(table, args.output, args.max_rows)
+            return 0
+        if not _wants_explain(args):  # streamed: any size, in bounded memory
+            with display:
+                schema, batches = cluster.stream(args.sql)
+                _emit_batches(batches, schema, args.output, args.max_rows, display)
             return 0
         try:
             with display:
