@@ -355,6 +355,61 @@ def test_redact_sql_option_redacts_exported_spans(tpch_dir: Path) -> None:
         assert "SECRET" not in text and "1234567" not in text, (span.name, text)
 
 
+def test_redact_sql_flags_of_hand_started_servers(tpch_dir: Path) -> None:
+    """``otel-dist worker --redact-sql`` and ``otel-dist coordinator --redact-sql`` (no
+    environment variable): neither exports a literal."""
+    sql = "select count(*) as n from nation where n_name = 'SECRET' and n_nationkey > 1234567"
+    with OtlpReceiver() as receiver:
+        env = {
+            **os.environ,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        }
+        env.pop("OTEL_DIST_REDACT_SQL", None)
+        worker, worker_url = start_worker(
+            "--port", "0", "--data-root", str(tpch_dir), "--redact-sql", env=env
+        )
+        coordinator = subprocess.Popen(
+            [
+                *CLI,
+                "coordinator",
+                "--port",
+                "0",
+                "--workers",
+                worker_url,
+                "--data",
+                str(tpch_dir),
+                "--redact-sql",
+            ],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        try:
+            assert coordinator.stdout is not None
+            url = coordinator.stdout.readline().split()[-1]
+            done = subprocess.run(
+                [*CLI, "query", "--coordinator", url, "-e", sql],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=env,
+            )
+            assert done.returncode == 0, done.stderr
+            spans = receiver.wait_for_spans(
+                lambda spans: any(c.OPERATOR_NAME in s.attributes for s in spans),
+                timeout=15,
+            )
+        finally:
+            stop(coordinator)
+            stop(worker)
+    assert any(c.OPERATOR_NAME in s.attributes for s in spans)
+    for span in spans:
+        text = json.dumps({k: str(v) for k, v in span.attributes.items()})
+        assert "SECRET" not in text and "1234567" not in text, (span.name, text)
+
+
 # ---- the client token and the cluster-internal secret --------------------------------------
 
 

@@ -93,9 +93,6 @@ def run(args: argparse.Namespace) -> int:
         command = [sys.executable, "-m", "otel_dist.cli", *args.argv]
         os.execve(sys.executable, command, worker_environment(os.environ))
 
-    if args.redact_sql:  # read by the worker's telemetry set-up, in this process only
-        os.environ["OTEL_DIST_REDACT_SQL"] = "true"
-
     coordinator = (
         None if args.coordinator is None else flight_address(args.coordinator, "--coordinator")
     )
@@ -115,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         data_roots=tuple(str(Path(root).expanduser().resolve()) for root in args.data_root),
         allow_any_path=args.allow_any_path,
         telemetry_cache_entries=max(1, args.telemetry_cache_entries),
+        redact_sql=args.redact_sql,
         security=security_from_args(args),
         **limits_from_args(args),
     )

@@ -96,6 +96,7 @@ class WorkerConfig:
     telemetry_cache_entries: int = 10_000
     spill_dir: str | None = None
     metrics_port: int | None = None  # Prometheus /metrics (0: a free port); None: env settings
+    redact_sql: bool = False  # as OTEL_DIST_REDACT_SQL=true: operator spans without literals
     data_roots: tuple[str, ...] = ()  # folders tasks may read files from; empty: none
     allow_any_path: bool = False  # read any file the process can (--allow-any-path)
     max_sql_depth: int = DEFAULT_MAX_SQL_DEPTH  # task SQL beyond these is refused
@@ -130,6 +131,7 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
         if telemetry is None:
             telemetry, default_metrics = start_process_telemetry(
                 "otel-dist-worker",
+                {**os.environ, "OTEL_DIST_REDACT_SQL": "true"} if config.redact_sql else None,
                 prometheus_port=config.metrics_port,
                 prometheus_host=config.host,
                 prometheus_token=config.security.token,
