@@ -27,8 +27,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-DEFAULT_MAX_SQL_DEPTH = 500
-DEFAULT_MAX_SQL_OPERATORS = 5_000
+from otel_dist.settings import SETTINGS
+
+DEFAULT_MAX_SQL_DEPTH: int = SETTINGS["OTEL_DIST_MAX_SQL_DEPTH"].default
+DEFAULT_MAX_SQL_OPERATORS: int = SETTINGS["OTEL_DIST_MAX_SQL_OPERATORS"].default
 
 
 class SqlTooComplex(ValueError):

@@ -37,6 +37,7 @@ from otel_dist.coordinator.core import QueryError
 from otel_dist.logs import configure_logging
 from otel_dist.planner.catalog import CatalogError
 from otel_dist.planner.distribute import PlanningError
+from otel_dist.settings import SettingError
 
 COMMANDS = (demo, tpchgen, local, worker, coordinator, query, top, explain, bench)
 DESCRIPTION = (
@@ -49,8 +50,8 @@ DESCRIPTION = (
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
-    except UserError as error:  # a bad default from an environment variable
-        stderr.print(f"otel-dist: error: {error}", markup=False, highlight=False)
+    except (UserError, SettingError) as error:  # a bad default from an environment variable
+        stderr.print(f"otel-dist: error: {error}", markup=False, highlight=False, soft_wrap=True)
         return EXIT_USER_ERROR
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,16 +60,6 @@ def byte_count(raw: str) -> int:
         return parse_byte_count(raw)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def env_int(name: str, what: str = "a number of bytes") -> int | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise UserError(f"{name} must be {what}, got {raw!r}") from None
 
 
 def limits_from_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -11,8 +11,8 @@ from otel_dist.cli.common import (
     MAX_SQL_BYTES_ENV,
     MAX_SQL_DEPTH_ENV,
     MAX_SQL_OPERATORS_ENV,
-    env_int,
 )
+from otel_dist.settings import read
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -98,13 +98,13 @@ def coordinator_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-sql-bytes",
         type=int,
-        default=env_int(MAX_SQL_BYTES_ENV),
+        default=read(MAX_SQL_BYTES_ENV, default=None),
         help=f"refuse longer SQL (default: {MAX_SQL_BYTES_ENV}, else 1 MiB)",
     )
     parser.add_argument(
         "--max-result-bytes",
         type=int,
-        default=env_int(MAX_RESULT_BYTES_ENV),
+        default=read(MAX_RESULT_BYTES_ENV, default=None),
         help=f"fail queries with larger results (default: {MAX_RESULT_BYTES_ENV}, else 2 GiB)",
     )
     parser.add_argument(
@@ -119,14 +119,14 @@ def sql_limit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-sql-depth",
         type=int,
-        default=env_int(MAX_SQL_DEPTH_ENV, "a positive whole number"),
+        default=read(MAX_SQL_DEPTH_ENV, default=None),
         help=f"refuse SQL chaining or nesting operators deeper (default: {MAX_SQL_DEPTH_ENV}, "
         "else 500)",
     )
     parser.add_argument(
         "--max-sql-operators",
         type=int,
-        default=env_int(MAX_SQL_OPERATORS_ENV, "a positive whole number"),
+        default=read(MAX_SQL_OPERATORS_ENV, default=None),
         help=f"refuse SQL with more operators (default: {MAX_SQL_OPERATORS_ENV}, else 5000)",
     )
 

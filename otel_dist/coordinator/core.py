@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from otel_dist import settings
 from otel_dist.background import run_in_background
 from otel_dist.coordinator.health import ProbeFailed, WorkerHealth
 from otel_dist.coordinator.membership import (
@@ -72,8 +73,6 @@ from otel_dist.protocol import (
 )
 from otel_dist.session import conform, plain_schema
 from otel_dist.sql_limits import (
-    DEFAULT_MAX_SQL_DEPTH,
-    DEFAULT_MAX_SQL_OPERATORS,
     SqlLimits,
     SqlTooComplex,
 )
@@ -104,8 +103,8 @@ MAX_UNDELIVERED_RELEASES = 10_000
 # Query ids of finished queries remembered so that none is reused while workers may still hold
 # its tasks, telemetry or a pending release.
 RECENT_QUERY_IDS = 10_000
-DEFAULT_MAX_SQL_BYTES = 1 << 20
-DEFAULT_MAX_RESULT_BYTES = 2 << 30
+DEFAULT_MAX_SQL_BYTES: int = settings.SETTINGS["OTEL_DIST_MAX_SQL_BYTES"].default
+DEFAULT_MAX_RESULT_BYTES: int = settings.SETTINGS["OTEL_DIST_MAX_RESULT_BYTES"].default
 
 
 class QueryError(RuntimeError):
@@ -142,10 +141,15 @@ class CoordinatorConfig:
     rpc_timeout_s: float = 10.0
     query_timeout_s: float = 600.0
     telemetry_fetch_timeout_s: float = 15.0
-    max_sql_bytes: int = DEFAULT_MAX_SQL_BYTES
-    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
-    max_sql_depth: int = DEFAULT_MAX_SQL_DEPTH
-    max_sql_operators: int = DEFAULT_MAX_SQL_OPERATORS
+    # Limits: the environment's settings (settings.py) unless given.
+    max_sql_bytes: int = field(default_factory=lambda: settings.read("OTEL_DIST_MAX_SQL_BYTES"))
+    max_result_bytes: int = field(
+        default_factory=lambda: settings.read("OTEL_DIST_MAX_RESULT_BYTES")
+    )
+    max_sql_depth: int = field(default_factory=lambda: settings.read("OTEL_DIST_MAX_SQL_DEPTH"))
+    max_sql_operators: int = field(
+        default_factory=lambda: settings.read("OTEL_DIST_MAX_SQL_OPERATORS")
+    )
     health_interval_s: float = 1.0  # 0: no background probes (calls still mark workers down)
     health_timeout_s: float = 2.0
     security: SecurityConfig = NO_SECURITY

@@ -40,6 +40,8 @@ from typing import Any
 
 import pyarrow.flight as flight
 
+from otel_dist.settings import read
+
 AUTH_TOKEN_ENV = "OTEL_DIST_AUTH_TOKEN"
 INTERNAL_SECRET_ENV = "OTEL_DIST_INTERNAL_SECRET"
 INTERNAL_SECRET_FILE_ENV = "OTEL_DIST_INTERNAL_SECRET_FILE"
@@ -127,17 +129,17 @@ class SecurityConfig:
         ``OTEL_DIST_AUTH_TOKEN``, ``OTEL_DIST_INTERNAL_SECRET_FILE`` and
         ``OTEL_DIST_INTERNAL_SECRET``."""
         env = os.environ if env is None else env
-        token = env.get(AUTH_TOKEN_ENV) or None
+        token = read(AUTH_TOKEN_ENV, env) or None
         if token_file is not None:
             token = _secret_file(token_file, "auth token")
-        secret = env.get(INTERNAL_SECRET_ENV) or None
-        internal_secret_file = internal_secret_file or env.get(INTERNAL_SECRET_FILE_ENV) or None
+        secret = read(INTERNAL_SECRET_ENV, env) or None
+        internal_secret_file = internal_secret_file or read(INTERNAL_SECRET_FILE_ENV, env) or None
         if internal_secret_file is not None:
             secret = _secret_file(internal_secret_file, "internal secret")
         return SecurityConfig(
-            tls_cert=_path(tls_cert) or env.get(TLS_CERT_ENV) or None,
-            tls_key=_path(tls_key) or env.get(TLS_KEY_ENV) or None,
-            tls_ca=_path(tls_ca) or env.get(TLS_CA_ENV) or None,
+            tls_cert=_path(tls_cert) or read(TLS_CERT_ENV, env) or None,
+            tls_key=_path(tls_key) or read(TLS_KEY_ENV, env) or None,
+            tls_ca=_path(tls_ca) or read(TLS_CA_ENV, env) or None,
             token=token.strip() if token else None,
             verify_client=verify_client,
             internal_secret=secret.strip() if secret else None,

@@ -9,7 +9,6 @@ explain renderers. A listener receives a finished query's outcome: ``query_id``,
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -23,6 +22,7 @@ from otel_dist.explain.build import build_tree
 from otel_dist.explain.model import ExplainTree
 from otel_dist.explain.text import render_text
 from otel_dist.http_auth import printable
+from otel_dist.settings import read
 from otel_dist.telemetry import conventions as c
 from otel_dist.telemetry.otlp import SpanRecord
 
@@ -99,15 +99,8 @@ class QueryLogConfig:
 
     @staticmethod
     def from_env(default_mode: str, env: Mapping[str, str] | None = None) -> QueryLogConfig:
-        env = os.environ if env is None else env
-        mode = env.get("OTEL_DIST_EXPLAIN_LOG", default_mode).strip().lower()
-        if mode not in LOG_MODES:
-            raise ValueError(f"OTEL_DIST_EXPLAIN_LOG must be one of {', '.join(LOG_MODES)}")
-        try:
-            slow_ms = float(env.get("OTEL_DIST_EXPLAIN_LOG_SLOW_MS", "1000"))
-        except ValueError:
-            raise ValueError("OTEL_DIST_EXPLAIN_LOG_SLOW_MS must be a number") from None
-        return QueryLogConfig(mode, slow_ms)
+        mode = read("OTEL_DIST_EXPLAIN_LOG", env, default=default_mode)
+        return QueryLogConfig(mode, float(read("OTEL_DIST_EXPLAIN_LOG_SLOW_MS", env)))
 
 
 class QueryLog:

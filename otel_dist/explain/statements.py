@@ -8,7 +8,6 @@ task's own operator tree). As SQL statements both return a two-column table
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,6 +19,7 @@ from otel_dist.explain.html import render_html
 from otel_dist.explain.json_tree import tree_to_dict
 from otel_dist.explain.model import ExplainTree
 from otel_dist.explain.text import render_text
+from otel_dist.settings import read
 from otel_dist.telemetry.otlp import SpanRecord
 
 TRACE_URL_VARIABLE = "OTEL_DIST_TRACE_URL"
@@ -61,7 +61,7 @@ def parse_explain(sql: str) -> ExplainRequest | None:
 
 
 def trace_url_template() -> str | None:
-    return os.environ.get(TRACE_URL_VARIABLE) or None
+    return read(TRACE_URL_VARIABLE)
 
 
 @dataclass

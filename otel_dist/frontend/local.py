@@ -24,8 +24,6 @@ from types import TracebackType
 import pyarrow as pa
 
 from otel_dist.coordinator.core import (
-    DEFAULT_MAX_RESULT_BYTES,
-    DEFAULT_MAX_SQL_BYTES,
     Coordinator,
     CoordinatorConfig,
     QueryResult,
@@ -45,7 +43,7 @@ from otel_dist.explain.statements import ExplainAnalysis, explain_analyze, run_s
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.model import DistributedPlan
 from otel_dist.session import plain_schema
-from otel_dist.sql_limits import DEFAULT_MAX_SQL_DEPTH, DEFAULT_MAX_SQL_OPERATORS
+from otel_dist.settings import read
 from otel_dist.telemetry.metrics import MetricsConfig, start_process_telemetry
 from otel_dist.telemetry.setup import EXPORT_ERRORS_ENV
 from otel_dist.worker.allocator import worker_environment
@@ -74,10 +72,10 @@ class LocalCluster:
         metrics_ports: bool | Sequence[int] = False,
         security: SecurityConfig | None = None,
         internal_secret: bool | None = None,
-        max_sql_bytes: int = DEFAULT_MAX_SQL_BYTES,
-        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
-        max_sql_depth: int = DEFAULT_MAX_SQL_DEPTH,
-        max_sql_operators: int = DEFAULT_MAX_SQL_OPERATORS,
+        max_sql_bytes: int | None = None,
+        max_result_bytes: int | None = None,
+        max_sql_depth: int | None = None,
+        max_sql_operators: int | None = None,
         redact_sql: bool = False,
         worker_args: Sequence[str] = (),
     ) -> None:
@@ -104,7 +102,8 @@ class LocalCluster:
         holds it; ``internal_security`` is what a test needs to call a worker itself.
         ``max_sql_bytes`` and ``max_result_bytes`` are the
         coordinator's limits, ``max_sql_depth`` and ``max_sql_operators`` the coordinator's
-        and the workers' (``otel_dist.sql_limits``); ``redact_sql`` replaces literals in ``db.query.text`` (as
+        and the workers' (``otel_dist.sql_limits``); unset, each is its ``OTEL_DIST_*``
+        setting (``otel_dist.settings``); ``redact_sql`` replaces literals in ``db.query.text`` (as
         ``OTEL_DIST_REDACT_SQL=true`` does); ``worker_args`` are extra ``otel-dist worker``
         options."""
         if workers < 1:
@@ -128,10 +127,18 @@ class LocalCluster:
         if internal_secret and security.internal_secret is None:
             security = dataclasses.replace(security, internal_secret=secrets.token_urlsafe(32))
         self.security = security
-        self.max_sql_bytes = max_sql_bytes
-        self.max_result_bytes = max_result_bytes
-        self.max_sql_depth = max_sql_depth
-        self.max_sql_operators = max_sql_operators
+        self.max_sql_bytes: int = (
+            read("OTEL_DIST_MAX_SQL_BYTES") if max_sql_bytes is None else max_sql_bytes
+        )
+        self.max_result_bytes: int = (
+            read("OTEL_DIST_MAX_RESULT_BYTES") if max_result_bytes is None else max_result_bytes
+        )
+        self.max_sql_depth: int = (
+            read("OTEL_DIST_MAX_SQL_DEPTH") if max_sql_depth is None else max_sql_depth
+        )
+        self.max_sql_operators: int = (
+            read("OTEL_DIST_MAX_SQL_OPERATORS") if max_sql_operators is None else max_sql_operators
+        )
         self.redact_sql = redact_sql
         self.worker_args = tuple(worker_args)
         self.worker_metrics_ports = ports[:workers] if ports else None

@@ -34,7 +34,6 @@ This module is the entry point (``Planner``) and the fallback; ``parts.py`` hold
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 
@@ -54,6 +53,7 @@ from otel_dist.planner.model import DistributedPlan, FileScan, Stage, StageInput
 from otel_dist.planner.parts import GATHER
 from otel_dist.planner.stages import StageBuilder
 from otel_dist.session import QUERY_ONLY, plain_schema
+from otel_dist.settings import SETTINGS, read
 
 __all__ = [
     "DEFAULT_BROADCAST_THRESHOLD",
@@ -78,11 +78,10 @@ class NotAQuery(PlanningError):
 
 _NOT_A_QUERY = re.compile(r"(DDL|DML|Statement) not supported: (.*)")
 
-DEFAULT_BROADCAST_THRESHOLD = 64_000_000
-DEFAULT_MIN_TASK_BYTES = 64_000_000
-
 BROADCAST_THRESHOLD_ENV = "OTEL_DIST_BROADCAST_THRESHOLD"
 MIN_TASK_BYTES_ENV = "OTEL_DIST_MIN_TASK_BYTES"
+DEFAULT_BROADCAST_THRESHOLD: int = SETTINGS[BROADCAST_THRESHOLD_ENV].default
+DEFAULT_MIN_TASK_BYTES: int = SETTINGS[MIN_TASK_BYTES_ENV].default
 
 
 def parse_byte_count(raw: str) -> int:
@@ -96,24 +95,14 @@ def parse_byte_count(raw: str) -> int:
     return value
 
 
-def _bytes_from_env(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return parse_byte_count(raw)
-    except ValueError as error:
-        raise ValueError(f"{name} {error}") from None
-
-
 def broadcast_threshold_from_env() -> int:
     """``OTEL_DIST_BROADCAST_THRESHOLD`` in bytes, or the default (64 MB)."""
-    return _bytes_from_env(BROADCAST_THRESHOLD_ENV, DEFAULT_BROADCAST_THRESHOLD)
+    return int(read(BROADCAST_THRESHOLD_ENV))
 
 
 def min_task_bytes_from_env() -> int:
     """``OTEL_DIST_MIN_TASK_BYTES`` in bytes, or the default (64 MB)."""
-    return _bytes_from_env(MIN_TASK_BYTES_ENV, DEFAULT_MIN_TASK_BYTES)
+    return int(read(MIN_TASK_BYTES_ENV))
 
 
 @dataclass(frozen=True)

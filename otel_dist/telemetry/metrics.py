@@ -81,6 +81,8 @@ from otel_dist.telemetry.setup import (
     Telemetry,
     TelemetryConfig,
     bounded,
+    otel_number,
+    parse_pairs,
     quiet_export_errors,
     shutdown_timeout_s,
 )
@@ -189,19 +191,19 @@ class MetricsConfig:
             exporters.append("prometheus")
         port = prometheus_port
         if port is None:
-            port = int(_number(get("OTEL_EXPORTER_PROMETHEUS_PORT"), 9464))
+            port = int(otel_number(get("OTEL_EXPORTER_PROMETHEUS_PORT"), 9464))
         return MetricsConfig(
             enabled=bool(exporters),
             exporters=tuple(exporters),
             protocol=protocol,
             endpoint=endpoint,
             headers=get("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS") or None,
-            timeout_s=_number(
+            timeout_s=otel_number(
                 get("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"), 10_000
             )
             / 1000,
-            export_interval_ms=int(_number(get("OTEL_METRIC_EXPORT_INTERVAL"), 60_000)),
-            export_timeout_ms=int(_number(get("OTEL_METRIC_EXPORT_TIMEOUT"), 30_000)),
+            export_interval_ms=int(otel_number(get("OTEL_METRIC_EXPORT_INTERVAL"), 60_000)),
+            export_timeout_ms=int(otel_number(get("OTEL_METRIC_EXPORT_TIMEOUT"), 30_000)),
             prometheus_host=get("OTEL_EXPORTER_PROMETHEUS_HOST") or prometheus_host or "127.0.0.1",
             prometheus_port=port,
             exemplar_filter=get("OTEL_METRICS_EXEMPLAR_FILTER", default="trace_based").lower(),
@@ -637,7 +639,7 @@ def stage_kind_of(carrier: Mapping[str, str]) -> str:
 def _exporter(name: str, config: MetricsConfig) -> MetricExporter:
     if name == "console":
         return ConsoleMetricExporter(out=sys.stderr)
-    headers = _pairs(config.headers) if config.headers else None
+    headers = parse_pairs(config.headers) if config.headers else None
     if config.protocol.startswith("http"):
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
             OTLPMetricExporter as HttpMetricExporter,
@@ -765,15 +767,3 @@ def _url_host(host: str) -> str:
     if host in ("0.0.0.0", "::", ""):
         return "127.0.0.1" if host != "::" else "[::1]"
     return f"[{host}]" if ":" in host else host
-
-
-def _pairs(raw: str) -> dict[str, str]:
-    pairs = (item.partition("=") for item in raw.split(","))
-    return {key.strip(): value.strip() for key, _, value in pairs if key.strip() and value}
-
-
-def _number(raw: str, default: float) -> float:
-    try:
-        return float(raw) if raw else default
-    except ValueError:
-        return default

@@ -63,7 +63,9 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.types import Attributes
 
-DEFAULT_ENVELOPE_LIMIT = 1 << 20
+from otel_dist.settings import SETTINGS, read
+
+DEFAULT_ENVELOPE_LIMIT: int = SETTINGS["OTEL_DIST_TELEMETRY_MAX_BYTES"].default
 SCOPE_NAME = "otel_dist"
 SCHEMA_URL = "https://opentelemetry.io/schemas/1.37.0"  # the semconv release the names follow
 DEFAULT_NAMESPACE = "otel_dist"
@@ -126,7 +128,7 @@ def quiet_export_errors(env: Mapping[str, str] | None = None) -> _ExportErrorsOn
     env = os.environ if env is None else env
     with _export_errors_lock:
         if _export_errors is None:
-            show = env.get(EXPORT_ERRORS_ENV, "").strip().lower() not in ("off", "0", "false")
+            show = bool(read(EXPORT_ERRORS_ENV, env))
             _export_errors = _ExportErrorsOnce(show)
             for name in _EXPORTER_LOGGERS:
                 logging.getLogger(name).addFilter(_export_errors)
@@ -203,9 +205,7 @@ class TelemetryConfig:
         def get(*names: str, default: str = "") -> str:
             return next((env[n] for n in names if env.get(n)), default)
 
-        disabled = get("OTEL_SDK_DISABLED").lower() in _TRUE or get(
-            "OTEL_DIST_TELEMETRY"
-        ).lower() in {"0", "off", "false", "no"}
+        disabled = get("OTEL_SDK_DISABLED").lower() in _TRUE or not read("OTEL_DIST_TELEMETRY", env)
         endpoint = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT") or None
         protocol = get(
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL", default="grpc"
@@ -218,7 +218,7 @@ class TelemetryConfig:
             endpoint = endpoint.rstrip("/") + "/v1/traces"
         exporter = get("OTEL_TRACES_EXPORTER", default="otlp" if endpoint else "none")
         resource_attributes = get("OTEL_RESOURCE_ATTRIBUTES")
-        service_name = get("OTEL_SERVICE_NAME") or _parse_pairs(resource_attributes).get(
+        service_name = get("OTEL_SERVICE_NAME") or parse_pairs(resource_attributes).get(
             "service.name", default_service_name
         )
         return TelemetryConfig(
@@ -228,18 +228,16 @@ class TelemetryConfig:
             protocol=protocol.lower(),
             endpoint=endpoint,
             headers=get("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS") or None,
-            timeout_s=_float(
+            timeout_s=otel_number(
                 get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"), 10_000
             )
             / 1000,
             sampler=get("OTEL_TRACES_SAMPLER", default="parentbased_always_on").lower(),
-            sampler_arg=_float(get("OTEL_TRACES_SAMPLER_ARG"), 1.0),
+            sampler_arg=otel_number(get("OTEL_TRACES_SAMPLER_ARG"), 1.0),
             resource_attributes=resource_attributes,
-            envelope_limit_bytes=int(
-                _float(get("OTEL_DIST_TELEMETRY_MAX_BYTES"), DEFAULT_ENVELOPE_LIMIT)
-            ),
-            redact_sql=get("OTEL_DIST_REDACT_SQL").lower() in _TRUE,
-            relay=get("OTEL_DIST_RELAY").lower() in _TRUE,
+            envelope_limit_bytes=int(read("OTEL_DIST_TELEMETRY_MAX_BYTES", env)),
+            redact_sql=bool(read("OTEL_DIST_REDACT_SQL", env)),
+            relay=bool(read("OTEL_DIST_RELAY", env)),
         )
 
 
@@ -285,7 +283,7 @@ class Telemetry:
     def _resource(self) -> Resource:
         attributes: dict[str, str | int] = {
             key: urllib.parse.unquote(value)
-            for key, value in _parse_pairs(self.config.resource_attributes).items()
+            for key, value in parse_pairs(self.config.resource_attributes).items()
         }
         attributes["service.name"] = self.config.service_name
         attributes["service.instance.id"] = self.instance_id
@@ -393,16 +391,17 @@ def _exporter(config: TelemetryConfig) -> SpanExporter | None:
 
 
 def _headers(raw: str | None) -> dict[str, str] | None:
-    return _parse_pairs(raw) if raw else None
+    return parse_pairs(raw) if raw else None
 
 
-def _parse_pairs(raw: str) -> dict[str, str]:
+def parse_pairs(raw: str) -> dict[str, str]:
     """``key1=value1,key2=value2`` as the OTEL_* variables write it."""
     pairs = (item.partition("=") for item in raw.split(","))
     return {key.strip(): value.strip() for key, _, value in pairs if key.strip() and value}
 
 
-def _float(raw: str, default: float) -> float:
+def otel_number(raw: str, default: float) -> float:
+    """A numeric ``OTEL_*`` value, or ``default`` when unset or not a number (as the SDK reads them)."""
     try:
         return float(raw) if raw else default
     except ValueError:

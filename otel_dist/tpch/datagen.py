@@ -28,6 +28,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from otel_dist.settings import read
 from otel_dist.tpch import TABLES
 
 __all__ = ["default_cache_dir", "generate"]
@@ -47,7 +48,7 @@ def default_cache_dir(scale: float) -> Path:
     The cache root is ``$OTEL_DIST_CACHE_DIR`` when set, else ``~/.cache/otel_dist``. The scale
     is formatted compactly, so 0.1 gives ``tpch-sf0.1`` and 1 gives ``tpch-sf1``.
     """
-    root_env = os.environ.get(CACHE_DIR_ENV)
+    root_env = read(CACHE_DIR_ENV)
     root = Path(root_env).expanduser() if root_env else Path.home() / ".cache" / "otel_dist"
     return root / f"tpch-sf{_format_scale(scale)}"
 
