@@ -73,15 +73,20 @@ def start_worker(
 
 @contextlib.contextmanager
 def remote_cluster(
-    data: Path, env: dict[str, str] | None = None, timeout: float = 30, data_root: bool = True
+    data: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 30,
+    data_root: bool = True,
+    args: tuple[str, ...] = (),
 ) -> Iterator[tuple[str, str]]:
     """An ``otel-dist worker`` and an ``otel-dist coordinator`` process over it, as on two
     hosts; yields the coordinator's URL and the worker's, and stops both. ``data_root``: the
-    worker is given the data folder as its ``--data-root`` (else it takes the coordinator's)."""
+    worker is given the data folder as its ``--data-root`` (else it takes the coordinator's);
+    ``args`` go to both."""
     roots = ("--data-root", str(data)) if data_root else ()
-    worker, worker_url = start_worker("--port", "0", *roots, env=env, timeout=timeout)
+    worker, worker_url = start_worker("--port", "0", *roots, *args, env=env, timeout=timeout)
     coordinator = subprocess.Popen(
-        [*CLI, "coordinator", "--port", "0", "--workers", worker_url, "--data", str(data)],
+        [*CLI, "coordinator", "--port", "0", "--workers", worker_url, "--data", str(data), *args],
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,

@@ -366,29 +366,7 @@ def test_redact_sql_flags_of_hand_started_servers(tpch_dir: Path) -> None:
             "OTEL_BSP_SCHEDULE_DELAY": "100",
         }
         env.pop("OTEL_DIST_REDACT_SQL", None)
-        worker, worker_url = start_worker(
-            "--port", "0", "--data-root", str(tpch_dir), "--redact-sql", env=env
-        )
-        coordinator = subprocess.Popen(
-            [
-                *CLI,
-                "coordinator",
-                "--port",
-                "0",
-                "--workers",
-                worker_url,
-                "--data",
-                str(tpch_dir),
-                "--redact-sql",
-            ],
-            stdout=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=env,
-        )
-        try:
-            assert coordinator.stdout is not None
-            url = coordinator.stdout.readline().split()[-1]
+        with remote_cluster(tpch_dir, env, args=("--redact-sql",)) as (url, _):
             done = subprocess.run(
                 [*CLI, "query", "--coordinator", url, "-e", sql],
                 capture_output=True,
@@ -398,12 +376,8 @@ def test_redact_sql_flags_of_hand_started_servers(tpch_dir: Path) -> None:
             )
             assert done.returncode == 0, done.stderr
             spans = receiver.wait_for_spans(
-                lambda spans: any(c.OPERATOR_NAME in s.attributes for s in spans),
-                timeout=15,
+                lambda spans: any(c.OPERATOR_NAME in s.attributes for s in spans), timeout=15
             )
-        finally:
-            stop(coordinator)
-            stop(worker)
     assert any(c.OPERATOR_NAME in s.attributes for s in spans)
     for span in spans:
         text = json.dumps({k: str(v) for k, v in span.attributes.items()})
