@@ -106,14 +106,48 @@ MAX_UNDELIVERED_RELEASES = 10_000
 RECENT_QUERY_IDS = 10_000
 DEFAULT_MAX_SQL_BYTES = 1 << 20
 DEFAULT_MAX_RESULT_BYTES = 2 << 30
+# How long reading a failed query's ``error.telemetry`` waits for its background completion.
+TELEMETRY_COMPLETION_WAIT_S = 60.0
 
 
 class QueryError(RuntimeError):
-    """A query failed; the message names the cause (stage, task, worker, table...)."""
+    """A query failed; the message names the cause (stage, task, worker, table...).
+
+    A failed query's error reaches its caller at once; its telemetry (the spans of what ran,
+    fetched from the workers that are left) is completed in the background, and reading
+    ``telemetry`` waits for it (bounded). Front ends attach derived values the same way
+    (``later``: e.g. the partial EXPLAIN ANALYZE as ``analysis``)."""
 
     def __init__(self, message: str, telemetry: QueryTelemetry | None = None) -> None:
         super().__init__(message)
-        self.telemetry = telemetry
+        self._telemetry: QueryTelemetry | Future[QueryTelemetry | None] | None = telemetry
+        self._later: dict[str, Callable[[], object]] = {}
+
+    @property
+    def telemetry(self) -> QueryTelemetry | None:
+        pending = self._telemetry
+        if isinstance(pending, Future):
+            try:
+                return pending.result(timeout=TELEMETRY_COMPLETION_WAIT_S)
+            except Exception:  # not complete in time, or its collection failed
+                return None
+        return pending
+
+    @telemetry.setter
+    def telemetry(self, value: QueryTelemetry | Future[QueryTelemetry | None] | None) -> None:
+        self._telemetry = value
+
+    def later(self, name: str, compute: Callable[[], object]) -> None:
+        """Attach ``name``, computed (once) when first read."""
+        self._later[name] = compute
+
+    def __getattr__(self, name: str) -> object:
+        later = self.__dict__.get("_later", {})
+        if name not in later:
+            raise AttributeError(name)
+        value = later.pop(name)()
+        setattr(self, name, value)
+        return value
 
 
 class WorkerUnreachable(QueryError):
@@ -411,32 +445,64 @@ class Coordinator:
             query_span.set_attribute(c.DB_RETURNED_ROWS, table.num_rows + run.result_rows)
         except BaseException as error:
             failure = error
-            self._broadcast(query_id, ACTION_CANCEL_QUERY, run.workers())
-        if run.cancelled.is_set() and failure is not None:
+        if failure is None:
+            telemetry = self._finish(run, None)
+            assert run.plan is not None and table is not None
+            return QueryResult(query_id, table, run.plan, started, time.time_ns(), telemetry)
+        # A failure reaches the caller at once (within a second of the coordinator noticing
+        # it): cancelling the tasks, completing the telemetry (waiting for in-band messages,
+        # fetching the missing ones), releasing and notifying run in the background, and the
+        # error's ``telemetry`` waits for them when read.
+        if run.cancelled.is_set():
             failure = QueryError(f"query {query_id} was cancelled")
-        telemetry = self._finish_telemetry(run, failure)
-        self._record_metrics(run, telemetry, failure, started)
-        self._broadcast(query_id, ACTION_RELEASE_QUERY, run.workers())
-        with self._running_lock:
-            self._running.pop(query_id, None)
-        self._notify(
-            FinishedQuery(
-                query_id,
-                sql,
-                time.time_ns() - started,
-                None if failure is None else one_line(failure),
-                telemetry,
-            )
+        completion: Future[QueryTelemetry | None] = run_in_background(
+            self._finish, run, failure, cancel=True
         )
-        if failure is not None:
-            if isinstance(failure, QueryError):
-                failure.telemetry = telemetry
-                raise failure
-            if isinstance(failure, Exception) and not isinstance(failure, ValueError):
-                raise QueryError(one_line(failure), telemetry) from failure
+        if isinstance(failure, QueryError):
+            failure.telemetry = completion
             raise failure
-        assert run.plan is not None and table is not None
-        return QueryResult(query_id, table, run.plan, started, time.time_ns(), telemetry)
+        if isinstance(failure, Exception) and not isinstance(failure, ValueError):
+            wrapped = QueryError(one_line(failure))
+            wrapped.telemetry = completion
+            raise wrapped from failure
+        raise failure
+
+    def _finish(
+        self, run: _Run, failure: BaseException | None, cancel: bool = False
+    ) -> QueryTelemetry | None:
+        """End a query: cancel its tasks (when it failed), complete its telemetry, record
+        its metrics, release it on its workers and tell the listeners."""
+        telemetry: QueryTelemetry | None = None
+        try:
+            if cancel:
+                self._broadcast(run.query_id, ACTION_CANCEL_QUERY, run.workers())
+            telemetry = self._finish_telemetry(run, failure)
+            self._record_metrics(run, telemetry, failure, run.started_ns)
+        finally:
+            self._broadcast(run.query_id, ACTION_RELEASE_QUERY, run.workers())
+            with self._running_lock:
+                self._running.pop(run.query_id, None)
+            self._notify(
+                FinishedQuery(
+                    run.query_id,
+                    run.sql,
+                    time.time_ns() - run.started_ns,
+                    None if failure is None else one_line(failure),
+                    telemetry,
+                )
+            )
+        return telemetry
+
+    def wait_finished(self, query_id: str, timeout_s: float) -> bool:
+        """Wait (bounded) until a query is no longer running or finishing here."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._running_lock:
+                if query_id not in self._running:
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
     def sql(self, sql: str) -> pa.Table:
         return self.execute(sql).table
