@@ -196,6 +196,26 @@ def _parser() -> argparse.ArgumentParser:
         "--target-partitions", type=int, default=2, help="DataFusion partitions per task"
     )
     worker.add_argument(
+        "--spill-dir",
+        metavar="DIR",
+        help="where the worker's spill folder goes (default: the temporary folder); folders "
+        "there of workers that no longer exist are removed at start",
+    )
+    worker.add_argument(
+        "--max-running-tasks",
+        type=int,
+        metavar="N",
+        help="tasks executing at once; more wait in a queue (default: 2 per core)",
+    )
+    worker.add_argument(
+        "--execution-memory",
+        type=_byte_count,
+        default=1 << 30,
+        metavar="BYTES",
+        help="DataFusion memory of all running tasks, shared out equally; operators past "
+        "their share spill to disk (default 1 GiB)",
+    )
+    worker.add_argument(
         "--coordinator",
         metavar="URL",
         help="announce this worker to a coordinator (heartbeats; host:port or grpc://host:port)",
@@ -437,6 +457,13 @@ def _coordinator_options(parser: argparse.ArgumentParser) -> None:
         help=f"fail queries with larger results (default: {MAX_RESULT_BYTES_ENV}, else 2 GiB)",
     )
     parser.add_argument(
+        "--max-total-result-bytes",
+        type=_byte_count,
+        metavar="BYTES",
+        help="result bytes all running queries together may hold in the coordinator "
+        "(gathered results: explain runs, --explain-*; default 4 GiB)",
+    )
+    parser.add_argument(
         "--redact-sql",
         action="store_true",
         help="replace literals in db.query.text by ? (as OTEL_DIST_REDACT_SQL=true does)",
@@ -480,7 +507,13 @@ def _env_int(name: str, what: str = "a number of bytes") -> int | None:
 def _limits(args: argparse.Namespace) -> dict[str, int]:
     """The coordinator limits given on the command line (or by environment variables)."""
     limits: dict[str, int] = {}
-    for name in ("max_sql_bytes", "max_result_bytes", "max_sql_depth", "max_sql_operators"):
+    for name in (
+        "max_sql_bytes",
+        "max_result_bytes",
+        "max_total_result_bytes",
+        "max_sql_depth",
+        "max_sql_operators",
+    ):
         value = getattr(args, name, None)
         if value is not None:
             if value < 1:
@@ -616,6 +649,9 @@ def _worker(args: argparse.Namespace) -> int:
         port=args.port,
         memory_budget_bytes=args.memory_budget,
         target_partitions=args.target_partitions,
+        spill_dir=args.spill_dir,
+        max_running_tasks=args.max_running_tasks,
+        execution_memory_bytes=args.execution_memory,
         metrics_port=_port(args.metrics_port),
         data_roots=tuple(str(Path(root).expanduser().resolve()) for root in args.data_root),
         allow_any_path=args.allow_any_path,
@@ -632,6 +668,8 @@ def _worker(args: argparse.Namespace) -> int:
             heartbeat_s=max(0.1, args.heartbeat),
         )
     except pa.ArrowException as error:  # e.g. the port taken between the check and the bind
+        raise UserError(f"worker on {args.host}:{args.port}: {one_line(error)}") from None
+    except OSError as error:  # the spill folder cannot be made
         raise UserError(f"worker on {args.host}:{args.port}: {one_line(error)}") from None
     return 0
 

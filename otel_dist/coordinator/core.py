@@ -35,7 +35,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otel_dist.background import run_in_background
-from otel_dist.coordinator.health import ProbeFailed, WorkerHealth
+from otel_dist.coordinator.health import ProbeFailed, WorkerHealth, WorkerUnhealthy
 from otel_dist.coordinator.membership import (
     DEFAULT_DNS_INTERVAL_S,
     DEFAULT_HEARTBEAT_S,
@@ -106,6 +106,9 @@ MAX_UNDELIVERED_RELEASES = 10_000
 RECENT_QUERY_IDS = 10_000
 DEFAULT_MAX_SQL_BYTES = 1 << 20
 DEFAULT_MAX_RESULT_BYTES = 2 << 30
+# Result bytes all running queries together may hold in the coordinator (gathered results:
+# LocalCluster.sql, explain runs; streamed results hold a few batches and are not counted).
+DEFAULT_MAX_TOTAL_RESULT_BYTES = 4 << 30
 # How long reading a failed query's ``error.telemetry`` waits for its background completion.
 TELEMETRY_COMPLETION_WAIT_S = 60.0
 
@@ -178,6 +181,7 @@ class CoordinatorConfig:
     telemetry_fetch_timeout_s: float = 15.0
     max_sql_bytes: int = DEFAULT_MAX_SQL_BYTES
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    max_total_result_bytes: int = DEFAULT_MAX_TOTAL_RESULT_BYTES
     max_sql_depth: int = DEFAULT_MAX_SQL_DEPTH
     max_sql_operators: int = DEFAULT_MAX_SQL_OPERATORS
     health_interval_s: float = 1.0  # 0: no background probes (calls still mark workers down)
@@ -252,6 +256,7 @@ class _Run:
     lost_workers: dict[str, str] = field(default_factory=dict)  # url -> why it went down
     result_bytes: int = 0
     result_rows: int = 0
+    held_bytes: int = 0  # counted against max_total_result_bytes
     sink: Callable[[pa.RecordBatch], None] | None = None  # streamed result: batches go here
     lock: threading.Lock = field(default_factory=threading.Lock)
     started_ns: int = 0
@@ -303,6 +308,7 @@ class Coordinator:
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="coordinator")
         self._running: dict[str, _Run] = {}
         self._running_lock = threading.Lock()
+        self._held_result_bytes = 0  # gathered results of all running queries
         self._listeners: list[QueryListener] = []
         self.query_metrics = self.metrics.coordinator(lambda: len(self._running))
         self.worker_health = WorkerHealth(
@@ -445,6 +451,8 @@ class Coordinator:
             query_span.set_attribute(c.DB_RETURNED_ROWS, table.num_rows + run.result_rows)
         except BaseException as error:
             failure = error
+        finally:
+            self._drop_result(run)  # handed to the caller (its table), or dropped
         if failure is None:
             telemetry = self._finish(run, None)
             assert run.plan is not None and table is not None
@@ -537,11 +545,17 @@ class Coordinator:
     def _probe(self, url: str, timeout_s: float) -> None:
         """One health probe for the monitor."""
         try:
-            self._action(url, ACTION_HEALTH, b"", timeout_s)
+            report = self._action(url, ACTION_HEALTH, b"", timeout_s)
         except WorkerUnreachable as error:
             raise ProbeFailed(str(error), definite=not error.timed_out) from None
         except QueryError as error:  # it answers, but refuses us (token, TLS): unusable
             raise ProbeFailed(str(error), definite=True) from None
+        try:
+            unhealthy = json.loads(report).get("unhealthy")
+        except (ValueError, AttributeError):
+            unhealthy = None
+        if unhealthy:  # there, but no new work for it (it cannot spill, say)
+            raise WorkerUnhealthy(str(unhealthy)[:300])
 
     def _worker_down(self, url: str, reason: str) -> None:
         """Fail the running queries that have tasks on a worker that went down."""
@@ -591,7 +605,10 @@ class Coordinator:
         list(self._pool.map(self.worker_health.check, self.workers))
         healthy = self.worker_health.healthy()
         if not healthy:
-            tried = "; ".join(f"{s.url}: {s.reason}" for s in self.worker_health.states())
+            tried = "; ".join(
+                f"{s.url}: {s.reason if not s.up else s.unhealthy}"
+                for s in self.worker_health.states()
+            )
             raise WorkerUnreachable(
                 f"no worker is usable (tried {tried or 'none'}; from {self.membership.describe()})"
             )
@@ -888,6 +905,31 @@ class Coordinator:
         output = plain_schema(run.plan.output_schema)
         return pa.Table.from_batches([conform(b, output) for b in batches], schema=output)
 
+    def _hold_result(self, run: _Run, size: int) -> None:
+        """Count ``size`` gathered bytes against the coordinator-wide cap, or fail the query."""
+        with self._running_lock:
+            total = self._held_result_bytes + size
+            over = total > self.config.max_total_result_bytes
+            if not over:
+                self._held_result_bytes = total
+                run.held_bytes += size
+        if over:
+            raise QueryError(
+                f"query {run.query_id}: the results held by the running queries exceed the "
+                f"coordinator's limit of {self.config.max_total_result_bytes} bytes "
+                "(max_total_result_bytes); retry later, add a LIMIT or raise the limit"
+            )
+
+    def _drop_result(self, run: _Run) -> None:
+        with self._running_lock:
+            self._held_result_bytes = max(0, self._held_result_bytes - run.held_bytes)
+            run.held_bytes = 0
+
+    @property
+    def held_result_bytes(self) -> int:
+        """Bytes of gathered results the running queries hold now."""
+        return self._held_result_bytes
+
     def _to_sink(self, run: _Run, batch: pa.RecordBatch) -> None:
         """Hand a batch of a streamed result to its sink, one reading thread at a time."""
         assert run.plan is not None and run.sink is not None
@@ -916,9 +958,12 @@ class Coordinator:
             ):
                 if run.cancelled.is_set():
                     raise QueryError(f"query {run.query_id} was cancelled")
+                size = batch.get_total_buffer_size()  # received: owns its buffers
                 with run.lock:
-                    run.result_bytes += batch.get_total_buffer_size()  # received: owns its buffers
+                    run.result_bytes += size
                     too_large = run.result_bytes > self.config.max_result_bytes
+                if run.sink is None and not too_large:
+                    self._hold_result(run, size)
                 if too_large:
                     raise QueryError(
                         f"query {run.query_id}: the result exceeds the limit of "

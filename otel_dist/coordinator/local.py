@@ -25,6 +25,7 @@ import pyarrow as pa
 from otel_dist.coordinator.core import (
     DEFAULT_MAX_RESULT_BYTES,
     DEFAULT_MAX_SQL_BYTES,
+    DEFAULT_MAX_TOTAL_RESULT_BYTES,
     Coordinator,
     CoordinatorConfig,
     QueryResult,
@@ -73,6 +74,7 @@ class LocalCluster:
         internal_secret: bool | None = None,
         max_sql_bytes: int = DEFAULT_MAX_SQL_BYTES,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        max_total_result_bytes: int = DEFAULT_MAX_TOTAL_RESULT_BYTES,
         max_sql_depth: int = DEFAULT_MAX_SQL_DEPTH,
         max_sql_operators: int = DEFAULT_MAX_SQL_OPERATORS,
         redact_sql: bool = False,
@@ -127,6 +129,7 @@ class LocalCluster:
         self.security = security
         self.max_sql_bytes = max_sql_bytes
         self.max_result_bytes = max_result_bytes
+        self.max_total_result_bytes = max_total_result_bytes
         self.max_sql_depth = max_sql_depth
         self.max_sql_operators = max_sql_operators
         self.redact_sql = redact_sql
@@ -183,6 +186,7 @@ class LocalCluster:
                     min_task_bytes=self.min_task_bytes,
                     max_sql_bytes=self.max_sql_bytes,
                     max_result_bytes=self.max_result_bytes,
+                    max_total_result_bytes=self.max_total_result_bytes,
                     max_sql_depth=self.max_sql_depth,
                     max_sql_operators=self.max_sql_operators,
                     security=self.security,
