@@ -15,13 +15,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.flight as flight
 import pytest
 
 from otel_dist.coordinator.core import QueryError
 from otel_dist.coordinator.local import LocalCluster
+from otel_dist.protocol import BucketTicket
+from otel_dist.telemetry import conventions as c
 from otel_dist.worker.buckets import Bucket, MemoryBudget
 from otel_dist.worker.spill import SpillError
-from tests.support import start_worker, stop, wait_until, worker_health
+from tests.oracle import single_node
+from tests.support import metric_sum, scrape, start_worker, stop, wait_until, worker_health
 
 CROSS_JOIN = "select count(*), sum(a.l_quantity * b.l_discount) from lineitem a join lineitem b on a.l_linenumber = b.l_linenumber"
 
@@ -158,10 +162,9 @@ def test_a_worker_that_cannot_spill_is_unhealthy_and_gets_no_work(tpch_dir: Path
             urls = list(cluster.worker_urls)
             assert all(worker_health(u)["healthy"] for u in urls)
             filler = device / "filler"
-            with open(filler, "wb") as out:  # fill the device
-                with contextlib.suppress(OSError):
-                    while True:
-                        out.write(b"\0" * (1 << 16))
+            with open(filler, "wb") as out, contextlib.suppress(OSError):  # fill the device
+                while True:
+                    out.write(b"\0" * (1 << 16))
             try:
                 report = wait_until(
                     lambda: next((h for h in [worker_health(urls[0])] if not h["healthy"]), None),
@@ -172,7 +175,7 @@ def test_a_worker_that_cannot_spill_is_unhealthy_and_gets_no_work(tpch_dir: Path
                 wait_until(
                     lambda: coordinator.worker_health.healthy() == [], 10, "no usable worker"
                 )
-                with pytest.raises(QueryError, match="no worker is usable.*no space left"):
+                with pytest.raises(QueryError, match=r"no worker is usable.*no space left"):
                     cluster.sql("select count(*) from nation")
             finally:
                 filler.unlink()
@@ -202,3 +205,133 @@ def test_start_up_removes_the_spill_folders_of_dead_workers(tmp_path: Path) -> N
         stop(second)
         if third is not None:
             stop(third)
+
+
+# ---- 3. bounded threads ----------------------------------------------------------------------
+
+
+def _threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no thread count")
+
+
+def test_300_waiting_reads_for_unknown_tasks_do_not_grow_the_threads(tmp_path: Path) -> None:
+    worker, url = start_worker("--port", "0")
+    try:
+        idle = _threads(worker.pid)
+        errors: list[str] = []
+        peak = [idle]
+
+        def read(index: int) -> None:
+            ticket = BucketTicket("q" * 8 + str(index), 1, 0, 0).to_bytes()
+            client = flight.FlightClient(url)
+            try:
+                client.do_get(flight.Ticket(ticket)).read_all()
+            except flight.FlightError as error:
+                errors.append(str(error))
+            finally:
+                client.close()
+
+        readers = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(300)]
+        for reader in readers:
+            reader.start()
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            peak[0] = max(peak[0], _threads(worker.pid))
+            time.sleep(0.1)
+        busy = [e for e in errors if "max_waiting_calls" in e]
+        assert len(busy) >= 200, errors[:3]
+        assert "worker busy: 64 calls wait for a task already" in busy[0]
+        assert peak[0] < idle + 120, f"{idle} threads idle, {peak[0]} under 300 waiting reads"
+    finally:
+        stop(worker)
+
+
+# ---- 4. admission control --------------------------------------------------------------------
+
+
+def test_tasks_beyond_the_running_limit_queue_and_say_how_long(tpch_dir: Path) -> None:
+    with LocalCluster(
+        workers=1,
+        data=tpch_dir,
+        min_task_bytes=0,
+        metrics_ports=True,
+        worker_args=["--max-running-tasks", "1"],
+    ) as cluster:
+        health = worker_health(cluster.worker_urls[0])
+        assert health["max_running_tasks"] == 1
+        results: list[object] = []
+        sql = "select l_returnflag, count(*) from lineitem group by 1 order by 1"
+        runners = [
+            threading.Thread(target=lambda: results.append(cluster.execute(sql))) for _ in range(3)
+        ]
+        for runner in runners:
+            runner.start()
+        for runner in runners:
+            runner.join(120)
+        assert len(results) == 3
+        queued = [
+            s.attributes.get(c.TASK_QUEUED_TIME)
+            for r in results
+            for s in r.telemetry.spans  # type: ignore[attr-defined]
+            if s.name == c.SPAN_TASK
+        ]
+        assert all(isinstance(q, int) for q in queued), queued
+        assert max(queued) > 1_000_000, queued  # some task waited for its turn
+        url = cluster.worker_metrics_urls[0]
+        count = wait_until(
+            lambda: metric_sum(scrape(url), "otel_dist_task_queue_time_seconds_count"),
+            15,
+            "the queue time histogram",
+        )
+        assert count >= len(queued)
+
+
+# ---- 5. execution memory ---------------------------------------------------------------------
+
+
+def test_a_query_larger_than_the_execution_memory_completes_by_spilling(tpch_dir: Path) -> None:
+    # Every column of lineitem (about 10 MB as Arrow at SF 0.01) sorted within 16 MB shared
+    # by two partitions; (l_orderkey, l_linenumber) is unique, so the order is determined.
+    sql = "select * from lineitem order by l_comment, l_orderkey, l_linenumber"
+    with LocalCluster(
+        workers=1,
+        data=tpch_dir,
+        worker_args=[
+            "--execution-memory",
+            "16000000",
+            "--max-running-tasks",
+            "1",
+            "--target-partitions",
+            "1",
+        ],
+    ) as cluster:
+        result = cluster.execute(sql)
+        expected = single_node(tpch_dir, sql)
+        assert result.table.num_rows == expected.num_rows
+        assert result.table.equals(expected.cast(result.table.schema))
+        spills = [
+            s.attributes.get("otel_dist.metrics.spill_count", 0)
+            for s in result.telemetry.spans  # type: ignore[union-attr]
+            if s.name.startswith("SortExec")
+        ]
+        assert spills and max(spills) > 0, spills  # type: ignore[type-var]
+
+
+# ---- 6. the coordinator-wide cap on held results ---------------------------------------------
+
+
+def test_results_held_by_all_queries_are_capped(tpch_dir: Path) -> None:
+    with LocalCluster(
+        workers=2, data=tpch_dir, max_result_bytes=1 << 30, max_total_result_bytes=1 << 20
+    ) as cluster:
+        with pytest.raises(QueryError) as caught:
+            cluster.sql("select * from lineitem")
+        message = str(caught.value)
+        assert "limit of 1048576 bytes (max_total_result_bytes)" in message
+        assert "\n" not in message
+        assert cluster.coordinator.held_result_bytes == 0  # given back when it failed
+        assert cluster.sql("select * from nation").num_rows == 25
+        assert cluster.coordinator.held_result_bytes == 0

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_EXECUTION_MEMORY_BYTES = 1 << 30
 # A task's pool never goes below this, however many tasks share the budget.
-MIN_TASK_POOL_BYTES = 16 << 20
+MIN_TASK_POOL_BYTES = 1 << 20
 DEFAULT_IDLE_TRIM_S = 2.0
 
 

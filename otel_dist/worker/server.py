@@ -292,6 +292,7 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
             security=self.config.security.internal(),  # reads from other workers
             admission=self.admission,
             runtime=execution_runtime(self.task_pool_bytes, self._spill_root),
+            pool_bytes=self.task_pool_bytes,
         )
         with self._lock:
             keys = [spec.key for spec in specs]

@@ -86,6 +86,7 @@ class TaskSettings:
     security: SecurityConfig = NO_SECURITY
     admission: Admission | None = None  # turns to execute (worker/admission.py)
     runtime: RuntimeEnvBuilder | None = None  # each session's memory pool and spill folder
+    pool_bytes: int | None = None  # the size of that pool
 
 
 @dataclass
@@ -183,7 +184,9 @@ class Task:
         ctx: SessionContext | None = None
         try:
             with Stopwatch(self.clock, PLANNING):
-                ctx = new_session(self.settings.target_partitions, self.settings.runtime)
+                ctx = new_session(
+                    self.settings.target_partitions, self.settings.runtime, self.settings.pool_bytes
+                )
             for task_input in self.spec.inputs:
                 part = PLANNING
                 if task_input.is_stage_input and task_input.sources:
