@@ -94,6 +94,7 @@ from otel_dist.telemetry.redaction import operation_name, redact_sql
 from otel_dist.telemetry.relay import SpanRelay
 from otel_dist.telemetry.setup import Telemetry
 from otel_dist.telemetry.task_spans import ReadRecord, record_read_span
+from otel_dist.worker.memory import IdleTrimmer
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +310,8 @@ class Coordinator:
         self._running: dict[str, _Run] = {}
         self._running_lock = threading.Lock()
         self._held_result_bytes = 0  # gathered results of all running queries
+        # Results and plans freed after a burst of queries go back to the operating system.
+        self.trimmer = IdleTrimmer(lambda: bool(self._running)).start()
         self._listeners: list[QueryListener] = []
         self.query_metrics = self.metrics.coordinator(lambda: len(self._running))
         self.worker_health = WorkerHealth(
@@ -535,6 +538,7 @@ class Coordinator:
         if self.relay is not None:
             self.relay.shutdown()
         self.membership.close()
+        self.trimmer.stop()
         self.worker_health.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.telemetry.shutdown()
