@@ -335,3 +335,19 @@ def test_results_held_by_all_queries_are_capped(tpch_dir: Path) -> None:
         assert cluster.coordinator.held_result_bytes == 0  # given back when it failed
         assert cluster.sql("select * from nation").num_rows == 25
         assert cluster.coordinator.held_result_bytes == 0
+
+
+# ---- 7. memory handed back once idle ---------------------------------------------------------
+
+
+def test_an_idle_worker_hands_its_free_memory_back(tpch_dir: Path) -> None:
+    env = {**os.environ, "OTEL_DIST_IDLE_TRIM_S": "1"}
+    with LocalCluster(workers=1, data=tpch_dir, env=env) as cluster:
+        url = cluster.worker_urls[0]
+        before = int(worker_health(url)["memory_trims"])  # type: ignore[call-overload]
+        cluster.sql("select l_comment, count(*) from lineitem group by 1 order by 2 desc")
+        wait_until(
+            lambda: int(worker_health(url)["memory_trims"]) > before,  # type: ignore[call-overload]
+            15,
+            "the idle worker to trim its memory",
+        )

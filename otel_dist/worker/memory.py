@@ -9,7 +9,7 @@ output buckets, which have their own budget) is not in the pool.
 
 Handing memory back: DataFusion and Arrow allocate through their own mimalloc, Python and
 the rest through glibc malloc, pyarrow through its default pool. Once no task has run for
-``idle_s``, the worker asks each to return what it holds unused: ``malloc_trim(0)`` (glibc),
+``idle_s`` (``OTEL_DIST_IDLE_TRIM_S``, default 2; 0: never), the process asks each to return what it holds unused: ``malloc_trim(0)`` (glibc),
 ``release_unused()`` on pyarrow's pool; mimalloc returns freed memory by itself after
 ``MIMALLOC_PURGE_DELAY`` ms (see ``allocator.py``).
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,14 @@ DEFAULT_EXECUTION_MEMORY_BYTES = 1 << 30
 # A task's pool never goes below this, however many tasks share the budget.
 MIN_TASK_POOL_BYTES = 1 << 20
 DEFAULT_IDLE_TRIM_S = 2.0
+IDLE_TRIM_ENV = "OTEL_DIST_IDLE_TRIM_S"  # seconds idle before trimming; 0: never
+
+
+def idle_trim_from_env() -> float:
+    try:
+        return max(0.0, float(os.environ.get(IDLE_TRIM_ENV, DEFAULT_IDLE_TRIM_S)))
+    except ValueError:
+        return DEFAULT_IDLE_TRIM_S
 
 
 def task_pool_bytes(execution_memory_bytes: int, max_running_tasks: int) -> int:
@@ -72,13 +81,15 @@ class IdleTrimmer:
     """Calls ``release_memory`` once after the worker has been idle for ``idle_s``."""
 
     busy: object  # Callable[[], bool]: whether tasks run now
-    idle_s: float = DEFAULT_IDLE_TRIM_S
+    idle_s: float = field(default_factory=idle_trim_from_env)  # 0: never
     _stop: threading.Event = field(default_factory=threading.Event)
     _last_busy: float = field(default_factory=time.monotonic)
     _trimmed: bool = True
     trims: int = 0
 
     def start(self) -> IdleTrimmer:
+        if self.idle_s <= 0:
+            return self
         threading.Thread(target=self._loop, name="memory-trim", daemon=True).start()
         return self
 

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -77,9 +77,9 @@ from otel_dist.worker.buckets import Bucket, BucketError, MemoryBudget
 from otel_dist.worker.limits import DEFAULT_MAX_OPEN_STREAMS, DEFAULT_MAX_WAITING_CALLS, CallLimit
 from otel_dist.worker.memory import (
     DEFAULT_EXECUTION_MEMORY_BYTES,
-    DEFAULT_IDLE_TRIM_S,
     IdleTrimmer,
     execution_runtime,
+    idle_trim_from_env,
     task_pool_bytes,
 )
 from otel_dist.worker.progress import WorkerProgress, task_progress
@@ -112,7 +112,8 @@ class WorkerConfig:
     execution_memory_bytes: int = DEFAULT_EXECUTION_MEMORY_BYTES  # DataFusion, all tasks
     max_waiting_calls: int = DEFAULT_MAX_WAITING_CALLS  # calls waiting for a task to exist
     max_open_streams: int = DEFAULT_MAX_OPEN_STREAMS  # bucket streams served at once
-    idle_trim_s: float = DEFAULT_IDLE_TRIM_S  # idle this long: memory handed back to the OS
+    # Idle this long: memory handed back to the OS (OTEL_DIST_IDLE_TRIM_S; 0: never).
+    idle_trim_s: float = field(default_factory=idle_trim_from_env)
     security: SecurityConfig = NO_SECURITY
 
 
@@ -387,6 +388,7 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
                 "admission_queue": self.admission.queued,
                 "max_running_tasks": self.admission.limit,
                 "task_memory_pool_bytes": self.task_pool_bytes,
+                "memory_trims": self.trimmer.trims,
                 "queries": len(self._query_seen),
                 "memory_used_bytes": self.budget.used_bytes,
                 "spilled_bytes": self.budget.spilled_bytes,

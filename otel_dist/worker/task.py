@@ -288,7 +288,8 @@ class Task:
 
     def _queued(self, waited_ns: int) -> None:
         self.queued_ns = waited_ns
-        self.clock.add(QUEUED, waited_ns)
+        if waited_ns:
+            self.clock.add(QUEUED, waited_ns)
 
     def _stopped(self) -> bool:
         return self._cancel.is_set() or self._abort.is_set()
