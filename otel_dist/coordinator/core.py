@@ -441,6 +441,7 @@ class Coordinator:
         )
         with self._running_lock:
             self._running[query_id] = run
+        self.trimmer.touch()
         failure: BaseException | None = None
         table: pa.Table | None = None
         try:

@@ -85,7 +85,12 @@ class IdleTrimmer:
     _stop: threading.Event = field(default_factory=threading.Event)
     _last_busy: float = field(default_factory=time.monotonic)
     _trimmed: bool = True
+    _touched: bool = False
     trims: int = 0
+
+    def touch(self) -> None:
+        """Work arrived (however short: it may end between two looks at ``busy``)."""
+        self._touched = True
 
     def start(self) -> IdleTrimmer:
         if self.idle_s <= 0:
@@ -99,7 +104,8 @@ class IdleTrimmer:
     def _loop(self) -> None:
         while not self._stop.wait(min(1.0, self.idle_s)):
             try:
-                if self.busy():  # type: ignore[operator]
+                touched, self._touched = self._touched, False
+                if touched or self.busy():  # type: ignore[operator]
                     self._last_busy, self._trimmed = time.monotonic(), False
                 elif not self._trimmed and time.monotonic() - self._last_busy >= self.idle_s:
                     release_memory()

@@ -295,6 +295,7 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
             runtime=execution_runtime(self.task_pool_bytes, self._spill_root),
             pool_bytes=self.task_pool_bytes,
         )
+        self.trimmer.touch()
         with self._lock:
             keys = [spec.key for spec in specs]
             for index, key in enumerate(keys):
