@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
-from datafusion import SessionConfig, SessionContext, SQLOptions
+from datafusion import RuntimeEnvBuilder, SessionConfig, SessionContext, SQLOptions
 
 DEFAULT_TARGET_PARTITIONS = 2
 # Rows per batch, DataFusion's default being 8192. Every batch a worker exchanges crosses Python
@@ -16,16 +16,26 @@ DEFAULT_BATCH_SIZE = 32_768
 QUERY_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
 
 
-def new_session(target_partitions: int = DEFAULT_TARGET_PARTITIONS) -> SessionContext:
+def new_session(
+    target_partitions: int = DEFAULT_TARGET_PARTITIONS,
+    runtime: RuntimeEnvBuilder | None = None,
+    pool_bytes: int | None = None,
+) -> SessionContext:
     """A DataFusion session with otel_dist's settings (partitions sized for small machines,
-    larger batches); single-node DataFusion, the oracle and the benchmark baseline, uses it too."""
+    larger batches); single-node DataFusion, the oracle and the benchmark baseline, uses it too.
+    ``runtime``: its memory pool (of ``pool_bytes``) and spill folder (workers bound each
+    task's memory); a sort keeps an eighth of the pool, at most DataFusion's 10 MiB, for
+    merging what it spilled."""
     config = (
         SessionConfig()
         .with_target_partitions(max(1, target_partitions))
         .with_batch_size(DEFAULT_BATCH_SIZE)
         .set("datafusion.sql_parser.map_string_types_to_utf8view", "false")
     )
-    return SessionContext(config)
+    if pool_bytes is not None:
+        reserve = max(64 << 10, min(10 << 20, pool_bytes // 8))
+        config = config.set("datafusion.execution.sort_spill_reservation_bytes", str(reserve))
+    return SessionContext(config, runtime)
 
 
 _VIEW_TYPES: dict[pa.DataType, pa.DataType] = {

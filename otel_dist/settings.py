@@ -96,6 +96,13 @@ _ALL = (
         "queries with larger results fail (as --max-result-bytes)",
     ),
     Setting(
+        "OTEL_DIST_MAX_TOTAL_RESULT_BYTES",
+        "count",
+        4 << 30,
+        "result bytes all running queries together may hold in the coordinator "
+        "(as --max-total-result-bytes)",
+    ),
+    Setting(
         "OTEL_DIST_MAX_SQL_DEPTH",
         "count",
         500,
@@ -123,6 +130,12 @@ _ALL = (
     Setting("OTEL_DIST_TLS_CERT", "text", None, "TLS certificate, PEM file (as --tls-cert)"),
     Setting("OTEL_DIST_TLS_KEY", "text", None, "TLS private key, PEM file (as --tls-key)"),
     Setting("OTEL_DIST_TLS_CA", "text", None, "CA certificates to verify peers by (as --tls-ca)"),
+    Setting(
+        "OTEL_DIST_IDLE_TRIM_S",
+        "number",
+        2.0,
+        "a worker or coordinator idle this long hands memory back to the OS (0: never)",
+    ),
     Setting(
         "OTEL_DIST_CACHE_DIR",
         "text",

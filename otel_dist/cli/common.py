@@ -18,6 +18,7 @@ from otel_dist.progress_view import ProgressDisplay
 EXIT_USER_ERROR = 1
 MAX_SQL_BYTES_ENV = "OTEL_DIST_MAX_SQL_BYTES"
 MAX_RESULT_BYTES_ENV = "OTEL_DIST_MAX_RESULT_BYTES"
+MAX_TOTAL_RESULT_BYTES_ENV = "OTEL_DIST_MAX_TOTAL_RESULT_BYTES"
 MAX_SQL_DEPTH_ENV = "OTEL_DIST_MAX_SQL_DEPTH"
 MAX_SQL_OPERATORS_ENV = "OTEL_DIST_MAX_SQL_OPERATORS"
 METRICS_PORT_HELP = (
@@ -65,7 +66,13 @@ def byte_count(raw: str) -> int:
 def limits_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The coordinator limits given on the command line (or by environment variables)."""
     limits: dict[str, Any] = {}
-    for name in ("max_sql_bytes", "max_result_bytes", "max_sql_depth", "max_sql_operators"):
+    for name in (
+        "max_sql_bytes",
+        "max_result_bytes",
+        "max_total_result_bytes",
+        "max_sql_depth",
+        "max_sql_operators",
+    ):
         value = getattr(args, name, None)
         if value is not None:
             if value < 1:

@@ -11,6 +11,8 @@ from otel_dist.cli.common import (
     MAX_SQL_BYTES_ENV,
     MAX_SQL_DEPTH_ENV,
     MAX_SQL_OPERATORS_ENV,
+    MAX_TOTAL_RESULT_BYTES_ENV,
+    byte_count,
 )
 from otel_dist.settings import read
 
@@ -106,6 +108,15 @@ def coordinator_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=read(MAX_RESULT_BYTES_ENV, default=None),
         help=f"fail queries with larger results (default: {MAX_RESULT_BYTES_ENV}, else 2 GiB)",
+    )
+    parser.add_argument(
+        "--max-total-result-bytes",
+        type=byte_count,
+        default=read(MAX_TOTAL_RESULT_BYTES_ENV, default=None),
+        metavar="BYTES",
+        help="result bytes all running queries together may hold in the coordinator "
+        f"(gathered results: explain runs, --explain-*; default: {MAX_TOTAL_RESULT_BYTES_ENV}, "
+        "else 4 GiB)",
     )
     parser.add_argument(
         "--redact-sql",

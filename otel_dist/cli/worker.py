@@ -13,6 +13,7 @@ import pyarrow as pa
 from otel_dist.cli.common import (
     METRICS_PORT_HELP,
     UserError,
+    byte_count,
     ensure_port_free,
     flight_address,
     limits_from_args,
@@ -32,6 +33,26 @@ def add(commands: Any) -> None:
     )
     worker.add_argument(
         "--target-partitions", type=int, default=2, help="DataFusion partitions per task"
+    )
+    worker.add_argument(
+        "--spill-dir",
+        metavar="DIR",
+        help="where the worker's spill folder goes (default: the temporary folder); folders "
+        "there of workers that no longer exist are removed at start",
+    )
+    worker.add_argument(
+        "--max-running-tasks",
+        type=int,
+        metavar="N",
+        help="tasks executing at once; more wait in a queue (default: 2 per core)",
+    )
+    worker.add_argument(
+        "--execution-memory",
+        type=byte_count,
+        default=1 << 30,
+        metavar="BYTES",
+        help="DataFusion memory of all running tasks, shared out equally; operators past "
+        "their share spill to disk (default 1 GiB)",
     )
     worker.add_argument(
         "--coordinator",
@@ -108,6 +129,9 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         memory_budget_bytes=args.memory_budget,
         target_partitions=args.target_partitions,
+        spill_dir=args.spill_dir,
+        max_running_tasks=args.max_running_tasks,
+        execution_memory_bytes=args.execution_memory,
         metrics_port=valid_port(args.metrics_port),
         data_roots=tuple(str(Path(root).expanduser().resolve()) for root in args.data_root),
         allow_any_path=args.allow_any_path,
@@ -125,5 +149,7 @@ def run(args: argparse.Namespace) -> int:
             heartbeat_s=max(0.1, args.heartbeat),
         )
     except pa.ArrowException as error:  # e.g. the port taken between the check and the bind
+        raise UserError(f"worker on {args.host}:{args.port}: {one_line(error)}") from None
+    except OSError as error:  # the spill folder cannot be made
         raise UserError(f"worker on {args.host}:{args.port}: {one_line(error)}") from None
     return 0

@@ -36,7 +36,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from otel_dist import settings
 from otel_dist.background import run_in_background
-from otel_dist.coordinator.health import ProbeFailed, WorkerHealth
+from otel_dist.coordinator.health import ProbeFailed, WorkerHealth, WorkerUnhealthy
 from otel_dist.coordinator.membership import (
     DEFAULT_DNS_INTERVAL_S,
     DEFAULT_HEARTBEAT_S,
@@ -93,6 +93,7 @@ from otel_dist.telemetry.redaction import operation_name, redact_sql
 from otel_dist.telemetry.relay import SpanRelay
 from otel_dist.telemetry.setup import Telemetry
 from otel_dist.telemetry.task_spans import ReadRecord, record_read_span
+from otel_dist.worker.memory import IdleTrimmer
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +106,51 @@ MAX_UNDELIVERED_RELEASES = 10_000
 RECENT_QUERY_IDS = 10_000
 DEFAULT_MAX_SQL_BYTES: int = settings.SETTINGS["OTEL_DIST_MAX_SQL_BYTES"].default
 DEFAULT_MAX_RESULT_BYTES: int = settings.SETTINGS["OTEL_DIST_MAX_RESULT_BYTES"].default
+# Result bytes all running queries together may hold in the coordinator (gathered results:
+# LocalCluster.sql, explain runs; streamed results hold a few batches and are not counted).
+DEFAULT_MAX_TOTAL_RESULT_BYTES: int = settings.SETTINGS["OTEL_DIST_MAX_TOTAL_RESULT_BYTES"].default
+# How long reading a failed query's ``error.telemetry`` waits for its background completion.
+TELEMETRY_COMPLETION_WAIT_S = 60.0
 
 
 class QueryError(RuntimeError):
-    """A query failed; the message names the cause (stage, task, worker, table...)."""
+    """A query failed; the message names the cause (stage, task, worker, table...).
+
+    A failed query's error reaches its caller at once; its telemetry (the spans of what ran,
+    fetched from the workers that are left) is completed in the background, and reading
+    ``telemetry`` waits for it (bounded). Front ends attach derived values the same way
+    (``later``: e.g. the partial EXPLAIN ANALYZE as ``analysis``)."""
 
     def __init__(self, message: str, telemetry: QueryTelemetry | None = None) -> None:
         super().__init__(message)
-        self.telemetry = telemetry
+        self._telemetry: QueryTelemetry | Future[QueryTelemetry | None] | None = telemetry
+        self._later: dict[str, Callable[[], object]] = {}
+
+    @property
+    def telemetry(self) -> QueryTelemetry | None:
+        pending = self._telemetry
+        if isinstance(pending, Future):
+            try:
+                return pending.result(timeout=TELEMETRY_COMPLETION_WAIT_S)
+            except Exception:  # not complete in time, or its collection failed
+                return None
+        return pending
+
+    @telemetry.setter
+    def telemetry(self, value: QueryTelemetry | Future[QueryTelemetry | None] | None) -> None:
+        self._telemetry = value
+
+    def later(self, name: str, compute: Callable[[], object]) -> None:
+        """Attach ``name``, computed (once) when first read."""
+        self._later[name] = compute
+
+    def __getattr__(self, name: str) -> object:
+        later = self.__dict__.get("_later", {})
+        if name not in later:
+            raise AttributeError(name)
+        value = later.pop(name)()
+        setattr(self, name, value)
+        return value
 
 
 class WorkerUnreachable(QueryError):
@@ -145,6 +183,9 @@ class CoordinatorConfig:
     max_sql_bytes: int = field(default_factory=lambda: settings.read("OTEL_DIST_MAX_SQL_BYTES"))
     max_result_bytes: int = field(
         default_factory=lambda: settings.read("OTEL_DIST_MAX_RESULT_BYTES")
+    )
+    max_total_result_bytes: int = field(
+        default_factory=lambda: settings.read("OTEL_DIST_MAX_TOTAL_RESULT_BYTES")
     )
     max_sql_depth: int = field(default_factory=lambda: settings.read("OTEL_DIST_MAX_SQL_DEPTH"))
     max_sql_operators: int = field(
@@ -225,6 +266,7 @@ class _Run:
     lost_workers: dict[str, str] = field(default_factory=dict)  # url -> why it went down
     result_bytes: int = 0
     result_rows: int = 0
+    held_bytes: int = 0  # counted against max_total_result_bytes
     sink: Callable[[pa.RecordBatch], None] | None = None  # streamed result: batches go here
     lock: threading.Lock = field(default_factory=threading.Lock)
     started_ns: int = 0
@@ -276,6 +318,9 @@ class Coordinator:
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="coordinator")
         self._running: dict[str, _Run] = {}
         self._running_lock = threading.Lock()
+        self._held_result_bytes = 0  # gathered results of all running queries
+        # Results and plans freed after a burst of queries go back to the operating system.
+        self.trimmer = IdleTrimmer(lambda: bool(self._running)).start()
         self._listeners: list[QueryListener] = []
         self.query_metrics = self.metrics.coordinator(lambda: len(self._running))
         self.worker_health = WorkerHealth(
@@ -405,6 +450,7 @@ class Coordinator:
         )
         with self._running_lock:
             self._running[query_id] = run
+        self.trimmer.touch()
         failure: BaseException | None = None
         table: pa.Table | None = None
         try:
@@ -418,32 +464,66 @@ class Coordinator:
             query_span.set_attribute(c.DB_RETURNED_ROWS, table.num_rows + run.result_rows)
         except BaseException as error:
             failure = error
-            self._broadcast(query_id, ACTION_CANCEL_QUERY, run.workers())
-        if run.cancelled.is_set() and failure is not None:
+        finally:
+            self._drop_result(run)  # handed to the caller (its table), or dropped
+        if failure is None:
+            telemetry = self._finish(run, None)
+            assert run.plan is not None and table is not None
+            return QueryResult(query_id, table, run.plan, started, time.time_ns(), telemetry)
+        # A failure reaches the caller at once (within a second of the coordinator noticing
+        # it): cancelling the tasks, completing the telemetry (waiting for in-band messages,
+        # fetching the missing ones), releasing and notifying run in the background, and the
+        # error's ``telemetry`` waits for them when read.
+        if run.cancelled.is_set():
             failure = QueryError(f"query {query_id} was cancelled")
-        telemetry = self._finish_telemetry(run, failure)
-        self._record_metrics(run, telemetry, failure, started)
-        self._broadcast(query_id, ACTION_RELEASE_QUERY, run.workers())
-        with self._running_lock:
-            self._running.pop(query_id, None)
-        self._notify(
-            FinishedQuery(
-                query_id,
-                sql,
-                time.time_ns() - started,
-                None if failure is None else one_line(failure),
-                telemetry,
-            )
+        completion: Future[QueryTelemetry | None] = run_in_background(
+            self._finish, run, failure, cancel=True
         )
-        if failure is not None:
-            if isinstance(failure, QueryError):
-                failure.telemetry = telemetry
-                raise failure
-            if isinstance(failure, Exception) and not isinstance(failure, ValueError):
-                raise QueryError(one_line(failure), telemetry) from failure
+        if isinstance(failure, QueryError):
+            failure.telemetry = completion
             raise failure
-        assert run.plan is not None and table is not None
-        return QueryResult(query_id, table, run.plan, started, time.time_ns(), telemetry)
+        if isinstance(failure, Exception) and not isinstance(failure, ValueError):
+            wrapped = QueryError(one_line(failure))
+            wrapped.telemetry = completion
+            raise wrapped from failure
+        raise failure
+
+    def _finish(
+        self, run: _Run, failure: BaseException | None, cancel: bool = False
+    ) -> QueryTelemetry | None:
+        """End a query: cancel its tasks (when it failed), complete its telemetry, record
+        its metrics, release it on its workers and tell the listeners."""
+        telemetry: QueryTelemetry | None = None
+        try:
+            if cancel:
+                self._broadcast(run.query_id, ACTION_CANCEL_QUERY, run.workers())
+            telemetry = self._finish_telemetry(run, failure)
+            self._record_metrics(run, telemetry, failure, run.started_ns)
+        finally:
+            self._broadcast(run.query_id, ACTION_RELEASE_QUERY, run.workers())
+            with self._running_lock:
+                self._running.pop(run.query_id, None)
+            self._notify(
+                FinishedQuery(
+                    run.query_id,
+                    run.sql,
+                    time.time_ns() - run.started_ns,
+                    None if failure is None else one_line(failure),
+                    telemetry,
+                )
+            )
+        return telemetry
+
+    def wait_finished(self, query_id: str, timeout_s: float) -> bool:
+        """Wait (bounded) until a query is no longer running or finishing here."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._running_lock:
+                if query_id not in self._running:
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
     def sql(self, sql: str) -> pa.Table:
         return self.execute(sql).table
@@ -468,6 +548,7 @@ class Coordinator:
         if self.relay is not None:
             self.relay.shutdown()
         self.membership.close()
+        self.trimmer.stop()
         self.worker_health.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.telemetry.shutdown()
@@ -478,11 +559,17 @@ class Coordinator:
     def _probe(self, url: str, timeout_s: float) -> None:
         """One health probe for the monitor."""
         try:
-            self._action(url, ACTION_HEALTH, b"", timeout_s)
+            report = self._action(url, ACTION_HEALTH, b"", timeout_s)
         except WorkerUnreachable as error:
             raise ProbeFailed(str(error), definite=not error.timed_out) from None
         except QueryError as error:  # it answers, but refuses us (token, TLS): unusable
             raise ProbeFailed(str(error), definite=True) from None
+        try:
+            unhealthy = json.loads(report).get("unhealthy")
+        except (ValueError, AttributeError):
+            unhealthy = None
+        if unhealthy:  # there, but no new work for it (it cannot spill, say)
+            raise WorkerUnhealthy(str(unhealthy)[:300])
 
     def _worker_down(self, url: str, reason: str) -> None:
         """Fail the running queries that have tasks on a worker that went down."""
@@ -532,7 +619,10 @@ class Coordinator:
         list(self._pool.map(self.worker_health.check, self.workers))
         healthy = self.worker_health.healthy()
         if not healthy:
-            tried = "; ".join(f"{s.url}: {s.reason}" for s in self.worker_health.states())
+            tried = "; ".join(
+                f"{s.url}: {s.reason if not s.up else s.unhealthy}"
+                for s in self.worker_health.states()
+            )
             raise WorkerUnreachable(
                 f"no worker is usable (tried {tried or 'none'}; from {self.membership.describe()})"
             )
@@ -834,6 +924,31 @@ class Coordinator:
         output = plain_schema(run.plan.output_schema)
         return pa.Table.from_batches([conform(b, output) for b in batches], schema=output)
 
+    def _hold_result(self, run: _Run, size: int) -> None:
+        """Count ``size`` gathered bytes against the coordinator-wide cap, or fail the query."""
+        with self._running_lock:
+            total = self._held_result_bytes + size
+            over = total > self.config.max_total_result_bytes
+            if not over:
+                self._held_result_bytes = total
+                run.held_bytes += size
+        if over:
+            raise QueryError(
+                f"query {run.query_id}: the results held by the running queries exceed the "
+                f"coordinator's limit of {self.config.max_total_result_bytes} bytes "
+                "(max_total_result_bytes); retry later, add a LIMIT or raise the limit"
+            )
+
+    def _drop_result(self, run: _Run) -> None:
+        with self._running_lock:
+            self._held_result_bytes = max(0, self._held_result_bytes - run.held_bytes)
+            run.held_bytes = 0
+
+    @property
+    def held_result_bytes(self) -> int:
+        """Bytes of gathered results the running queries hold now."""
+        return self._held_result_bytes
+
     def _to_sink(self, run: _Run, batch: pa.RecordBatch) -> None:
         """Hand a batch of a streamed result to its sink, one reading thread at a time."""
         assert run.plan is not None and run.sink is not None
@@ -864,9 +979,12 @@ class Coordinator:
             ):
                 if run.cancelled.is_set():
                     raise QueryError(f"query {run.query_id} was cancelled")
+                size = batch.get_total_buffer_size()  # received: owns its buffers
                 with run.lock:
-                    run.result_bytes += batch.get_total_buffer_size()  # received: owns its buffers
+                    run.result_bytes += size
                     too_large = run.result_bytes > self.config.max_result_bytes
+                if run.sink is None and not too_large:
+                    self._hold_result(run, size)
                 if too_large:
                     raise QueryError(
                         f"query {run.query_id}: the result exceeds the limit of "

@@ -23,6 +23,10 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 
+class WorkerUnhealthy(Exception):
+    """A probe's answer: the worker is there but takes no new work (e.g. it cannot spill)."""
+
+
 class ProbeFailed(Exception):
     """A probe got no answer; ``definite`` when the worker is certainly not there."""
 
@@ -47,6 +51,7 @@ class WorkerState:
     slow_probes: int = 0
     last_probe: float | None = None
     seen: bool = False  # answered at least once (a worker never reached is not "lost")
+    unhealthy: str = ""  # up, but gets no new work: why (its own health report)
 
 
 class WorkerHealth:
@@ -145,7 +150,11 @@ class WorkerHealth:
 
     def healthy(self) -> list[str]:
         with self._lock:
-            return [url for url in self._urls if self._states[url].up]
+            return [
+                url
+                for url in self._urls
+                if self._states[url].up and not self._states[url].unhealthy
+            ]
 
     def is_up(self, url: str) -> bool:
         with self._lock:
@@ -176,7 +185,7 @@ class WorkerHealth:
             state.up, state.since, state.reason = False, time.monotonic(), reason
             seen = state.seen
             self._changed.notify_all()
-        if not quiet:
+        if not quiet and not self._stop.is_set():  # closing: workers going away are expected
             log.log(logging.WARNING if seen else logging.INFO, "worker %s is down: %s", url, reason)
         for listener in list(self._listeners):
             try:
@@ -207,8 +216,11 @@ class WorkerHealth:
 
     def check(self, url: str) -> bool:
         """Probe one worker now and update its state; True when it answered."""
+        unhealthy = ""
         try:
             self._probe(url, self.timeout_s)
+        except WorkerUnhealthy as report:
+            unhealthy = str(report) or "unhealthy"
         except ProbeFailed as failure:
             with self._lock:
                 state = self._states.get(url)
@@ -225,6 +237,13 @@ class WorkerHealth:
             if state is None:
                 return False
             state.last_probe = time.monotonic()
+            changed, state.unhealthy = state.unhealthy != unhealthy, unhealthy
+            if changed:
+                self._changed.notify_all()
+        if changed and unhealthy:
+            log.warning("worker %s takes no new work: %s", url, unhealthy)
+        elif changed:
+            log.warning("worker %s takes work again", url)
         self.mark_up(url)
         return True
 

@@ -97,11 +97,23 @@ def explain_analyze(runner: _Runs, sql: str) -> ExplainAnalysis:
     try:
         result = runner.execute(sql)
     except Exception as error:
-        telemetry = getattr(error, "telemetry", None)
-        if telemetry is not None and telemetry.spans:
-            error.analysis = analysis_of(telemetry.query_id, telemetry, None)  # type: ignore[attr-defined]
+        later = getattr(error, "later", None)
+        if later is not None:  # a QueryError, whose telemetry is completed in the background
+            later("analysis", lambda failed=error: _partial_analysis(failed))
+        else:
+            analysis = _partial_analysis(error)
+            if analysis is not None:
+                error.analysis = analysis  # type: ignore[attr-defined]
         raise
     return analysis_of(result.query_id, result.telemetry, result.table)
+
+
+def _partial_analysis(error: BaseException) -> ExplainAnalysis | None:
+    """The analysis of what a failed query ran, from the telemetry its error carries."""
+    telemetry = getattr(error, "telemetry", None)
+    if telemetry is None or not telemetry.spans:
+        return None
+    return analysis_of(telemetry.query_id, telemetry, None)
 
 
 def run_sql(runner: _Runs, sql: str) -> pa.Table:

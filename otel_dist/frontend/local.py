@@ -24,6 +24,7 @@ from types import TracebackType
 import pyarrow as pa
 
 from otel_dist.coordinator.core import (
+    DEFAULT_MAX_TOTAL_RESULT_BYTES,
     Coordinator,
     CoordinatorConfig,
     QueryResult,
@@ -74,6 +75,7 @@ class LocalCluster:
         internal_secret: bool | None = None,
         max_sql_bytes: int | None = None,
         max_result_bytes: int | None = None,
+        max_total_result_bytes: int = DEFAULT_MAX_TOTAL_RESULT_BYTES,
         max_sql_depth: int | None = None,
         max_sql_operators: int | None = None,
         redact_sql: bool = False,
@@ -133,6 +135,7 @@ class LocalCluster:
         self.max_result_bytes: int = (
             read("OTEL_DIST_MAX_RESULT_BYTES") if max_result_bytes is None else max_result_bytes
         )
+        self.max_total_result_bytes = max_total_result_bytes
         self.max_sql_depth: int = (
             read("OTEL_DIST_MAX_SQL_DEPTH") if max_sql_depth is None else max_sql_depth
         )
@@ -193,6 +196,7 @@ class LocalCluster:
                     min_task_bytes=self.min_task_bytes,
                     max_sql_bytes=self.max_sql_bytes,
                     max_result_bytes=self.max_result_bytes,
+                    max_total_result_bytes=self.max_total_result_bytes,
                     max_sql_depth=self.max_sql_depth,
                     max_sql_operators=self.max_sql_operators,
                     security=self.security,

@@ -208,6 +208,8 @@ class CoordinatorServer(UnsupportedCalls, flight.FlightServerBase):
             raise for_client(invalid_argument(str(error)), "action") from None
         except Exception as error:  # never a Python traceback to the client
             raise for_client(error, f"action {action.type[:40]!r}") from None
+        # A failed query's telemetry is completed in the background after its error went out.
+        self.coordinator.wait_finished(query_id, self.coordinator.config.telemetry_fetch_timeout_s)
         query = self.recent.get(query_id)
         if query is None or query.otlp is None:
             raise not_found(f"no telemetry for query {query_id[:100]}")

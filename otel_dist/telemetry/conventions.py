@@ -70,6 +70,8 @@ TASK_ERROR = "otel_dist.task.error"
 TASK_TIME_PREFIX = "otel_dist.task.time."
 TASK_OUTPUT_DONE = "otel_dist.task.time_to_output_done"
 TASK_UPSTREAM_FAILED = "otel_dist.task.upstream_failed"
+# Nanoseconds the task waited for its turn to execute (the worker's admission control).
+TASK_QUEUED_TIME = "otel_dist.task.queued_time"
 WORKER_URL = "otel_dist.worker.url"
 
 OPERATOR_NAME = "otel_dist.operator.name"

@@ -30,7 +30,9 @@ Prometheus shows them, see ``prometheus.py``):
 * workers: ``otel_dist.task.duration`` (s, by stage kind and task status) ->
   ``otel_dist_task_duration_seconds``; ``otel_dist.task.active`` and ``otel_dist.task.queued``
   (tasks running, and not started or waiting for their first upstream row, as ``otel-dist top``
-  shows them); ``otel_dist.task.output.rows``
+  shows them); ``otel_dist.task.queue_time`` (s, histogram: how long tasks waited for a turn
+  to execute, the worker's admission control) -> ``otel_dist_task_queue_time_seconds``;
+  ``otel_dist.task.output.rows``
   and ``.size`` (by stage kind); ``otel_dist.operator.output.rows`` and ``.size`` (by
   ``otel_dist.operator.name``) -> ``otel_dist_operator_output_rows_total``,
   ``otel_dist_operator_output_size_bytes_total``; ``otel_dist.shuffle.io`` (bytes a task read
@@ -99,6 +101,7 @@ STAGE_TASK_SKEW = "otel_dist.stage.task_skew"
 TASK_DURATION = "otel_dist.task.duration"
 TASK_ACTIVE = "otel_dist.task.active"
 TASK_QUEUED = "otel_dist.task.queued"
+TASK_QUEUE_TIME = "otel_dist.task.queue_time"
 TASK_OUTPUT_ROWS = "otel_dist.task.output.rows"
 TASK_OUTPUT_SIZE = "otel_dist.task.output.size"
 OPERATOR_OUTPUT_ROWS = "otel_dist.operator.output.rows"
@@ -496,6 +499,7 @@ class TaskOutcome:
     final_message_bytes: int | None = None
     malformed_messages: int = 0
     span_context: trace.SpanContext | None = None  # the task span's: histogram exemplars
+    queued_s: float | None = None  # waited for a turn to execute; None: never got that far
 
 
 class WorkerMetrics:
@@ -508,6 +512,12 @@ class WorkerMetrics:
             "s",
             "Duration of tasks, by stage kind and final status",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.queue_time = meter.create_histogram(
+            TASK_QUEUE_TIME,
+            "s",
+            "Time tasks waited for a turn to execute (the worker's admission control)",
+            explicit_bucket_boundaries_advisory=(0.0, *DURATION_BUCKETS),
         )
         self.task_rows = _observed_sums(
             meter, TASK_OUTPUT_ROWS, "{row}", "Rows tasks wrote to their output buckets"
@@ -593,6 +603,8 @@ class WorkerMetrics:
                 {kind[0]: kind[1], c.TASK_STATUS: status},
                 context=context,
             )
+            if task.queued_s is not None:
+                self.queue_time.record(max(0.0, task.queued_s), context=context)
             self.task_rows.add(task.output_rows, (kind,))
             self.task_bytes.add(task.output_bytes, (kind,))
             if task.operators is not None:

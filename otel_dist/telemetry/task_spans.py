@@ -66,6 +66,7 @@ class TaskRecord:
     output_done_ns: int | None = None  # when the output was complete (unix ns)
     error_type: str | None = None  # the exception's class name, when it failed
     upstream_failed: bool = False  # failed because an upstream task did: not the root cause
+    queued_ns: int | None = None  # waited for a turn to execute (admission control)
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,8 @@ def record_task_spans(
     }
     for part, ns in (task.time_breakdown or {}).items():
         attributes[c.TASK_TIME_PREFIX + part] = ns
+    if task.queued_ns is not None:
+        attributes[c.TASK_QUEUED_TIME] = task.queued_ns
     if task.output_done_ns is not None:
         attributes[c.TASK_OUTPUT_DONE] = max(0, task.output_done_ns - task.started_ns)
     parent_context: SpanContext | None = trace.get_current_span(parent).get_span_context()

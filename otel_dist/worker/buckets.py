@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from otel_dist.worker.spill import spill_error, write_fully
+
 
 class BucketError(RuntimeError):
     """The task producing a bucket failed or was cancelled."""
@@ -98,8 +100,14 @@ class Bucket:
     def _spill(self, batch: pa.RecordBatch) -> _Spilled:
         payload = batch.serialize()
         if self._spill_file is None:
-            self._spill_file = os.open(self._spill_path, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o600)
-        written = os.pwrite(self._spill_file, payload, self._spill_end)
+            try:
+                self._spill_file = os.open(
+                    self._spill_path, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o600
+                )
+            except OSError as error:
+                raise spill_error(error, self._spill_path) from None
+        # A short write (a full device, a file size limit) is continued or fails clearly.
+        written = write_fully(self._spill_file, payload, self._spill_end, self._spill_path)
         spilled = _Spilled(self._spill_end, written)
         self._spill_end += written
         self._budget.count_spill(written)

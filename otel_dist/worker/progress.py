@@ -25,10 +25,12 @@ _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def task_status(task: Task) -> str:
-    """``queued`` (not started, or still waiting for its first upstream row), ``running``,
-    ``finished``, ``failed`` or ``cancelled``."""
+    """``queued`` (not started, still waiting for its first upstream row, or waiting for a
+    turn to execute), ``running``, ``finished``, ``failed`` or ``cancelled``."""
     state = task.state
     if state == "pending":
+        return "queued"
+    if state == "running" and task.phase == "queued":
         return "queued"
     if state == "running":
         waiting = task.phase.startswith("reading") and not any(

@@ -12,12 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -74,8 +72,18 @@ from otel_dist.telemetry.cache import TelemetryCache
 from otel_dist.telemetry.envelope import DATA_END, TaskRef
 from otel_dist.telemetry.metrics import Metrics, WorkerObservers, start_process_telemetry
 from otel_dist.telemetry.setup import Telemetry
+from otel_dist.worker.admission import Admission, default_max_running_tasks
 from otel_dist.worker.buckets import Bucket, BucketError, MemoryBudget
+from otel_dist.worker.limits import DEFAULT_MAX_OPEN_STREAMS, DEFAULT_MAX_WAITING_CALLS, CallLimit
+from otel_dist.worker.memory import (
+    DEFAULT_EXECUTION_MEMORY_BYTES,
+    IdleTrimmer,
+    execution_runtime,
+    idle_trim_from_env,
+    task_pool_bytes,
+)
 from otel_dist.worker.progress import WorkerProgress, task_progress
+from otel_dist.worker.spill import SpillFolder
 from otel_dist.worker.task import Task, TaskSettings
 
 log = logging.getLogger(__name__)
@@ -101,6 +109,12 @@ class WorkerConfig:
     allow_any_path: bool = False  # read any file the process can (--allow-any-path)
     max_sql_depth: int = DEFAULT_MAX_SQL_DEPTH  # task SQL beyond these is refused
     max_sql_operators: int = DEFAULT_MAX_SQL_OPERATORS
+    max_running_tasks: int | None = None  # executing at once, the rest queued; None: 2 a core
+    execution_memory_bytes: int = DEFAULT_EXECUTION_MEMORY_BYTES  # DataFusion, all tasks
+    max_waiting_calls: int = DEFAULT_MAX_WAITING_CALLS  # calls waiting for a task to exist
+    max_open_streams: int = DEFAULT_MAX_OPEN_STREAMS  # bucket streams served at once
+    # Idle this long: memory handed back to the OS (OTEL_DIST_IDLE_TRIM_S; 0: never).
+    idle_trim_s: float = field(default_factory=idle_trim_from_env)
     security: SecurityConfig = NO_SECURITY
 
 
@@ -141,7 +155,16 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
         self.metrics = metrics or Metrics.off()
         self.telemetry_cache = TelemetryCache(config.telemetry_cache_entries, config.query_ttl_s)
         self.budget = MemoryBudget(config.memory_budget_bytes)
-        self._spill_root = tempfile.mkdtemp(prefix="otel-dist-worker-", dir=config.spill_dir)
+        self.admission = Admission(config.max_running_tasks or default_max_running_tasks())
+        self.task_pool_bytes = task_pool_bytes(config.execution_memory_bytes, self.admission.limit)
+        self.waiting_calls = CallLimit(
+            config.max_waiting_calls, "calls wait for a task", "max_waiting_calls"
+        )
+        self.open_streams = CallLimit(
+            config.max_open_streams, "bucket streams are open", "max_open_streams"
+        )
+        self.spill = SpillFolder.create(config.spill_dir)  # removes dead workers' folders
+        self._spill_root = self.spill.path
         self._tasks: dict[TaskKey, Task] = {}
         self._query_seen: dict[str, float] = {}
         self._lock = threading.Condition()
@@ -157,6 +180,7 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
             )
         )
         threading.Thread(target=self._expire_loop, name="worker-ttl", daemon=True).start()
+        self.trimmer = IdleTrimmer(self._busy, config.idle_trim_s).start()
 
     # ---- actions -------------------------------------------------------------------------
 
@@ -269,7 +293,11 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
             telemetry_cache=self.telemetry_cache,
             metrics=self.task_metrics,
             security=self.config.security.internal(),  # reads from other workers
+            admission=self.admission,
+            runtime=execution_runtime(self.task_pool_bytes, self._spill_root),
+            pool_bytes=self.task_pool_bytes,
         )
+        self.trimmer.touch()
         with self._lock:
             keys = [spec.key for spec in specs]
             for index, key in enumerate(keys):
@@ -339,21 +367,33 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
         task_ref = TaskRef(stage_id, task_index)
         with self._lock:
             task = self._tasks.get(TaskKey(query_id, stage_id, task_index))
-        if task is not None:
-            task.wait(self.config.telemetry_wait_s)
+        if task is not None and not task.done:
+            with self.waiting_calls.slot():
+                task.wait(self.config.telemetry_wait_s)
         payload = self.telemetry_cache.get(query_id, task_ref)
         if payload is None:
             raise not_found(f"no telemetry for task {task_ref} of {query_id[:100]}")
         return envelope.encode(query_id, [(task_ref, payload)])
 
     def health(self) -> dict[str, object]:
+        """Liveness and load; ``healthy`` is false (with ``unhealthy`` saying why) when the
+        worker should get no new work: its spill folder cannot take a spill."""
+        problem = self.spill.problem()
         with self._lock:
             running = sum(1 for t in self._tasks.values() if not t.done)
             return {
                 "url": self.url,
+                "healthy": problem is None,
+                "unhealthy": problem,
+                "spill_dir": self._spill_root,
                 "pid": os.getpid(),
                 "tasks": len(self._tasks),
                 "running_tasks": running,
+                "executing_tasks": self.admission.running,
+                "admission_queue": self.admission.queued,
+                "max_running_tasks": self.admission.limit,
+                "task_memory_pool_bytes": self.task_pool_bytes,
+                "memory_trims": self.trimmer.trims,
                 "queries": len(self._query_seen),
                 "memory_used_bytes": self.budget.used_bytes,
                 "spilled_bytes": self.budget.spilled_bytes,
@@ -361,6 +401,10 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
                 "telemetry_cache_limit": self.telemetry_cache.max_entries,
                 "threads": threading.active_count(),
             }
+
+    def _busy(self) -> bool:
+        with self._lock:
+            return any(not task.done for task in self._tasks.values())
 
     def _all_tasks(self) -> list[Task]:
         with self._lock:
@@ -414,7 +458,8 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
         ended: int | None = None
         try:
             try:
-                yield from bucket.read(self.config.read_timeout_s)
+                with self.open_streams.slot():
+                    yield from self._stream_data(bucket)
             except BucketError as error:
                 # The producing task failed (its span is the error: one root cause) or the
                 # query was released; the call only passes that on.
@@ -436,7 +481,21 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
             if span is not None:
                 span.end(end_time=ended)
 
+    def _stream_data(self, bucket: Bucket) -> Iterator[pa.RecordBatch]:
+        yield from bucket.read(self.config.read_timeout_s)
+
     def _wait_for_task(self, key: TaskKey) -> Task:
+        """The task, waiting (bounded, and at most ``max_waiting_calls`` calls at once) for
+        one not submitted yet: readers may ask before the coordinator's submission lands."""
+        with self._lock:
+            task = self._tasks.get(key)
+            if task is not None:
+                self._query_seen[key.query_id] = time.monotonic()
+                return task
+        with self.waiting_calls.slot():
+            return self._wait_for_submission(key)
+
+    def _wait_for_submission(self, key: TaskKey) -> Task:
         deadline = time.monotonic() + self.config.task_wait_s
         with self._lock:
             while key not in self._tasks:
@@ -477,7 +536,8 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
     def close_all(self) -> None:
         self.begin_shutdown()
         self.progress.stop()
-        shutil.rmtree(self._spill_root, ignore_errors=True)
+        self.trimmer.stop()
+        self.spill.remove()
         self.telemetry.shutdown()
         self.metrics.shutdown()
 

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.flight as flight
-from datafusion import SessionContext
+from datafusion import RuntimeEnvBuilder, SessionContext
 from opentelemetry.trace import SpanContext
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -46,9 +46,17 @@ from otel_dist.telemetry.task_spans import (
     with_scan_names,
     without_details,
 )
+from otel_dist.worker.admission import Admission, admitted
 from otel_dist.worker.buckets import Bucket, MemoryBudget
 from otel_dist.worker.streams import POLL_S, StreamCancelled, batches
-from otel_dist.worker.timing import PLANNING, TELEMETRY, Stopwatch, TaskClock, wait_part
+from otel_dist.worker.timing import (
+    PLANNING,
+    QUEUED,
+    TELEMETRY,
+    Stopwatch,
+    TaskClock,
+    wait_part,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +84,9 @@ class TaskSettings:
     telemetry_cache: TelemetryCache
     metrics: WorkerMetrics | None = None
     security: SecurityConfig = NO_SECURITY
+    admission: Admission | None = None  # turns to execute (worker/admission.py)
+    runtime: RuntimeEnvBuilder | None = None  # each session's memory pool and spill folder
+    pool_bytes: int | None = None  # the size of that pool
 
 
 @dataclass
@@ -113,6 +124,7 @@ class Task:
     # N", "planning", "executing"; ``live_plan`` is the plan while it executes.
     phase: str = "queued"
     live_plan: object | None = None
+    queued_ns: int | None = None  # waited for a turn to execute (None: never got that far)
 
     def __post_init__(self) -> None:
         self._span_context: SpanContext | None = None  # the task span's, once recorded
@@ -172,22 +184,26 @@ class Task:
         ctx: SessionContext | None = None
         try:
             with Stopwatch(self.clock, PLANNING):
-                ctx = new_session(self.settings.target_partitions)
+                ctx = new_session(
+                    self.settings.target_partitions, self.settings.runtime, self.settings.pool_bytes
+                )
             for task_input in self.spec.inputs:
                 part = PLANNING
                 if task_input.is_stage_input and task_input.sources:
                     part = wait_part(task_input.sources[0].stage_id)
                 with Stopwatch(self.clock, part):
                     self._register(ctx, task_input)
-            self.phase = "planning"
-            with Stopwatch(self.clock, PLANNING):
-                plan = ctx.sql_with_options(self.spec.sql, QUERY_ONLY).execution_plan()
-            self.live_plan, self.phase = plan, "executing"
-            run_started = time.perf_counter_ns()
-            try:
-                self._execute(ctx, plan)
-            finally:
-                self.clock.run_finished(time.perf_counter_ns() - run_started)
+            self.phase = "queued"
+            with admitted(self.settings.admission, self._stopped, self._queued):
+                self.phase = "planning"
+                with Stopwatch(self.clock, PLANNING):
+                    plan = ctx.sql_with_options(self.spec.sql, QUERY_ONLY).execution_plan()
+                self.live_plan, self.phase = plan, "executing"
+                run_started = time.perf_counter_ns()
+                try:
+                    self._execute(ctx, plan)
+                finally:
+                    self.clock.run_finished(time.perf_counter_ns() - run_started)
             self.state = "finished"
         except Exception as error:
             self.state = "cancelled" if self._cancel.is_set() else "failed"
@@ -269,6 +285,11 @@ class Task:
         finally:
             times.stop()
             del stream  # dropping it aborts DataFusion's work on the partition
+
+    def _queued(self, waited_ns: int) -> None:
+        self.queued_ns = waited_ns
+        if waited_ns:
+            self.clock.add(QUEUED, waited_ns)
 
     def _stopped(self) -> bool:
         return self._cancel.is_set() or self._abort.is_set()
@@ -428,6 +449,7 @@ class Task:
                 output_done_ns=self.ended_ns,
                 error_type=self.error_type,
                 upstream_failed=self.upstream_failed,
+                queued_ns=self.queued_ns,
             )
             parent = TraceContextTextMapPropagator().extract(self.spec.trace_context)
             spans = record_task_spans(telemetry, parent, record, operators)
@@ -460,6 +482,7 @@ class Task:
                 final_message_bytes=len(self.final_message) if self.final_message else None,
                 malformed_messages=self.collector.malformed,
                 span_context=self._span_context,
+                queued_s=None if self.queued_ns is None else self.queued_ns / 1e9,
             )
         except Exception:
             log.warning("metrics of %s could not be recorded", self.spec.key, exc_info=True)

@@ -7,6 +7,8 @@ task span):
 * ``planning``: a DataFusion session, the task's tables registered, its SQL planned.
 * ``wait_stage_<N>``: waiting for, and receiving, upstream stage N's data (a task reads its
   stage inputs one after the other, before its plan runs).
+* ``queued``: waiting for a turn to execute (the worker's admission control,
+  ``worker/admission.py``), after the inputs were read.
 * ``operators``: DataFusion running the plan (the operators' own work, scans included).
 * ``output``: converting result batches, hash-partitioning them and appending them to the
   task's buckets.
@@ -31,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 
 PLANNING = "planning"
+QUEUED = "queued"
 OPERATORS = "operators"
 OUTPUT = "output"
 SEND_BLOCKED = "send_blocked"
