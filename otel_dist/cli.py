@@ -1,4 +1,4 @@
-"""The ``otel-dist`` command line: demo, tpchgen, local, worker, coordinator, query, top,
+"""The ``otel-dist`` command line: demo, tpchgen, tpcdsgen, local, worker, coordinator, query, top,
 explain, bench.
 
 Errors a user can cause (bad SQL, unknown table, bad folder, unreachable worker) end with a
@@ -157,6 +157,20 @@ def _parser() -> argparse.ArgumentParser:
         help="folder to write; a folder holding another scale is refused (remove it first)",
     )
     gen.set_defaults(run=_tpchgen)
+
+    dsgen = commands.add_parser(
+        "tpcdsgen",
+        help="generate TPC-DS parquet, one folder per table (needs the tpcds extra: "
+        "pip install 'otel_dist[tpcds]')",
+    )
+    dsgen.add_argument("--scale", type=float, required=True, help="scale factor (1 is about 1 GB)")
+    dsgen.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder to write; a folder holding another scale is refused (remove it first)",
+    )
+    dsgen.set_defaults(run=_tpcdsgen)
 
     local = commands.add_parser("local", help="run SQL on a local cluster of worker processes")
     local.add_argument("--workers", type=int, default=3, help="worker processes to start")
@@ -536,6 +550,21 @@ def _tpchgen(args: argparse.Namespace) -> int:
     path = generate(args.scale, args.out)
     done = "is already in" if existed else "written to"
     stdout.print(f"TPC-H SF {args.scale:g} {done} {path}", markup=False, highlight=False)
+    return 0
+
+
+def _tpcdsgen(args: argparse.Namespace) -> int:
+    from otel_dist.tpcds.datagen import SCALE_FILE, generate
+
+    if args.scale <= 0:
+        raise UserError(f"scale must be positive, got {args.scale}")
+    existed = (args.out / SCALE_FILE).is_file()
+    try:
+        path = generate(args.scale, args.out)
+    except RuntimeError as error:
+        raise UserError(str(error)) from None
+    done = "is already in" if existed else "written to"
+    stdout.print(f"TPC-DS SF {args.scale:g} {done} {path}", markup=False, highlight=False)
     return 0
 
 

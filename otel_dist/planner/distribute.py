@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 from datafusion import DataFrame, Expr, SessionContext
 from datafusion.plan import LogicalPlan
+from datafusion.substrait import Consumer, Producer, Serde
 from datafusion.unparser import Dialect, Unparser
 
 from otel_dist.errors import one_line
@@ -168,21 +169,28 @@ class Planner:
             strategy = "fallback"
         return DistributedPlan(sql, stages, output_schema, strategy)
 
-    def unparse(
-        self, frame: DataFrame, ctx: SessionContext, prefix: str = ""
-    ) -> tuple[str, pa.Schema]:
-        """A frame as SQL (after ``prefix``, e.g. a WITH clause), and that SQL's schema as
-        ``ctx`` plans it again.
+    def serialize(self, frame: DataFrame, ctx: SessionContext) -> tuple[bytes, str, pa.Schema]:
+        """A stage's frame as a Substrait plan, its display SQL and the schema the plan
+        produces when ``ctx`` (holding only the stage's inputs) reads it back, as a worker will.
 
-        Re-planning catches SQL the unparser gets wrong, and SQL that reads anything but the
-        stage's own inputs, and gives the column order the unparsed SQL really produces.
-        """
+        Reading it back catches plans Substrait cannot carry, and plans that read anything but
+        the stage's own inputs, before any task runs."""
+        logical = frame.logical_plan()
         try:
-            sql = prefix + self._unparser.plan_to_sql(frame.logical_plan())
-            schema = ctx.sql(sql).schema()
+            plan = Producer.to_substrait_plan(logical, ctx).encode()
+            restored = Consumer.from_substrait_plan(ctx, Serde.deserialize_bytes(plan))
+            schema = ctx.create_dataframe_from_logical_plan(restored).schema()
         except Exception as error:
-            raise NotDistributable(f"stage SQL does not re-plan: {one_line(error)}") from None
-        return sql, plain_schema(schema)
+            raise NotDistributable(f"stage plan does not serialize: {one_line(error)}") from None
+        return plan, self._display(logical), plain_schema(schema)
+
+    def _display(self, logical: LogicalPlan) -> str:
+        """The stage's work as SQL for EXPLAIN and the stage span, or as DataFusion's plan
+        outline where the unparser cannot write it (display only: the plan is what runs)."""
+        try:
+            return self._unparser.plan_to_sql(logical)
+        except Exception:
+            return logical.display_indent()
 
     def table_schema(self, table: str) -> pa.Schema:
         return self.ctx.table(table).schema()

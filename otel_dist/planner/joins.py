@@ -78,8 +78,6 @@ class JoinPlanning:
         if "null_aware" in node.display().splitlines()[0] and not self._keys_not_null(node):
             raise NotDistributable("NOT IN over nullable keys is not distributed yet")
         left, right = self.part(left_node), self.part(right_node)
-        if left.bare_aggregate or right.bare_aggregate:
-            raise NotDistributable("a join over an aggregate grouped by several relations")
         pairs = [(wrap(a), wrap(b)) for a, b in variant.on()]
         condition = wrap(variant.filter()) if variant.filter() is not None else None
         key_pairs = [
@@ -296,7 +294,6 @@ class JoinPlanning:
             and part.fact is not None
             and part.fact != other.fact
             and not part.inputs
-            and not part.views
             and set(part.ops) <= _SCAN_OPS
             and part.fact_bytes <= min(LOCAL_SCAN_BYTES, self.min_task_bytes)
         )
