@@ -87,21 +87,17 @@ class StageBuilder(JoinPlanning):
         out_names = names if unique else [f"__c{index}" for index in range(len(names))]
         ctx = self._stage_context(part)
         frame = part.build(ctx)
-        if part.ordered:
-            # A projection over the sort would become a derived table whose order SQL drops.
-            if not unique:
-                raise NotDistributable("duplicate column names under ORDER BY")
-        else:
-            types = [f.type for f in plain_schema(frame.schema())]
-            wanted = list(cast_to.types) if cast_to is not None else types
-            if len(wanted) != len(types):
-                raise NotDistributable("distributed plan produces a different number of columns")
-            frame = frame.select(
-                *[
-                    (column_expr(c) if have == want else column_expr(c).cast(want)).alias(o)
-                    for c, o, have, want in zip(part.columns, out_names, types, wanted, strict=True)
-                ]
-            )
+        # A projection keeps the order of the rows under it (a sort's, a merge's).
+        types = [f.type for f in plain_schema(frame.schema())]
+        wanted = list(cast_to.types) if cast_to is not None else types
+        if len(wanted) != len(types):
+            raise NotDistributable("distributed plan produces a different number of columns")
+        frame = frame.select(
+            *[
+                (column_expr(c) if have == want else column_expr(c).cast(want)).alias(o)
+                for c, o, have, want in zip(part.columns, out_names, types, wanted, strict=True)
+            ]
+        )
         plan, sql, schema = self.planner.serialize(frame, ctx)
         if schema.names != out_names:
             raise NotDistributable(f"stage produces {schema.names}, expected {out_names}")
@@ -311,8 +307,6 @@ class StageBuilder(JoinPlanning):
         # Computed columns are named explicitly: the unparser would otherwise name them after
         # its own rewrite of the expression.
         exprs = [_named(wrap(e)) for e in node.to_variant().projections()]
-        if child.ordered and any(e.variant_name() != "Column" for e in exprs):
-            raise NotDistributable("computed columns above ORDER BY are not distributed yet")
         columns: list[QualifiedColumn] = []
         keys: set[QualifiedColumn] = set()
         for expr in exprs:
