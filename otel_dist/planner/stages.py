@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 from datafusion import DataFrame, Expr, SessionContext
+from datafusion import functions as f
 from datafusion.plan import LogicalPlan
 
 from otel_dist.planner.aggregates import split_aggregate
@@ -41,6 +42,9 @@ from otel_dist.planner.parts import (
 )
 from otel_dist.protocol import ROW_ID_COLUMN, OutputPartitioning
 from otel_dist.session import new_session, plain_schema
+
+# The column DataFusion adds to a grouping-set aggregate: which set a row belongs to.
+GROUPING_ID = "__grouping_id"
 
 if TYPE_CHECKING:
     from otel_dist.planner.distribute import Planner
@@ -350,9 +354,9 @@ class StageBuilder(JoinPlanning):
         variant = node.to_variant()
         groups = [wrap(e) for e in variant.group_by_exprs()]
         aggregates = [wrap(e) for e in variant.aggregate_exprs()]
-        if any(g.variant_name() == "GroupingSet" for g in groups):
-            raise NotDistributable("grouping sets are not distributed yet")
         child = self.part(node.inputs()[0])
+        if any(g.variant_name() == "GroupingSet" for g in groups):
+            return self._grouping_sets(node, groups, aggregates, child)
         group_columns = [as_column(g) for g in groups]
         columns = tuple(
             [
@@ -419,6 +423,91 @@ class StageBuilder(JoinPlanning):
             keys=keys,
             size=size,
         )
+
+    def _grouping_sets(
+        self, node: LogicalPlan, groups: list[Expr], aggregates: list[Expr], child: Part
+    ) -> Part:
+        """``ROLLUP``, ``CUBE`` and ``GROUPING SETS``: a partial aggregate per task over every
+        grouping set, a shuffle on the group columns and the set's ``GROUPING()`` bits, and a
+        final aggregate grouped by both, so that the NULL a set puts in a column it does not
+        group by never meets a NULL of the data. The bits give back DataFusion's
+        ``__grouping_id`` (which the DataFrame API drops from an aggregate's output)."""
+        if len(groups) != 1:
+            raise NotDistributable("grouping sets beside other group keys")
+        output_types = plain_schema(
+            self.planner.ctx.create_dataframe_from_logical_plan(node).schema()
+        )
+        names = output_types.names
+        if GROUPING_ID not in names:
+            raise NotDistributable("a grouping-set aggregate without its set id")
+        id_index = names.index(GROUPING_ID)
+        id_type = output_types.field(id_index).type
+        group_columns: list[QualifiedColumn] = []
+        for name in names[:id_index]:
+            found = [c for c in child.columns if c[1] == name]
+            if len(found) != 1:
+                raise NotDistributable("grouping sets over computed or ambiguous columns")
+            group_columns.append(found[0])
+        width = len(group_columns)
+        bits = [f.grouping(column_expr(c)).alias(f"__b{i}") for i, c in enumerate(group_columns)]
+        bit_columns = [(None, f"__b{i}") for i in range(width)]
+        set_id: QualifiedColumn = (None, GROUPING_ID)
+        columns = (*group_columns, set_id, *[(None, a.schema_name()) for a in aggregates])
+
+        def grouping_id() -> Expr:
+            total = Expr.literal(0)
+            for i, column in enumerate(bit_columns):
+                total = total + column_expr(column).cast(pa.int64()) * Expr.literal(
+                    1 << (width - 1 - i)
+                )
+            return total.cast(id_type).alias(GROUPING_ID)
+
+        def whole(frame: DataFrame) -> DataFrame:
+            frame = frame.aggregate(groups, [*aggregates, *bits])
+            return frame.select(
+                *[column_expr(c) for c in group_columns],
+                grouping_id(),
+                *[column_expr((None, a.schema_name())) for a in aggregates],
+            )
+
+        if child.partitioning == SINGLE:
+            return child.then(lambda ctx: whole(child.build(ctx)), "aggregate", columns=columns)
+        try:
+            split = split_aggregate(
+                [column_expr(c) for c in group_columns],
+                aggregates,
+                node.to_variant(),
+                output_types.remove(id_index),
+            )
+        except NotDistributable as reason:
+            self._note("gathered aggregate")
+            moved = self._gather(child)
+            moved = replace(moved, why=(*moved.why, f"gather rows into one task: {reason}"))
+            return moved.then(lambda ctx: whole(moved.build(ctx)), "aggregate", columns=columns)
+
+        def build_partial(ctx: SessionContext) -> DataFrame:
+            return child.build(ctx).aggregate(groups, [*bits, *split.partial_aggregates])
+
+        partial_columns = (*group_columns, *bit_columns, *split.partial_columns[width:])
+        partial = child.then(build_partial, "partial aggregate", columns=partial_columns)
+        self._note("two-phase grouping sets")
+        read = self.exchange(partial, HASH, hash_on=(*group_columns, *bit_columns))
+        read = replace(
+            read,
+            why=(
+                *read.why,
+                "partial aggregate per grouping set, shuffled on its group columns and set bits",
+            ),
+        )
+
+        def build_final(ctx: SessionContext) -> DataFrame:
+            frame = read.build(ctx).aggregate(
+                [column_expr(c) for c in (*group_columns, *bit_columns)], split.final_aggregates
+            )
+            projection = split.final_projection
+            return frame.select(*projection[:width], grouping_id(), *projection[width:])
+
+        return read.then(build_final, "final aggregate", columns=columns, keys=frozenset())
 
     def _sort(self, node: LogicalPlan, skip: int = 0, fetch: int | None = None) -> Part:
         """A sort, with the ``skip``/``fetch`` of a limit right above it if any."""
