@@ -609,11 +609,15 @@ class StageBuilder(JoinPlanning):
 
         names = self.planner.ctx.create_dataframe_from_logical_plan(node).schema().names
         sizes = [c.size for c in ready]
+        local: dict[str, int] = {}  # small tables the inputs read whole, each once
+        for table, scan_bytes in (item for c in ready for item in c.local):
+            local[table] = max(scan_bytes, local.get(table, 0))
         return Part(
             build,
             columns=tuple((None, name) for name in names),
             partitioning=partitioning,
             name="union",
+            local=tuple(local.items()),
             inputs=tuple(i for c in ready for i in c.inputs),
             size=None if None in sizes else sum(s for s in sizes if s is not None),
             ops=(*(op for c in ready for op in c.ops), "union"),
