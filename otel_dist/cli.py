@@ -816,6 +816,7 @@ def _query(args: argparse.Namespace) -> int:
         json.dumps({"sql": args.sql, "query_id": query_id, "telemetry": explain}).encode()
     )
     options = flight.FlightCallOptions(timeout=args.timeout)
+    display = ProgressDisplay(remote_poll(client, query_id), stderr, wanted(args))
 
     def fetch() -> pa.Table | int:
         """Stream the result to its sink as it arrives; with explain, the table (it is part
@@ -825,9 +826,11 @@ def _query(args: argparse.Namespace) -> int:
         if explain:
             return pa.Table.from_batches(list(batches), reader.schema)
         if reader.schema.names == ["plan_type", "plan"]:  # EXPLAIN's text
-            _emit(pa.Table.from_batches(list(batches), reader.schema), args.output)
+            plan = pa.Table.from_batches(list(batches), reader.schema)
+            display.finish()
+            _emit(plan, args.output)
             return 0
-        return _emit_batches(batches, reader.schema, args.output, args.max_rows)
+        return _emit_batches(batches, reader.schema, args.output, args.max_rows, display)
 
     def cancel() -> None:
         """On Ctrl-C: ask the coordinator to cancel the query everywhere (bounded, quiet)."""
@@ -841,7 +844,6 @@ def _query(args: argparse.Namespace) -> int:
             )
 
     interrupted = False
-    display = ProgressDisplay(remote_poll(client, query_id), stderr, wanted(args))
     try:
         with display:
             table = _interruptible(fetch, cancel)
@@ -1043,12 +1045,17 @@ def _emit(table: pa.Table, output: Path | None, max_rows: int | None = None) -> 
 
 
 def _emit_batches(
-    batches: Any, schema: pa.Schema, output: Path | None, max_rows: int | None = None
+    batches: Any,
+    schema: pa.Schema,
+    output: Path | None,
+    max_rows: int | None = None,
+    display: ProgressDisplay | None = None,
 ) -> int:
-    """Print (capped) or write (streaming) a result; the number of rows."""
+    """Print (capped) or write (streaming) a result; the number of rows. A progress display
+    shows the rows as they arrive and is removed before the result prints."""
     from otel_dist.output import DEFAULT_MAX_ROWS, emit
 
-    rows = emit(batches, schema, output, stdout, max_rows or DEFAULT_MAX_ROWS, progress=stderr)
+    rows = emit(batches, schema, output, stdout, max_rows or DEFAULT_MAX_ROWS, display)
     if output is not None:
         stderr.print(
             f"{rows} rows written to {output}", markup=False, highlight=False, soft_wrap=True

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import json
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Protocol
@@ -22,7 +21,6 @@ from rich.table import Table
 
 WRITERS = (".parquet", ".csv", ".jsonl", ".ndjson", ".json")
 DEFAULT_MAX_ROWS = 40
-PROGRESS_EVERY_S = 0.25
 
 
 class ResultSink(Protocol):
@@ -53,31 +51,36 @@ def open_sink(
     return JsonLinesSink(output, schema)
 
 
+class RowCount(Protocol):
+    """Told the running row count while batches arrive, and ``finish``ed before the result
+    prints (a terminal display must be gone before the table is drawn under it)."""
+
+    def rows_received(self, rows: int) -> None: ...
+
+    def finish(self) -> None: ...
+
+
 def emit(
     batches: Iterable[pa.RecordBatch],
     schema: pa.Schema,
     output: Path | None,
     console: Console,
     max_rows: int = DEFAULT_MAX_ROWS,
-    progress: Console | None = None,
+    counter: RowCount | None = None,
 ) -> int:
-    """Send every batch to its sink; the number of rows. With ``progress`` (a terminal), a
-    line there counts the rows while they arrive."""
+    """Send every batch to its sink; the number of rows. ``counter`` hears the running
+    count and is finished before the sink closes (where the terminal's table prints)."""
     sink = open_sink(output, schema, console, max_rows)
-    rows, shown_at = 0, time.monotonic()
-    live = progress is not None and progress.is_terminal
+    rows = 0
     try:
         for batch in batches:
             sink.write(batch)
             rows += batch.num_rows
-            if live and time.monotonic() - shown_at > PROGRESS_EVERY_S:
-                shown_at = time.monotonic()
-                progress.file.write(f"\r{rows:,} rows received…")  # type: ignore[union-attr]
-                progress.file.flush()  # type: ignore[union-attr]
+            if counter is not None:
+                counter.rows_received(rows)
     finally:
-        if live and rows:
-            progress.file.write("\r\033[K")  # type: ignore[union-attr]
-            progress.file.flush()  # type: ignore[union-attr]
+        if counter is not None:
+            counter.finish()
         rows = sink.close()
     return rows
 

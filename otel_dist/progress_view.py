@@ -11,6 +11,7 @@ second on its own thread; a poll that fails or returns nothing just leaves the l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import threading
 import time
@@ -89,6 +90,7 @@ class ProgressDisplay:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = time.monotonic()
+        self._rows = 0
 
     def __enter__(self) -> ProgressDisplay:
         if self.enabled:
@@ -102,9 +104,18 @@ class ProgressDisplay:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        self.finish()
+
+    def rows_received(self, rows: int) -> None:
+        """The rows the client has received so far (a line under the stages)."""
+        self._rows = rows
+
+    def finish(self) -> None:
+        """Remove the display (before anything prints under it); later calls do nothing."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+            self._thread = None
 
     def _draw(self) -> None:
         with Live(
@@ -115,14 +126,20 @@ class ProgressDisplay:
             redirect_stdout=False,
             redirect_stderr=False,
         ) as live:
+            summary: Summary | None = None
             while not self._stop.is_set():
-                try:
-                    summary = self.poll()
-                except Exception:  # the display never breaks the query
-                    summary = None
-                if summary is not None and not self._stop.is_set():
-                    live.update(render_query(summary, self._started), refresh=True)
+                with contextlib.suppress(Exception):  # the display never breaks the query
+                    summary = self.poll() or summary
+                if not self._stop.is_set() and (summary is not None or self._rows):
+                    live.update(self._frame(summary), refresh=True)
                 self._stop.wait(self.interval_s)
+
+    def _frame(self, summary: Summary | None) -> RenderableType:
+        received = Text(f"{format_number(self._rows)} rows received…") if self._rows else None
+        if summary is None:
+            return received or Text("")
+        stages = render_query(summary, self._started)
+        return Group(stages, received) if received is not None else stages
 
 
 def render_query(summary: Summary, started: float | None = None) -> RenderableType:

@@ -213,6 +213,9 @@ class _Run:
     placement: dict[tuple[int, int], str] = field(default_factory=dict)
     stage_spans: dict[int, trace.Span] = field(default_factory=dict)
     reads: list[ReadRecord] = field(default_factory=list)
+    # Reads still going (by span id): a failed query ends before them, and their spans must
+    # still be recorded, being the parents of the workers' spans of those calls.
+    open_reads: dict[int, tuple[BucketSource, StreamStats, int]] = field(default_factory=dict)
     read_stats: list[StreamStats] = field(default_factory=list)
     cancelled: threading.Event = field(default_factory=threading.Event)
     lost_workers: dict[str, str] = field(default_factory=dict)  # url -> why it went down
@@ -642,6 +645,11 @@ class Coordinator:
         root_span = run.stage_spans.get(run.plan.root.stage_id) if run.plan else None
         common = {c.QUERY_ID: run.query_id}
         parent = (root_span or run.query_span).get_span_context()
+        with run.lock:  # reads still going end here, as far as the trace is concerned
+            now = time.time_ns()
+            for span_id, (source, stats, started) in run.open_reads.items():
+                run.reads.append(read_record(source, stats, started, now, span_id))
+            run.open_reads.clear()
         for read in run.reads:
             read_span = record_read_span(self.telemetry, parent, read, common)
             if read_span is not None:
@@ -838,6 +846,8 @@ class Coordinator:
         span_id = rpc.new_span_id()  # the read's CLIENT span, parent of the worker's span
         stage_span = run.stage_spans.get(source.stage_id, run.query_span)
         headers, _ = rpc.with_span_id(rpc.traceparent_of(stage_span.get_span_context()), span_id)
+        with run.lock:
+            run.open_reads[span_id] = (source, stats, started)
         try:
             for batch in read_bucket(
                 source,
@@ -875,7 +885,9 @@ class Coordinator:
         except REMOTE_ERRORS as error:
             raise QueryError(one_line(error)) from None
         finally:
-            run.reads.append(read_record(source, stats, started, time.time_ns(), span_id))
+            with run.lock:
+                if run.open_reads.pop(span_id, None) is not None:
+                    run.reads.append(read_record(source, stats, started, time.time_ns(), span_id))
 
     def _rpc_action(
         self,

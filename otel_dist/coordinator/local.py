@@ -236,12 +236,15 @@ class LocalCluster:
         if self.worker_metrics_ports is not None:
             command += ["--metrics-port", str(self.worker_metrics_ports[index])]
         command += self.worker_args
+        # A session of their own: a terminal's Ctrl-C reaches this process only, which stops
+        # the workers itself (a worker still importing would otherwise print a traceback).
         return subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             text=True,
             env=self._child_env(),
+            start_new_session=True,
         )
 
     def _child_env(self) -> dict[str, str]:

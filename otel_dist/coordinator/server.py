@@ -105,6 +105,7 @@ class CoordinatorServer(UnsupportedCalls, flight.FlightServerBase):
             if not telemetry and parse_explain(sql) is None:
                 plan = self.coordinator.plan(sql)  # refused SQL: an error before any data
                 schema = plain_schema(plan.output_schema)
+                self.coordinator.claim(query_id)  # a reused id too, before the stream opens
                 return flight.GeneratorStream(schema, self._streamed(context, sql, query_id))
             result = self._run_watched(context, sql, query_id, telemetry)
         except (ProtocolError, PlanningError, CatalogError, QueryRejected) as error:
@@ -145,7 +146,7 @@ class CoordinatorServer(UnsupportedCalls, flight.FlightServerBase):
 
         def run() -> None:
             try:
-                self.coordinator.execute(sql, query_id, sink=put)
+                self.coordinator.execute(sql, query_id, sink=put, claimed=True)
             except BaseException as error:
                 outcome["error"] = error
             finally:
@@ -176,7 +177,7 @@ class CoordinatorServer(UnsupportedCalls, flight.FlightServerBase):
                 ).start()
         error = outcome.get("error")
         if error is not None:
-            raise _flight_error(query_id, error)
+            raise _mid_stream(_flight_error(query_id, error))
 
     def _decode_ticket(self, data: bytes) -> tuple[str, str, bool]:
         limit = self.coordinator.config.max_sql_bytes * 6 + _TICKET_OVERHEAD  # JSON escapes
@@ -293,6 +294,15 @@ def _flight_error(query_id: str, error: BaseException) -> flight.FlightError:
     if isinstance(error, flight.FlightError):
         return error
     log.warning("query %s failed", query_id, exc_info=error)
+    return flight.FlightServerError(one_line(error))
+
+
+def _mid_stream(error: pa.ArrowException) -> flight.FlightError:
+    """``error`` as raised from inside a data stream: pyarrow appends the Python traceback to
+    any other error raised there, so an invalid argument found after the stream opened goes to
+    the client as a Flight server error carrying the same one line."""
+    if isinstance(error, flight.FlightError):
+        return error
     return flight.FlightServerError(one_line(error))
 
 
