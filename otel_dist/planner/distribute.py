@@ -6,8 +6,8 @@ node's relation as computed by each task of a stage that is not cut yet, with ho
 partitioned across those tasks (file groups of one table, hash buckets, one task). Each part
 knows how to rebuild its relation with DataFusion's DataFrame API from the plan's own
 expressions, over the stage's named inputs. Cutting a part makes a stage: the rebuilt relation
-is unparsed to SQL and planned again in a session holding only that stage's inputs, so SQL
-the unparser gets wrong becomes a marked fallback instead of a wrong answer.
+becomes a Substrait plan, read back in a session holding only that stage's inputs (as a worker
+will), so a plan that does not serialize becomes a marked fallback instead of a failed task.
 
 Decisions, each recorded as the stage's strategy for ``EXPLAIN``:
 
@@ -21,6 +21,9 @@ Decisions, each recorded as the stage's strategy for ``EXPLAIN``:
   two phases: a partial aggregate inside the input's stage, a shuffle on the group keys, and
   the final aggregate per bucket (one task for global aggregates);
 * windows shuffle on a PARTITION BY column; windows without one gather into one task;
+* grouping sets aggregate in two phases, shuffled on the group columns and the set's bits;
+* joins matching NULL keys (INTERSECT, EXCEPT) and mark joins (EXISTS or IN under OR) are
+  placed like other joins (a mark join like a semi join);
 * UNION ALL runs per bucket over its hash-shuffled inputs;
 * sort and limit run per task and once more in a single merge task.
 

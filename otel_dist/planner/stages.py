@@ -338,7 +338,6 @@ class StageBuilder(JoinPlanning):
         alias = node.to_variant().alias()
 
         def build(ctx: SessionContext) -> DataFrame:
-            # The projection keeps the unparser from hoisting filters out of the alias.
             frame = child.build(ctx).select(*[column_expr(c) for c in child.columns])
             return frame.alias(alias)
 
