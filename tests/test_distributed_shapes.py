@@ -236,6 +236,22 @@ def test_shapes_once_in_the_fallback_are_distributed(cluster: LocalCluster, name
     assert any(stage.task_count > 1 for stage in plan.stages), plan.describe()
 
 
+def test_stages_travel_as_substrait_or_as_sql_where_substrait_cannot_nest(
+    cluster: LocalCluster, tpch_dir: Path
+) -> None:
+    """Substrait's decoder nests at most 100 protobuf levels (about 30 nested operators of one
+    expression): such a stage ships SQL text instead, and the query stays distributed."""
+    plain = cluster.plan(SHAPES["grouped_aggregates"])
+    assert all(stage.plan and not stage.is_fallback for stage in plain.stages)
+    chain = " + ".join(["n_nationkey"] * 40)
+    sql = f"select n_regionkey, sum({chain}) s from nation group by n_regionkey"
+    plan = cluster.plan(sql)
+    assert not any(stage.is_fallback for stage in plan.stages)
+    as_sql = [stage for stage in plan.stages if not stage.plan]
+    assert as_sql and all(stage.sql.startswith("SELECT") for stage in as_sql)
+    assert_same_rows(cluster.sql(sql), single_node(tpch_dir, sql), ordered=False)
+
+
 def test_fallback_is_marked_with_its_reason(cluster: LocalCluster) -> None:
     plan = cluster.plan(SHAPES["not_in_with_nulls"])
     assert plan.strategy == "fallback"

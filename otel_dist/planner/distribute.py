@@ -174,7 +174,8 @@ class Planner:
 
     def serialize(self, frame: DataFrame, ctx: SessionContext) -> tuple[bytes, str, pa.Schema]:
         """A stage's frame as a Substrait plan, its display SQL and the schema the plan
-        produces when ``ctx`` (holding only the stage's inputs) reads it back, as a worker will.
+        produces when ``ctx`` (holding only the stage's inputs) reads it back, as a worker will
+        (no plan, and SQL that runs, where Substrait cannot carry the stage).
 
         Reading it back catches plans Substrait cannot carry, and plans that read anything but
         the stage's own inputs, before any task runs."""
@@ -184,7 +185,17 @@ class Planner:
             restored = Consumer.from_substrait_plan(ctx, Serde.deserialize_bytes(plan))
             schema = ctx.create_dataframe_from_logical_plan(restored).schema()
         except Exception as error:
-            raise NotDistributable(f"stage plan does not serialize: {one_line(error)}") from None
+            # Substrait's decoder nests at most 100 protobuf levels, about 30 nested operators
+            # of one expression (``a + b + ...``): such a stage travels as SQL text instead,
+            # planned again here as the worker will plan it.
+            try:
+                sql = self._unparser.plan_to_sql(logical)
+                schema = ctx.sql(sql).schema()
+            except Exception:
+                raise NotDistributable(
+                    f"stage plan does not serialize: {one_line(error)}"
+                ) from None
+            return b"", sql, plain_schema(schema)
         return plan, self._display(logical), plain_schema(schema)
 
     def _display(self, logical: LogicalPlan) -> str:
