@@ -10,6 +10,7 @@ runs), else into a temporary folder."""
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.distribute import DEFAULT_MIN_TASK_BYTES, Planner, PlannerOptions
 from otel_dist.tpcds.datagen import generate
 from tests.oracle import assert_same_rows, has_order_by, single_node
+from tests.support import CLI
 from tests.test_plan_distribution import _allowed_single_task
 
 TEST_SCALE = 0.1  # the smallest scale at which every fact table is written as 4 files
@@ -68,6 +70,21 @@ def test_every_large_table_is_split_into_several_files(tpcds_dir: Path) -> None:
     assert set(catalog.tables) == set(tpcds.TABLES)
     for table in ("store_sales", "catalog_sales", "web_sales", "inventory"):
         assert len(catalog.tables[table].files) == 4, table
+
+
+def test_tpcdsgen_keeps_its_scale_and_refuses_another(tpcds_dir: Path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, *args], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+        )
+
+    again = cli("tpcdsgen", "--scale", str(TEST_SCALE), "--out", str(tpcds_dir))
+    assert again.returncode == 0 and "is already in" in again.stdout, again.stderr
+    other = cli("tpcdsgen", "--scale", "1", "--out", str(tpcds_dir))
+    assert other.returncode == 1 and other.stderr.count("\n") == 1, other.stderr
+    assert "already holds TPC-DS SF 0.1, not SF 1" in other.stderr
+    bench = cli("bench", "--suite", "tpcds", "--queries", "100", "--data", str(tpcds_dir))
+    assert bench.returncode == 1 and "no TPC-DS query 100: queries are 1 to 99" in bench.stderr
 
 
 @pytest.mark.parametrize("threshold", [None, 0], ids=["broadcast", "all-shuffled"])

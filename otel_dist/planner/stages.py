@@ -92,7 +92,7 @@ class StageBuilder(JoinPlanning):
         ctx = self._stage_context(part)
         frame = part.build(ctx)
         # A projection keeps the order of the rows under it (a sort's, a merge's).
-        types = [f.type for f in plain_schema(frame.schema())]
+        types = [field.type for field in plain_schema(frame.schema())]
         wanted = list(cast_to.types) if cast_to is not None else types
         if len(wanted) != len(types):
             raise NotDistributable("distributed plan produces a different number of columns")
