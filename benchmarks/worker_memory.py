@@ -16,7 +16,7 @@ import os
 import time
 
 from otel_dist import tpch
-from otel_dist.coordinator.local import LocalCluster
+from otel_dist.frontend.local import LocalCluster
 from otel_dist.tpch.datagen import default_cache_dir, generate
 from tests.support import process_usage
 

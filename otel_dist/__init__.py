@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from otel_dist.coordinator.local import LocalCluster
+    from otel_dist.frontend.local import LocalCluster
 
 __all__ = ["LocalCluster"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "LocalCluster":
-        from otel_dist.coordinator.local import LocalCluster
+        from otel_dist.frontend.local import LocalCluster
 
         return LocalCluster
     raise AttributeError(f"module 'otel_dist' has no attribute {name!r}")

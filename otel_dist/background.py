@@ -22,7 +22,7 @@ from otel_dist.deep_stack import start_thread
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-_Job = tuple[Future, Callable[[], object]]  # type: ignore[type-arg]
+_Job = tuple[Future[object], Callable[[], object]]
 
 # A thread idle this long leaves, so a process returns to its usual thread count after load.
 IDLE_EXIT_S = 5.0
@@ -44,7 +44,7 @@ def run_in_background(
             spawn = False
         else:
             spawn = True
-    _jobs.put((future, lambda: function(*args, **kwargs)))
+    _jobs.put((future, lambda: function(*args, **kwargs)))  # type: ignore[arg-type]
     if spawn:
         # A deep native stack: tasks plan and run DataFusion on these threads.
         start_thread(_serve, "otel-dist-background")

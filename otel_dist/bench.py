@@ -29,12 +29,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from rich.console import Console
 from rich.table import Table
 
 from otel_dist import tpcds, tpch
-from otel_dist.coordinator.local import LocalCluster
 from otel_dist.exchange.router import route
+from otel_dist.frontend.local import LocalCluster
 from otel_dist.planner.catalog import Catalog
 from otel_dist.session import plain_schema
 from otel_dist.telemetry import envelope
@@ -254,7 +255,8 @@ def router_throughput(data: Path, repeats: int = 15, table: str = "lineitem") ->
                 pass
 
         try:
-            raw(), routed()
+            raw()  # warm-up
+            routed()
             raw_times: list[float] = []
             routed_times: list[float] = []
             pairs = ((raw, raw_times), (routed, routed_times))
@@ -291,10 +293,7 @@ def _serve_table(data: Path, name: str, port_to: Connection) -> None:
     server.serve()
 
 
-def _synthetic_request(spans: int) -> object:
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-        ExportTraceServiceRequest,
-    )
+def _synthetic_request(spans: int) -> ExportTraceServiceRequest:
     from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
     items = [

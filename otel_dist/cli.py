@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    configure_logging(getattr(args, "log_format", "text"))
+    configure_logging(
+        getattr(args, "log_format", "text"), getattr(args, "log_level", "warning").upper()
+    )
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
@@ -254,6 +256,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="operator spans without literals (as OTEL_DIST_REDACT_SQL=true does)",
     )
+    _logging_options(worker)
     _security_options(worker, server=True)
     _sql_limit_options(worker)
     worker.set_defaults(run=_worker)
@@ -319,9 +322,7 @@ def _parser() -> argparse.ArgumentParser:
         "OTEL_DIST_EXPLAIN_LOG_SLOW_MS (1000 ms), or all (default: OTEL_DIST_EXPLAIN_LOG, "
         "else slow)",
     )
-    coordinator.add_argument(
-        "--log-format", choices=("text", "json"), default="text", help="log line format"
-    )
+    _logging_options(coordinator)
     _security_options(coordinator, server=True)
     _coordinator_options(coordinator)
     coordinator.set_defaults(run=_coordinator)
@@ -399,6 +400,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.set_defaults(run=_bench)
     return parser
+
+
+def _logging_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="log line format"
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="warning",
+        help="the least severe log lines written to stderr (default: warning)",
+    )
 
 
 def _security_options(parser: argparse.ArgumentParser, server: bool) -> None:
@@ -529,7 +542,7 @@ def _explain_options(parser: argparse.ArgumentParser) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     from otel_dist import tpch
-    from otel_dist.coordinator.local import LocalCluster
+    from otel_dist.frontend.local import LocalCluster
     from otel_dist.tpch.datagen import default_cache_dir, generate
 
     data = generate(DEMO_SCALE, default_cache_dir(DEMO_SCALE))
@@ -581,7 +594,8 @@ def _tpcdsgen(args: argparse.Namespace) -> int:
 
 
 def _local(args: argparse.Namespace) -> int:
-    from otel_dist.coordinator.local import LocalCluster
+    from otel_dist.explain.statements import parse_explain
+    from otel_dist.frontend.local import LocalCluster
     from otel_dist.progress_view import local_poll
 
     _check_output(args.output)
@@ -600,10 +614,15 @@ def _local(args: argparse.Namespace) -> int:
         for url in cluster.metrics_urls:
             stderr.print(f"metrics: {url}", markup=False, highlight=False)
         display = ProgressDisplay(local_poll(cluster.coordinator), stderr, wanted(args))
-        if not _wants_explain(args):
+        if not _wants_explain(args) and parse_explain(args.sql) is not None:
             with display:
                 table = cluster.sql(args.sql)
             _emit(table, args.output, args.max_rows)
+            return 0
+        if not _wants_explain(args):  # streamed: any size, in bounded memory
+            with display:
+                schema, batches = cluster.stream(args.sql)
+                _emit_batches(batches, schema, args.output, args.max_rows, display)
             return 0
         try:
             with display:
@@ -680,11 +699,11 @@ def _worker(args: argparse.Namespace) -> int:
 def _coordinator(args: argparse.Namespace) -> int:
     from otel_dist.addresses import AddressError, parse_dns_name, parse_workers
     from otel_dist.coordinator.core import Coordinator, CoordinatorConfig
-    from otel_dist.coordinator.server import CoordinatorServer
     from otel_dist.explain.live import LiveQueries
     from otel_dist.explain.recent import QueryLog, QueryLogConfig, RecentQueries
     from otel_dist.explain.statements import trace_url_template
     from otel_dist.explain.web import QueryPagesServer
+    from otel_dist.frontend.server import CoordinatorServer
     from otel_dist.telemetry.metrics import start_process_telemetry
 
     try:

@@ -30,8 +30,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(log_format: str = "text", explain_level: int = logging.INFO) -> None:
-    """Root logging at WARNING on stderr; explain trees at ``explain_level``."""
+def configure_logging(
+    log_format: str = "text", level: str = "WARNING", explain_level: int = logging.INFO
+) -> None:
+    """Root logging at ``level`` (a level name) on stderr; explain trees at ``explain_level``."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
@@ -39,5 +41,5 @@ def configure_logging(log_format: str = "text", explain_level: int = logging.INF
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
+    root.setLevel(level)
     logging.getLogger("otel_dist.explain.log").setLevel(explain_level)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_dist.coordinator.local import LocalCluster
+from otel_dist.frontend.local import LocalCluster
 from otel_dist.tpch.datagen import generate
 
 TEST_SCALE = float(os.environ.get("OTEL_DIST_TEST_SCALE", "0.01"))

@@ -25,8 +25,9 @@ SLOW = (
     "from lineitem"
 )
 SF01 = Path(os.environ.get("OTEL_DIST_TEST_DATA_SF01", "/work/data/tpch-sf0.1"))
-IDLE_WINDOW_S = 0.5
-IDLE_CPU_S = 0.05  # under 10% of a core over the window: idle
+SAMPLE_S = 0.1
+BUSY_CPU_S = 0.02  # more than a fifth of a core over a sample: computing
+QUIET_S = 1.0
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -35,14 +36,19 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _seconds_until_idle(pids: list[int], since: float, limit_s: float = 30) -> float:
-    """Seconds from ``since`` until every process used under ``IDLE_CPU_S`` over a window."""
+    """Seconds from ``since`` to the end of the last ``SAMPLE_S`` in which any of ``pids``
+    was computing, once all have been quiet for ``QUIET_S``."""
+    last_busy = since
+    before = [_cpu_seconds(pid) for pid in pids]
     while time.monotonic() - since < limit_s:
-        start = time.monotonic()
-        before = [_cpu_seconds(pid) for pid in pids]
-        time.sleep(IDLE_WINDOW_S)
-        used = [_cpu_seconds(pid) - cpu for pid, cpu in zip(pids, before, strict=True)]
-        if max(used) < IDLE_CPU_S:
-            return start - since
+        time.sleep(SAMPLE_S)
+        now = time.monotonic()
+        after = [_cpu_seconds(pid) for pid in pids]
+        if max(b - a for a, b in zip(before, after, strict=True)) > BUSY_CPU_S:
+            last_busy = now
+        before = after
+        if now - last_busy >= QUIET_S:
+            return last_busy - since
     raise AssertionError(f"workers still busy {limit_s:.0f}s after the interrupt")
 
 

@@ -167,3 +167,17 @@ def test_a_collector_that_is_down_costs_one_line_and_little_time(tpch_dir: Path)
     assert all("telemetry export is failing" in line for line in warnings), warnings
     # Was 20 s against 3 (5 s per exporter shutdown, 10 s for a worker to exit).
     assert down_s < healthy_s + 5, (down_s, healthy_s)
+
+
+def test_a_failing_query_on_local_is_one_line(tpch_dir: Path) -> None:
+    """The workers share local's terminal: the failure is said once, by the coordinator."""
+    done = _cli(
+        "local",
+        "--workers",
+        "2",
+        "--data",
+        str(tpch_dir),
+        "-e",
+        "select l_orderkey / (l_linenumber - l_linenumber) from lineitem",
+    )
+    _one_line(done, "Divide by zero", "stage 1 task")

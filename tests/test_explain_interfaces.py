@@ -17,10 +17,10 @@ import pytest
 
 from otel_dist import tpch
 from otel_dist.coordinator.core import QueryError
-from otel_dist.coordinator.local import LocalCluster
 from otel_dist.explain.recent import QueryLog, QueryLogConfig, RecentQueries
 from otel_dist.explain.statements import explain_analyze
 from otel_dist.explain.web import QueryPagesServer
+from otel_dist.frontend.local import LocalCluster
 from otel_dist.logs import JsonFormatter
 from otel_dist.telemetry.conventions import is_query_span
 from otel_dist.testing.otlp_receiver import OtlpReceiver

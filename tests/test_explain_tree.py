@@ -13,7 +13,6 @@ import pytest
 
 from otel_dist import tpch
 from otel_dist.coordinator.core import QueryResult
-from otel_dist.coordinator.local import LocalCluster
 from otel_dist.explain import (
     ExplainTree,
     OperatorNode,
@@ -26,6 +25,7 @@ from otel_dist.explain import (
 )
 from otel_dist.explain.build import aggregate_operators
 from otel_dist.explain.format import format_bytes, format_duration, format_metric
+from otel_dist.frontend.local import LocalCluster
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.model import DistributedPlan
 from otel_dist.telemetry import conventions as c

@@ -22,10 +22,10 @@ import pytest
 
 from otel_dist import tpch
 from otel_dist.coordinator.core import QueryResult
-from otel_dist.coordinator.local import LocalCluster
 from otel_dist.explain import ExplainTree, build_tree, render_text, tree_to_dict
 from otel_dist.explain.build import walk
 from otel_dist.explain.html import render_html
+from otel_dist.frontend.local import LocalCluster
 from otel_dist.tpch.datagen import default_cache_dir, generate
 
 PART_TOLERANCE = 0.05

@@ -25,8 +25,8 @@ from otel_dist.coordinator.core import (
     FinishedQuery,
     QueryError,
 )
-from otel_dist.coordinator.local import LocalCluster
-from otel_dist.coordinator.server import CoordinatorServer
+from otel_dist.frontend.local import LocalCluster
+from otel_dist.frontend.server import CoordinatorServer
 from otel_dist.telemetry import conventions as c
 from otel_dist.telemetry.setup import Telemetry, TelemetryConfig
 from otel_dist.testing.otlp_receiver import OtlpReceiver

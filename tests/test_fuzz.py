@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 
 from otel_dist import tpch
 from otel_dist.coordinator.core import Coordinator, CoordinatorConfig
-from otel_dist.coordinator.local import LocalCluster
-from otel_dist.coordinator.server import CoordinatorServer
+from otel_dist.frontend.local import LocalCluster
+from otel_dist.frontend.server import CoordinatorServer
 from otel_dist.protocol import (
     ACTION_CANCEL_QUERY,
     ACTION_GET_TASK_TELEMETRY,

@@ -18,7 +18,7 @@ import pyarrow.flight as flight
 import pytest
 
 from otel_dist.coordinator.core import QueryRejected
-from otel_dist.coordinator.local import LocalCluster
+from otel_dist.frontend.local import LocalCluster
 from otel_dist.planner.distribute import PlanningError
 from otel_dist.protocol import (
     ACTION_SUBMIT_TASKS,

@@ -15,8 +15,8 @@ import pyarrow.flight as flight
 import pytest
 
 from otel_dist.coordinator.core import Coordinator, CoordinatorConfig, QueryError, QueryRejected
-from otel_dist.coordinator.local import LocalCluster
-from otel_dist.coordinator.server import CoordinatorServer
+from otel_dist.frontend.local import LocalCluster
+from otel_dist.frontend.server import CoordinatorServer
 from otel_dist.telemetry.setup import Telemetry, TelemetryConfig
 from tests.support import CLI, wait_until, worker_health
 

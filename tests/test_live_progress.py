@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from otel_dist.coordinator.local import LocalCluster
 from otel_dist.exchange.security import AUTH_TOKEN_ENV
+from otel_dist.frontend.local import LocalCluster
 from otel_dist.telemetry import conventions as c
 from tests.support import CLI, remote_cluster, scrape, stop, wait_until
 from tests.test_profile_page import ARTIFACTS, CHROMIUM_FLAGS

@@ -15,7 +15,7 @@ import pytest
 
 from otel_dist import tpch
 from otel_dist.coordinator.core import QueryResult
-from otel_dist.coordinator.local import LocalCluster
+from otel_dist.frontend.local import LocalCluster
 from otel_dist.telemetry import conventions as c
 from otel_dist.telemetry.envelope import TaskRef
 from tests.oracle import assert_same_rows, has_order_by, single_node
@@ -117,7 +117,11 @@ def test_32_concurrent_queries_are_correct_and_leave_nothing_behind(
     loaded: LocalCluster, expected: dict[str, pa.Table]
 ) -> None:
     _round(loaded, expected, len(QUERIES))  # warm-up: imports, pools and caches
-    time.sleep(0.5)
+    wait_until(
+        lambda: all(worker_health(url)["running_tasks"] == 0 for url in loaded.worker_urls),
+        30,
+        "the warm-up's tasks to end",
+    )
     baseline = _usage(loaded)
     elapsed = _round(loaded, expected, CONCURRENT)
     assert elapsed < 120, f"{CONCURRENT} concurrent queries took {elapsed:.0f}s"

@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 
 from otel_dist import tpch
-from otel_dist.coordinator.local import LocalCluster
+from otel_dist.frontend.local import LocalCluster
 from otel_dist.telemetry.metrics import STAGE_KIND_LABELS, stage_kind_label
 from tests.support import wait_until
 

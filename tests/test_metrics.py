@@ -32,7 +32,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from otel_dist import tpch
-from otel_dist.coordinator.local import ClusterError, LocalCluster
+from otel_dist.frontend.local import ClusterError, LocalCluster
 from otel_dist.telemetry import conventions as c
 from otel_dist.telemetry import metrics as m
 from otel_dist.telemetry.metrics import MetricsConfig, stage_skews, start_process_telemetry

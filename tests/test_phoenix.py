@@ -31,9 +31,9 @@ import pytest
 
 from otel_dist import tpch
 from otel_dist.coordinator.core import QueryError, QueryTelemetry
-from otel_dist.coordinator.local import LocalCluster
 from otel_dist.explain.build import build_tree
 from otel_dist.explain.model import ExplainTree, StageNode
+from otel_dist.frontend.local import LocalCluster
 from otel_dist.telemetry import conventions as c
 from otel_dist.telemetry.otlp import SpanRecord
 from tests.support import free_port, stop, wait_until

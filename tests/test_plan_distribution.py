@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 
 from otel_dist import tpch
-from otel_dist.coordinator.local import LocalCluster
 from otel_dist.coordinator.scheduler import assign, task_specs
+from otel_dist.frontend.local import LocalCluster
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.distribute import DEFAULT_MIN_TASK_BYTES, Planner, PlannerOptions
 from otel_dist.planner.joins import LOCAL_SCAN_BYTES

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from otel_dist import tpch
-from otel_dist.coordinator.local import LocalCluster
 from otel_dist.explain.build import build_tree
 from otel_dist.explain.html import render_html
 from otel_dist.explain.model import ExplainTree, StageNode, TaskNode
 from otel_dist.explain.text import render_text
+from otel_dist.frontend.local import LocalCluster
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM_FLAGS = [

@@ -115,3 +115,21 @@ def test_unknown_output_format_is_one_line(coordinator: str, tmp_path: Path) -> 
     )
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and "must end in .parquet" in done.stderr
+
+
+def test_local_streams_its_result_to_a_file_in_bounded_memory(
+    tpch_dir: Path, tmp_path: Path
+) -> None:
+    """``local`` runs the coordinator in its own process: the result still goes to the file
+    as the root stage produces it, not gathered first."""
+    small, big = tmp_path / "small.parquet", tmp_path / "big.parquet"
+    local = ["local", "--workers", "2", "--data", str(tpch_dir), "--output"]
+    done, small_peak, _ = _run(*local, str(small), "-e", SMALL)
+    assert done.returncode == 0, done.stderr
+    done, big_peak, seconds = _run(*local, str(big), "-e", BIG)
+    assert done.returncode == 0, done.stderr
+    print(f"local: 1.5 M rows in {seconds:.1f}s, peak {big_peak / 1e6:.0f} MB")
+    assert f"1504375 rows written to {big}" in done.stderr
+    whole = _read(big)
+    assert whole.num_rows == 1_504_375
+    assert big_peak - small_peak < whole.nbytes / 2, (small_peak, big_peak, whole.nbytes)

@@ -17,7 +17,6 @@ import pytest
 
 from otel_dist import tpch
 from otel_dist.coordinator.core import QueryRejected
-from otel_dist.coordinator.local import LocalCluster
 from otel_dist.exchange.clients import new_client
 from otel_dist.exchange.security import (
     AUTH_TOKEN_ENV,
@@ -25,6 +24,7 @@ from otel_dist.exchange.security import (
     SecurityConfig,
     SecurityError,
 )
+from otel_dist.frontend.local import LocalCluster
 from otel_dist.protocol import (
     ACTION_HEALTH,
     ACTION_SUBMIT_TASKS,

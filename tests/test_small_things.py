@@ -10,9 +10,9 @@ import urllib.request
 from pathlib import Path
 
 from otel_dist import tpch
-from otel_dist.coordinator.local import LocalCluster
 from otel_dist.explain.recent import RecentQueries
 from otel_dist.explain.web import QueryPagesServer
+from otel_dist.frontend.local import LocalCluster
 from otel_dist.tpch.datagen import existing_scale
 from tests.support import CLI
 

@@ -12,7 +12,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "otel_dist"
 
-ENGINE = ("planner", "worker", "exchange", "coordinator/core.py", "coordinator/scheduler.py")
+ENGINE = ("planner", "worker", "exchange", "coordinator")
 
 
 def _imports(path: Path) -> set[str]:

@@ -16,16 +16,16 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from otel_dist import tpch
 from otel_dist.coordinator.core import Coordinator, CoordinatorConfig, QueryError
-from otel_dist.coordinator.local import LocalCluster
 from otel_dist.coordinator.scheduler import assign, task_specs
+from otel_dist.frontend.local import LocalCluster
 from otel_dist.planner.catalog import Catalog
 from otel_dist.telemetry import conventions as c
 from otel_dist.telemetry.envelope import TaskRef
 from otel_dist.telemetry.otlp import SpanRecord
 from otel_dist.telemetry.setup import Telemetry, TelemetryConfig
 from otel_dist.telemetry.task_spans import operator_metrics
-from otel_dist.testing.flight_proxy import FlightProxy
 from otel_dist.testing.otlp_receiver import OtlpReceiver
+from tests.flight_proxy import FlightProxy
 from tests.oracle import assert_same_rows, has_order_by, single_node
 
 

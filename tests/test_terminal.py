@@ -8,13 +8,12 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.support import remote_cluster
+from tests.support import remote_cluster, wait_until
 
 BIG = "select * from lineitem, nation"
 
@@ -43,16 +42,15 @@ def test_row_cap_and_progress_on_a_terminal(tpch_dir: Path) -> None:
             ]
         )
         _tmux(socket, "new-session", "-d", "-x", "250", "-y", "60", command)
+        seen: list[str] = []
+
+        def finished() -> str:
+            seen.append(_tmux(socket, "capture-pane", "-p", "-J"))
+            return seen[-1] if "EXIT=" in seen[-1] else ""
+
         try:
-            seen_progress = False
-            deadline = time.monotonic() + 120
-            screen = ""
-            while time.monotonic() < deadline:
-                screen = _tmux(socket, "capture-pane", "-p", "-J")
-                seen_progress = seen_progress or "rows received" in screen
-                if "EXIT=" in screen:
-                    break
-                time.sleep(0.05)
+            screen = wait_until(finished, 120, "the query to end", every=0.05)
+            seen_progress = any("rows received" in frame for frame in seen)
         finally:
             subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True, timeout=10)
     assert "EXIT=0" in screen, screen

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 
 from otel_dist import tpcds
-from otel_dist.coordinator.local import LocalCluster
+from otel_dist.frontend.local import LocalCluster
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.distribute import DEFAULT_MIN_TASK_BYTES, Planner, PlannerOptions
 from otel_dist.tpcds.datagen import generate

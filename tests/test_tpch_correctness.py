@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from otel_dist import tpch
-from otel_dist.coordinator.local import LocalCluster
+from otel_dist.frontend.local import LocalCluster
 from tests.oracle import assert_same_rows, has_order_by, single_node
 
 

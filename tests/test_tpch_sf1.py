@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from otel_dist import tpch
-from otel_dist.coordinator.local import LocalCluster
+from otel_dist.frontend.local import LocalCluster
 from otel_dist.planner.distribute import DEFAULT_MIN_TASK_BYTES
 from otel_dist.tpch.datagen import default_cache_dir, generate
 from tests.oracle import assert_same_rows, has_order_by, single_node

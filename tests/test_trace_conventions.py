@@ -13,8 +13,8 @@ import pytest
 
 from otel_dist import tpch
 from otel_dist.coordinator.core import QueryError, QueryResult
-from otel_dist.coordinator.local import LocalCluster
 from otel_dist.explain.build import build_tree
+from otel_dist.frontend.local import LocalCluster
 from otel_dist.telemetry import conventions as c
 from otel_dist.telemetry.otlp import SpanRecord, decode_attributes
 from otel_dist.telemetry.setup import (

@@ -13,9 +13,9 @@ from pathlib import Path
 import pyarrow.flight as flight
 import pytest
 
-from otel_dist.coordinator.local import LocalCluster
 from otel_dist.coordinator.scheduler import assign, task_specs
 from otel_dist.exchange.router import route
+from otel_dist.frontend.local import LocalCluster
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.distribute import Planner, PlannerOptions
 from otel_dist.protocol import BucketTicket

@@ -1,1 +1,2 @@
-"""The coordinator: planning hand-off, task scheduling, result collection, and local clusters."""
+"""The coordinator: planning hand-off, task scheduling, worker membership and health, result
+collection and live progress. It never renders EXPLAIN (the front ends in ``frontend/`` do)."""

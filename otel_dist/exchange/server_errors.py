@@ -16,7 +16,7 @@ INVALID_ARGUMENT. So:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -52,7 +52,7 @@ def get_error(error: BaseException, what: str) -> flight.FlightDataStream:
     raise for_client(error, what) from None
 
 
-def _finished_generator() -> Iterator[object]:
+def _finished_generator() -> Generator[object, None, None]:
     generator: Iterator[object] = iter(())
     finished = (item for item in generator)
     for _ in finished:

@@ -594,8 +594,8 @@ def aggregate_operators(tasks: Sequence[TaskNode]) -> list[OperatorNode]:
 
     roots: list[OperatorNode] = []
     for key in sorted(merged, key=plan_order):
-        parent = merged.get(key[:-1])
-        (parent.children if parent is not None else roots).append(merged[key])
+        owner = merged.get(key[:-1])
+        (owner.children if owner is not None else roots).append(merged[key])
     return roots
 
 

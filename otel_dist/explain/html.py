@@ -103,7 +103,7 @@ def render_html(tree: ExplainTree, trace_url_template: str | None = None) -> str
         f"<title>otel_dist query {_e(tree.query_id)}</title><style>{_STYLE}</style></head><body>",
         _header(tree, trace_url_template),
         "<h2>Critical path</h2>",
-        _critical_path(tree.critical_path),
+        _critical_path(tree.critical_path, tree.status == "running"),
         "<h2>Timeline</h2>",
         _timeline(tree, colors),
         "<h2>Stages</h2>",
@@ -127,7 +127,8 @@ def _header(tree: ExplainTree, trace_url_template: str | None) -> str:
     items = [
         f"<span>query <b>{_e(tree.query_id)}</b></span>",
         f"<span>trace {trace}</span>",
-        f"<span>total <b>{_e(format_duration(tree.duration_ns))}</b></span>",
+        f"<span>{'elapsed' if tree.status == 'running' else 'total'} "
+        f"<b>{_e(format_duration(tree.duration_ns))}</b></span>",
         f"<span>status <b class='{status_class}'>{_e(tree.status)}</b></span>",
     ]
     if tree.output_rows is not None:
@@ -240,7 +241,9 @@ def _task_row(stage: StageNode, task: TaskNode) -> str:
     )
 
 
-def _critical_path(path: CriticalPath | None) -> str:
+def _critical_path(path: CriticalPath | None, running: bool = False) -> str:
+    if path is None and running:
+        return "<p id='critical-path'>Found when the query ends.</p>"
     if path is None:
         return "<p id='critical-path'>No task timings were recorded.</p>"
     items = []
@@ -296,10 +299,11 @@ def _timeline(tree: ExplainTree, colors: dict[int, str]) -> str:
     workers = _workers(tree)
     if not tasks and not workers:
         return "<p>No task timings were recorded.</p>"
-    origin = min((t.started_ns for _, t in tasks), default=0)  # type: ignore[type-var]
+    times = [(t.started_ns or 0, t.duration_ns or 0) for _, t in tasks]  # both known: above
+    origin = min((start for start, _ in times), default=0)
     if tree.started_ns is not None and tasks:
         origin = min(origin, tree.started_ns)
-    end = max((t.started_ns + t.duration_ns for _, t in tasks), default=origin + 1)  # type: ignore[operator]
+    end = max((start + duration for start, duration in times), default=origin + 1)
     if tree.started_ns is not None and tree.duration_ns is not None and tasks:
         end = max(end, tree.started_ns + tree.duration_ns)
     span = max(1, end - origin)

@@ -76,7 +76,7 @@ class QueryPagesServer:
                 "status": "running",
                 "sql": q["sql"],
                 "trace_id": q["trace_id"],
-                "started_at": int(q["start_ns"]) / 1e9,  # type: ignore[call-overload]
+                "started_at": int(q["start_ns"]) / 1e9,
                 "finished_at": None,
                 "duration_ns": q["elapsed_ns"],
                 "error": None,

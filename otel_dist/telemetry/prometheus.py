@@ -165,7 +165,7 @@ class PrometheusReader(MetricReader):
         self._latest: MetricsData | None = None
         self._exemplars: dict[tuple[str, tuple[str, ...], int], PromExemplar] = {}
         self._server: WSGIServer | None = None
-        self.registry.register(_Collector(self))  # type: ignore[arg-type]
+        self.registry.register(_Collector(self))
 
     def serve(self, host: str, port: int, token: str | None = None) -> int:
         """Serve ``/metrics`` on ``host:port`` (0 chooses a free port); return the port. With
@@ -173,7 +173,7 @@ class PrometheusReader(MetricReader):
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         server_class = type("_MetricsServer", (_MetricsServer,), {"address_family": family})
         app = _guarded(make_wsgi_app(self.registry), token)
-        server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
+        server: WSGIServer = make_server(host, port, app, server_class, handler_class=_QuietHandler)
         threading.Thread(
             target=server.serve_forever, args=(0.1,), name="prometheus-metrics", daemon=True
         ).start()
@@ -305,7 +305,7 @@ def _guarded(app: Any, token: str | None) -> Any:
 
     def guarded(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         if bearer_allowed(environ.get("HTTP_AUTHORIZATION"), token):
-            return app(environ, start_response)  # type: ignore[no-any-return]
+            return app(environ, start_response)
         start_response(
             "401 Unauthorized",
             [

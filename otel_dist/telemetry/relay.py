@@ -48,7 +48,12 @@ class SpanRelay:
     def flush(self, timeout_s: float = 5.0) -> None:
         """Wait (bounded) until what was submitted has been sent or given up on."""
         done = threading.Event()
-        threading.Thread(target=lambda: (self._queue.join(), done.set()), daemon=True).start()
+
+        def drained() -> None:
+            self._queue.join()
+            done.set()
+
+        threading.Thread(target=drained, daemon=True).start()
         done.wait(timeout_s)
 
     def shutdown(self) -> None:

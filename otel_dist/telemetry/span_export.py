@@ -115,7 +115,7 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         return False
 
 
-class _CountingQueue(collections.deque):  # type: ignore[type-arg]
+class _CountingQueue(collections.deque[object]):
     """A bounded deque that counts the items a full ``appendleft`` discards (thread-safe)."""
 
     def __init__(self, items: Iterable[object], maxlen: int, stats: SpanExportStats) -> None:
@@ -130,9 +130,9 @@ class _CountingQueue(collections.deque):  # type: ignore[type-arg]
         if full:
             self._stats.add("dropped", 1)
 
-    def pop(self) -> object:
+    def pop(self, *args: int) -> object:  # the SDK pops from the right end only
         with self._lock:
-            return super().pop()
+            return super().pop(*args)
 
 
 def instrumented_telemetry(config: TelemetryConfig) -> tuple[Telemetry, SpanExportStats | None]:

@@ -134,7 +134,7 @@ class _LogsServicer(logs_service_pb2_grpc.LogsServiceServicer):
 
 
 def _copy(message: _T) -> _T:
-    duplicate = type(message)()  # type: ignore[call-arg]
+    duplicate = type(message)()
     duplicate.CopyFrom(message)  # type: ignore[attr-defined]
     return duplicate
 

@@ -305,7 +305,9 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
                     )
 
     def cancel_query(self, query_id: str) -> None:
-        for task in self._tasks_of(query_id):
+        tasks = self._tasks_of(query_id)
+        log.info("cancelling query %s: %d task(s) here", query_id, len(tasks))
+        for task in tasks:
             task.cancel()
 
     def release_query(self, query_id: str) -> None:

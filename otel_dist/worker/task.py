@@ -49,7 +49,7 @@ from otel_dist.telemetry.task_spans import (
     without_details,
 )
 from otel_dist.worker.buckets import Bucket, MemoryBudget
-from otel_dist.worker.streams import StreamCancelled, batches
+from otel_dist.worker.streams import POLL_S, StreamCancelled, batches
 from otel_dist.worker.timing import PLANNING, TELEMETRY, Stopwatch, TaskClock, wait_part
 
 log = logging.getLogger(__name__)
@@ -371,7 +371,7 @@ class Task:
             run_in_background(pump, source)
         while remaining:
             try:
-                item = merged.get(timeout=1.0)
+                item = merged.get(timeout=POLL_S)  # a cancel is seen at once
             except queue.Empty:
                 if self._cancel.is_set():
                     raise TaskCancelled("cancelled") from None

@@ -16,7 +16,8 @@ import selectors
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -29,6 +30,7 @@ from otel_dist.coordinator.core import (
     CoordinatorConfig,
     QueryResult,
 )
+from otel_dist.coordinator.streaming import stream_result
 from otel_dist.exchange.security import (
     AUTH_TOKEN_ENV,
     INTERNAL_SECRET_ENV,
@@ -42,6 +44,7 @@ from otel_dist.exchange.security import (
 from otel_dist.explain.statements import ExplainAnalysis, explain_analyze, run_sql
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.model import DistributedPlan
+from otel_dist.session import plain_schema
 from otel_dist.sql_limits import DEFAULT_MAX_SQL_DEPTH, DEFAULT_MAX_SQL_OPERATORS
 from otel_dist.telemetry.metrics import MetricsConfig, start_process_telemetry
 from otel_dist.telemetry.setup import EXPORT_ERRORS_ENV
@@ -223,6 +226,10 @@ class LocalCluster:
             str(self.max_sql_depth),
             "--max-sql-operators",
             str(self.max_sql_operators),
+            # The coordinator in this process reports what fails, once: the workers' own
+            # warnings would repeat it on the same terminal.
+            "--log-level",
+            "error",
         ]
         security = self.security
         if security.tls_cert and security.tls_key:
@@ -312,6 +319,13 @@ class LocalCluster:
     def sql(self, sql: str) -> pa.Table:
         """Run a statement: a query, or EXPLAIN [ANALYZE] [VERBOSE] returning its plan text."""
         return run_sql(self.coordinator, sql)
+
+    def stream(self, sql: str) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """A query's schema and its batches as they are produced, a few held at a time
+        whatever the result's size; closing the iterator early cancels the query. Planning
+        errors are raised here, before any batch."""
+        schema = plain_schema(self.coordinator.plan(sql).output_schema)
+        return schema, stream_result(self.coordinator, sql, uuid.uuid4().hex)
 
     def explain_analyze(self, sql: str) -> ExplainAnalysis:
         """Run ``sql`` and return its distributed EXPLAIN ANALYZE (``.text()``, ``.to_dict()``,

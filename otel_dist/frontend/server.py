@@ -23,10 +23,8 @@ tracebacks stay in the log (``exchange/server_errors.py``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import queue
 import threading
 import uuid
 from collections.abc import Iterator
@@ -37,6 +35,7 @@ import pyarrow.flight as flight
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otel_dist.coordinator.core import Coordinator, QueryError, QueryRejected
+from otel_dist.coordinator.streaming import cancel_until_done, stream_result
 from otel_dist.errors import one_line
 from otel_dist.exchange.security import SecurityConfig, server_location, server_options
 from otel_dist.exchange.server_errors import (
@@ -71,7 +70,6 @@ log = logging.getLogger(__name__)
 __all__ = ["ACTION_QUERY_TELEMETRY", "CoordinatorServer"]
 
 WATCH_INTERVAL_S = 0.1
-STREAM_QUEUE_BATCHES = 8  # a streamed result's batches held between the workers and the client
 _TICKET_OVERHEAD = 4096  # the JSON around the SQL text
 
 
@@ -126,58 +124,14 @@ class CoordinatorServer(UnsupportedCalls, flight.FlightServerBase):
     def _streamed(
         self, context: flight.ServerCallContext, sql: str, query_id: str
     ) -> Iterator[pa.RecordBatch]:
-        """A plain query's result, batch by batch as the root stage's tasks produce it,
-        through a small queue: the coordinator holds a few batches, not the result, and a
-        slow client slows the reading down. When the client goes away (the stream is closed
-        before its end) the query is cancelled everywhere."""
-        batches: queue.Queue[object] = queue.Queue(maxsize=STREAM_QUEUE_BATCHES)
-        gone, done = threading.Event(), threading.Event()
-        end = object()
-        outcome: dict[str, BaseException] = {}
-
-        def put(item: object) -> None:
-            while not gone.is_set():
-                try:
-                    batches.put(item, timeout=WATCH_INTERVAL_S)
-                    return
-                except queue.Full:
-                    continue
-            raise QueryError(f"query {query_id} was cancelled by its client")
-
-        def run() -> None:
-            try:
-                self.coordinator.execute(sql, query_id, sink=put, claimed=True)
-            except BaseException as error:
-                outcome["error"] = error
-            finally:
-                done.set()
-                with contextlib.suppress(QueryError):
-                    put(end)
-
-        threading.Thread(target=run, name=f"query-{query_id[:12]}", daemon=True).start()
-        finished = False
+        """A plain query's result as the root stage's tasks produce it (``stream_result``):
+        a client that goes away cancels the query everywhere."""
         try:
-            while True:
-                try:
-                    item = batches.get(timeout=WATCH_INTERVAL_S)
-                except queue.Empty:
-                    if context.is_cancelled():  # gone while the first batches are computed
-                        return
-                    continue
-                if item is end:
-                    break
-                yield item  # type: ignore[misc]
-            finished = True
-        finally:
-            if not finished:
-                log.info("client of query %s went away: cancelling it", query_id)
-                gone.set()
-                threading.Thread(
-                    target=_cancel_until_done, args=(self.coordinator, query_id, done), daemon=True
-                ).start()
-        error = outcome.get("error")
-        if error is not None:
-            raise _mid_stream(_flight_error(query_id, error))
+            yield from stream_result(
+                self.coordinator, sql, query_id, context.is_cancelled, claimed=True
+            )
+        except Exception as error:
+            raise _mid_stream(_flight_error(query_id, error)) from None
 
     def _decode_ticket(self, data: bytes) -> tuple[str, str, bool]:
         limit = self.coordinator.config.max_sql_bytes * 6 + _TICKET_OVERHEAD  # JSON escapes
@@ -222,7 +176,7 @@ class CoordinatorServer(UnsupportedCalls, flight.FlightServerBase):
             if context.is_cancelled():
                 log.info("client of query %s went away: cancelling it", query_id)
                 threading.Thread(
-                    target=_cancel_until_done, args=(self.coordinator, query_id, done), daemon=True
+                    target=cancel_until_done, args=(self.coordinator, query_id, done), daemon=True
                 ).start()
                 raise flight.FlightCancelledError(f"query {query_id} was cancelled by its client")
         if "error" in outcome:
@@ -304,13 +258,6 @@ def _mid_stream(error: pa.ArrowException) -> flight.FlightError:
     if isinstance(error, flight.FlightError):
         return error
     return flight.FlightServerError(one_line(error))
-
-
-def _cancel_until_done(coordinator: Coordinator, query_id: str, done: threading.Event) -> None:
-    """Cancel the query; retried while it is still being planned (not yet cancellable)."""
-    for _ in range(600):  # bounded: a minute at most
-        if coordinator.cancel(query_id) or done.wait(WATCH_INTERVAL_S):
-            return
 
 
 def _stream(
