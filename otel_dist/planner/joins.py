@@ -149,18 +149,24 @@ class JoinPlanning:
         join that matches NULL keys too (their mark is false)."""
         variant = node.to_variant()
         pairs = [(wrap(a), wrap(b)) for a, b in variant.on()]
-        key_pairs = [(as_column(a), as_column(b)) for a, b in pairs]
-        if variant.filter() is not None or not pairs or None in {k for p in key_pairs for k in p}:
-            raise NotDistributable("mark joins on computed keys or with a filter")
+        key_pairs: list[tuple[QualifiedColumn, QualifiedColumn]] = []
+        for a, b in pairs:
+            left_key, right_key = as_column(a), as_column(b)
+            if left_key is None or right_key is None:
+                raise NotDistributable("mark joins on computed keys")
+            key_pairs.append((left_key, right_key))
+        if variant.filter() is not None or not pairs:
+            raise NotDistributable("mark joins with a filter or without keys")
         if variant.null_equals_null():
             raise NotDistributable("mark joins matching NULL keys")
-        mark = (key_pairs[0][1][0], "mark")  # type: ignore[index]
-        if mark[0] is None:
+        qualifier = key_pairs[0][1][0]
+        if qualifier is None:
             raise NotDistributable("a mark join whose right side has no qualifier")
+        mark: QualifiedColumn = (qualifier, "mark")
         left_node, right_node = node.inputs()
         left, right = self.part(left_node), self.part(right_node)
-        right = self._distinct_keys(right, [b for _, b in key_pairs])  # type: ignore[misc]
-        left, right, partitioning, why = self._place_join("LeftSemi", left, right, key_pairs)  # type: ignore[arg-type]
+        right = self._distinct_keys(right, [b for _, b in key_pairs])
+        left, right, partitioning, why = self._place_join("LeftSemi", left, right, key_pairs)
         built_left, built_right = left.build, right.build
         left_columns = left.columns
         count = len(key_pairs)
@@ -169,11 +175,11 @@ class JoinPlanning:
             lhs, rhs = built_left(ctx), built_right(ctx)
             left_keys = lhs.aggregate(
                 [column_expr(a).alias(f"__k{i}") for i, (a, _) in enumerate(key_pairs)],
-                [],  # type: ignore[arg-type]
+                [],
             )
             right_keys = rhs.aggregate(
                 [column_expr(b).alias(f"__r{i}") for i, (_, b) in enumerate(key_pairs)],
-                [],  # type: ignore[arg-type]
+                [],
             ).select(
                 *[column_expr((None, f"__r{i}")) for i in range(count)],
                 Expr.literal(True).alias("__m"),
