@@ -1,6 +1,6 @@
 """``otel-dist bench``: the cost of distribution and of telemetry, side by side in one run.
 
-Per TPC-H query, interleaved run by run, in an order that rotates, so drift hits every system
+Per query of the suite (TPC-H, the default, or TPC-DS), interleaved run by run, in an order that rotates, so drift hits every system
 alike:
 
 * ``datafusion``: single-node DataFusion on the same files, with the cluster's thread budget;
@@ -33,7 +33,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from rich.console import Console
 from rich.table import Table
 
-from otel_dist import tpch
+from otel_dist import tpcds, tpch
 from otel_dist.exchange.router import route
 from otel_dist.frontend.local import LocalCluster
 from otel_dist.planner.catalog import Catalog
@@ -67,10 +67,40 @@ class BenchOptions:
     # runs; after 8, 0.710 s against 0.708 s.
     warmup: int = 8
     data: Path | None = None
+    suite: str = "tpch"  # or "tpcds"
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A benchmark's queries, its data generator and the fact table the router streams."""
+
+    title: str
+    query: Callable[[int], str]
+    query_numbers: tuple[int, ...]
+    generate: Callable[[float], Path]
+    fact_table: str
+
+
+def _tpch_data(scale: float) -> Path:
+    return generate(scale, default_cache_dir(scale))
+
+
+def _tpcds_data(scale: float) -> Path:
+    from otel_dist.tpcds.datagen import generate as generate_tpcds
+
+    folder = default_cache_dir(scale)
+    return generate_tpcds(scale, folder.with_name(folder.name.replace("tpch", "tpcds", 1)))
+
+
+SUITES = {
+    "tpch": Suite("TPC-H", tpch.query, tpch.QUERY_NUMBERS, _tpch_data, "lineitem"),
+    "tpcds": Suite("TPC-DS", tpcds.query, tpcds.QUERY_NUMBERS, _tpcds_data, "store_sales"),
+}
 
 
 def run_bench(options: BenchOptions, console: Console) -> dict[str, object]:
-    data = options.data or generate(options.scale, default_cache_dir(options.scale))
+    suite = SUITES[options.suite]
+    data = options.data or suite.generate(options.scale)
     timings: dict[int, dict[str, list[float]]] = {
         q: {system: [] for system in SYSTEMS} for q in options.queries
     }
@@ -99,13 +129,13 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, object]:
             "otel_dist_traced": lambda sql: _traced(traced, sql, build_tree),
         }
         for _ in range(options.warmup):
-            for sql in (tpch.query(q) for q in options.queries):
+            for sql in (suite.query(q) for q in options.queries):
                 for runner in runners.values():
                     runner(sql)
             console.print("warm-up pass done", style="dim")
         for run in range(options.runs):
             for index, number in enumerate(options.queries):
-                sql = tpch.query(number)
+                sql = suite.query(number)
                 # The order rotates so that no system always runs right after another one
                 # (whose processes may still be releasing the last query's memory).
                 shift = (run + index) % len(SYSTEMS)
@@ -129,10 +159,11 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, object]:
         ]
         for system in SYSTEMS
     }
-    router = router_throughput(data)
+    router = router_throughput(data, table=suite.fact_table)
     explain_ms = explain_build_ms(10_000)
     report: dict[str, object] = {
         "machine": _machine(),
+        "suite": options.suite,
         "scale": options.scale,
         "workers": options.workers,
         "target_partitions": options.target_partitions,
@@ -189,7 +220,7 @@ class _StreamServer(flight.FlightServerBase):
         )
 
 
-def router_throughput(data: Path, repeats: int = 15) -> dict[str, float]:
+def router_throughput(data: Path, repeats: int = 15, table: str = "lineitem") -> dict[str, float]:
     """MB/s of a plain Flight read versus the same stream read through the router: after one
     read of each, ``repeats`` reads of each, alternated, and the medians (a read of SF 1's
     lineitem takes about 0.3 s). The stream comes from a server in a process of its own, as
@@ -197,7 +228,7 @@ def router_throughput(data: Path, repeats: int = 15) -> dict[str, float]:
     GIL, and the ratio moved by 10% from run to run."""
     spawn = multiprocessing.get_context("spawn")
     receiving, sending = spawn.Pipe(duplex=False)
-    server = spawn.Process(target=_serve_lineitem, args=(Path(data), sending), daemon=True)
+    server = spawn.Process(target=_serve_table, args=(Path(data), table, sending), daemon=True)
     server.start()
     try:
         ready = multiprocessing.connection.wait(
@@ -249,10 +280,10 @@ def router_throughput(data: Path, repeats: int = 15) -> dict[str, float]:
 _SERVER_START_TIMEOUT_S = 60.0
 
 
-def _serve_lineitem(data: Path, port_to: Connection) -> None:
-    """Serve ``lineitem`` as workers exchange it, ending in a telemetry message; send the port
+def _serve_table(data: Path, name: str, port_to: Connection) -> None:
+    """Serve the table ``name`` (``lineitem``, ``store_sales``) as workers exchange it, ending in a telemetry message; send the port
     and the stream's megabytes, then serve until terminated."""
-    table = pq.read_table(data / "lineitem")
+    table = pq.read_table(data / name)
     table = table.cast(plain_schema(table.schema))  # as workers exchange it
     message = envelope.encode(
         "bench", [(TaskRef(1, 0), _synthetic_request(50).SerializeToString())]
@@ -299,7 +330,8 @@ def _machine() -> dict[str, object]:
 def _print(report: dict[str, object], console: Console) -> None:
     table = Table(
         title=(
-            f"TPC-H SF {report['scale']} · {report['workers']} workers x "
+            f"{SUITES[str(report.get('suite', 'tpch'))].title} SF {report['scale']} · "
+            f"{report['workers']} workers x "
             f"{report['target_partitions']} partitions · median of {report['runs']} after "
             f"{report['warmup']} warm-up passes"
         )

@@ -114,6 +114,13 @@ class TaskSpec:
     partitions: tuple[int, ...] = ()
     trace_context: dict[str, str] = field(default_factory=dict)
     version: int = PROTOCOL_VERSION
+    # The stage's work as a serialized Substrait plan (base64) over the task's inputs, by the
+    # names they are registered under; when set it is what runs, and ``sql`` may be empty
+    # (fallback stages ship SQL text instead).
+    plan: str = ""
+
+    def plan_bytes(self) -> bytes:
+        return base64.b64decode(self.plan) if self.plan else b""
 
     @property
     def key(self) -> TaskKey:
@@ -177,6 +184,7 @@ class TaskSpec:
                     _str(k): _str(v) for k, v in _dict(raw.get("trace_context", {})).items()
                 },
                 version=_int(raw.get("version", PROTOCOL_VERSION)),
+                plan=_str(raw.get("plan", "")),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ProtocolError(f"malformed task spec: missing or invalid field {error}") from None
@@ -189,8 +197,13 @@ class TaskSpec:
             or not 0 <= spec.task_index < spec.task_count
         ):
             raise ProtocolError("task spec has an invalid bucket count or task index")
-        if not spec.sql.strip():
-            raise ProtocolError("task spec has no SQL")
+        if not spec.sql.strip() and not spec.plan:
+            raise ProtocolError("task spec has neither SQL nor a plan")
+        if spec.plan:
+            try:
+                base64.b64decode(spec.plan, validate=True)
+            except ValueError:
+                raise ProtocolError("task spec's plan is not base64") from None
         spec.output_schema()  # a schema that does not decode is refused now, not when run
         for task_input in spec.inputs:
             if task_input.is_stage_input:

@@ -115,7 +115,17 @@ def test_help_describes_every_option() -> None:
     top = _cli("--help")
     assert top.returncode == 0
     assert "OpenTelemetry" in top.stdout and "traces, metrics" in top.stdout
-    commands = ["demo", "tpchgen", "local", "worker", "coordinator", "query", "explain", "bench"]
+    commands = [
+        "demo",
+        "tpchgen",
+        "tpcdsgen",
+        "local",
+        "worker",
+        "coordinator",
+        "query",
+        "explain",
+        "bench",
+    ]
     for command in commands:
         done = _cli(command, "--help")
         assert done.returncode == 0, done.stderr

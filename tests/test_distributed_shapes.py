@@ -127,6 +127,50 @@ SHAPES = {
         " then null else c_custkey end from customer where c_custkey < 50)"
     ),
     "not_in": "select count(*) c from customer where c_custkey not in (select o_custkey from orders)",
+    "rollup": (
+        "select l_returnflag, l_linestatus, count(*) c, sum(l_quantity) q, avg(l_tax) t,"
+        " grouping(l_linestatus) g from lineitem group by rollup(l_returnflag, l_linestatus)"
+    ),
+    "cube_over_nulls": (
+        "select s, p, count(*) c, max(o_totalprice) m, grouping(s) gs from (select case when"
+        " o_orderkey % 5 = 0 then null else o_orderstatus end s, o_orderpriority p,"
+        " o_totalprice from orders) group by cube(s, p)"
+    ),
+    "grouping_sets_ranked": (
+        "select n_name, r_name, sum(s_acctbal) b, grouping(n_name) + grouping(r_name) h,"
+        " rank() over (partition by grouping(n_name) + grouping(r_name) order by sum(s_acctbal)"
+        " desc) rk from supplier join nation on s_nationkey = n_nationkey"
+        " join region on n_regionkey = r_regionkey group by grouping sets ((n_name), (r_name), ())"
+    ),
+    "intersect_with_nulls": (
+        "select case when c_custkey % 4 = 0 then null else c_nationkey end k from customer"
+        " intersect select case when s_suppkey % 3 = 0 then null else s_nationkey end from supplier"
+    ),
+    "except_with_nulls": (
+        "select case when c_custkey % 4 = 0 then null else c_mktsegment end k from customer"
+        " except select case when o_orderkey % 2 = 0 then null else o_orderpriority end"
+        " from orders"
+    ),
+    "exists_under_or": (
+        "select count(*) c from customer where c_acctbal > 9000 or exists (select 1 from orders"
+        " where o_custkey = c_custkey and o_totalprice > 300000) or c_custkey in"
+        " (select case when o_orderkey % 3 = 0 then null else o_custkey end from orders"
+        " where o_orderstatus = 'P')"
+    ),
+    "not_exists_under_or": (
+        "select count(*) c from customer where c_acctbal < 0 or not exists"
+        " (select 1 from orders where o_custkey = c_custkey)"
+    ),
+    "computed_above_order_by": (
+        "select c_custkey * 2 as k, upper(c_name) n from customer order by c_acctbal desc,"
+        " c_custkey limit 6"
+    ),
+    "multi_relation_aggregate_joined": (
+        "select t.n_name, t.o_orderstatus, t.total, r_name from (select n_name, n_regionkey,"
+        " o_orderstatus, sum(o_totalprice) total from orders join customer on o_custkey ="
+        " c_custkey join nation on c_nationkey = n_nationkey group by n_name, n_regionkey,"
+        " o_orderstatus) t join region on t.n_regionkey = r_regionkey"
+    ),
 }
 
 
@@ -169,14 +213,50 @@ def test_grouped_aggregate_shuffles_into_parallel_final_tasks(cluster: LocalClus
     assert final.task_count == partial.output.buckets == 3
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "rollup",
+        "cube_over_nulls",
+        "grouping_sets_ranked",
+        "intersect",
+        "intersect_with_nulls",
+        "except_with_nulls",
+        "exists_under_or",
+        "not_exists_under_or",
+        "computed_above_order_by",
+        "multi_relation_aggregate_joined",
+    ],
+)
+def test_shapes_once_in_the_fallback_are_distributed(cluster: LocalCluster, name: str) -> None:
+    """Grouping sets, NULL-matching joins, mark joins, computed columns over a sort and joins
+    over aggregates grouped by several relations all ran as the single-task fallback once."""
+    plan = cluster.plan(SHAPES[name])
+    assert not any(stage.is_fallback for stage in plan.stages), plan.describe()
+    assert any(stage.task_count > 1 for stage in plan.stages), plan.describe()
+
+
+def test_stages_travel_as_substrait_or_as_sql_where_substrait_cannot_nest(
+    cluster: LocalCluster, tpch_dir: Path
+) -> None:
+    """Substrait's decoder nests at most 100 protobuf levels (about 30 nested operators of one
+    expression): such a stage ships SQL text instead, and the query stays distributed."""
+    plain = cluster.plan(SHAPES["grouped_aggregates"])
+    assert all(stage.plan and not stage.is_fallback for stage in plain.stages)
+    chain = " + ".join(["n_nationkey"] * 40)
+    sql = f"select n_regionkey, sum({chain}) s from nation group by n_regionkey"
+    plan = cluster.plan(sql)
+    assert not any(stage.is_fallback for stage in plan.stages)
+    as_sql = [stage for stage in plan.stages if not stage.plan]
+    assert as_sql and all(stage.sql.startswith("SELECT") for stage in as_sql)
+    assert_same_rows(cluster.sql(sql), single_node(tpch_dir, sql), ordered=False)
+
+
 def test_fallback_is_marked_with_its_reason(cluster: LocalCluster) -> None:
-    plan = cluster.plan(
-        "select l_returnflag, l_linestatus, count(*) from lineitem "
-        "group by rollup(l_returnflag, l_linestatus)"
-    )
+    plan = cluster.plan(SHAPES["not_in_with_nulls"])
     assert plan.strategy == "fallback"
     assert plan.root.task_count == 1
-    assert "grouping sets are not distributed yet" in (plan.root.fallback_reason or "")
+    assert "NOT IN over nullable keys is not distributed yet" in (plan.root.fallback_reason or "")
     assert all(stage.task_count > 1 for stage in plan.stages[:-1])
 
 

@@ -1,4 +1,4 @@
-"""The ``otel-dist`` command line: demo, tpchgen, local, worker, coordinator, query, top,
+"""The ``otel-dist`` command line: demo, tpchgen, tpcdsgen, local, worker, coordinator, query, top,
 explain, bench.
 
 Errors a user can cause (bad SQL, unknown table, bad folder, unreachable worker) end with a
@@ -28,6 +28,7 @@ from otel_dist.cli import (
     local,
     query,
     top,
+    tpcdsgen,
     tpchgen,
     worker,
 )
@@ -39,7 +40,7 @@ from otel_dist.planner.catalog import CatalogError
 from otel_dist.planner.distribute import PlanningError
 from otel_dist.settings import SettingError
 
-COMMANDS = (demo, tpchgen, local, worker, coordinator, query, top, explain, bench)
+COMMANDS = (demo, tpchgen, tpcdsgen, local, worker, coordinator, query, top, explain, bench)
 DESCRIPTION = (
     "Distributed SQL over Arrow Flight with DataFusion, observable end to end with "
     "OpenTelemetry: run SQL on worker processes, see where its time went (EXPLAIN ANALYZE "

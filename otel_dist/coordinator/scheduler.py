@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 
 from otel_dist.planner.model import DistributedPlan, Stage
@@ -40,6 +41,7 @@ def task_specs(
     W3C trace context so the task span becomes a child of the stage span."""
     specs: list[TaskSpec] = []
     readers = _telemetry_readers(plan)
+    plan_text = {s.stage_id: base64.b64encode(s.plan).decode() for s in plan.stages}
     for stage in plan.stages:
         for task_index in range(stage.task_count):
             specs.append(
@@ -48,7 +50,8 @@ def task_specs(
                     stage_id=stage.stage_id,
                     task_index=task_index,
                     task_count=stage.task_count,
-                    sql=stage.sql,
+                    sql="" if stage.plan else stage.sql,
+                    plan=plan_text[stage.stage_id],
                     inputs=_inputs(plan, stage, task_index, placement, readers),
                     output=stage.output,
                     output_schema_ipc=encode_schema(stage.schema),

@@ -35,7 +35,8 @@ class AggregateSplit:
     partial_aggregates: list[Expr]
     partial_columns: list[QualifiedColumn]
     final_groups: list[Expr]
-    final_aggregates: list[Expr]
+    final_aggregates: list[Expr]  # plain aggregate calls (Substrait carries no other)
+    final_projection: list[Expr]  # over the final aggregate: names, casts, avg's division
     output_columns: list[QualifiedColumn]
     key_columns: list[QualifiedColumn]  # partial columns the shuffle hashes on
 
@@ -51,6 +52,7 @@ def split_aggregate(
     partial_groups: list[Expr] = []
     partial_columns: list[QualifiedColumn] = []
     final_groups: list[Expr] = []
+    final_projection: list[Expr] = []
     output_columns: list[QualifiedColumn] = []
     for index, expr in enumerate(groups):
         column = as_column(expr)
@@ -58,22 +60,25 @@ def split_aggregate(
             partial_groups.append(expr)
             partial_columns.append(column)
             final_groups.append(column_expr(column))
+            final_projection.append(column_expr(column))
             output_columns.append(column)
         else:
             name = f"__g{index}"
             partial_groups.append(expr.alias(name))
             partial_columns.append((None, name))
-            final_groups.append(column_expr((None, name)).alias(expr.schema_name()))
+            final_groups.append(column_expr((None, name)))
+            final_projection.append(column_expr((None, name)).alias(expr.schema_name()))
             output_columns.append((None, expr.schema_name()))
     keys = list(partial_columns)
     partial_aggregates: list[Expr] = []
     final_aggregates: list[Expr] = []
     for index, expr in enumerate(aggregates):
         out_type = output_types.field(len(groups) + index).type
-        partials, final = _split_call(variant, expr, index, out_type)
+        partials, finals, combined = _split_call(variant, expr, index, out_type)
         partial_aggregates.extend(partials)
         partial_columns.extend((None, p.schema_name()) for p in partials)
-        final_aggregates.append(final.alias(expr.schema_name()))
+        final_aggregates.extend(finals)
+        final_projection.append(combined.alias(expr.schema_name()))
         output_columns.append((None, expr.schema_name()))
     return AggregateSplit(
         partial_groups,
@@ -81,6 +86,7 @@ def split_aggregate(
         partial_columns,
         final_groups,
         final_aggregates,
+        final_projection,
         output_columns,
         keys,
     )
@@ -88,8 +94,9 @@ def split_aggregate(
 
 def _split_call(
     variant: object, expr: Expr, index: int, output_type: pa.DataType
-) -> tuple[list[Expr], Expr]:
-    """The partial aggregates computed per task and the final expression combining them."""
+) -> tuple[list[Expr], list[Expr], Expr]:
+    """The partial aggregates computed per task, the final aggregates over them and the
+    expression over the final aggregates that gives the call's value."""
     inner = expr
     if inner.variant_name() == "Alias":
         inner = wrap(inner.to_variant().expr())
@@ -112,6 +119,9 @@ def _split_call(
     def partial(suffix: str) -> Expr:
         return column_expr((None, f"__p{index}{suffix}"))
 
+    def final(suffix: str) -> Expr:
+        return column_expr((None, f"__f{index}{suffix}"))
+
     combine: dict[str, tuple[Callable[[Expr], Expr], Callable[[Expr], Expr]]] = {
         "sum": (f.sum, f.sum),
         "count": (f.count, f.sum),
@@ -120,20 +130,23 @@ def _split_call(
     }
     if name in combine:
         partial_fn, final_fn = combine[name]
-        final = final_fn(partial("")).cast(output_type)
+        combined = final("").cast(output_type)
         if name == "count":
-            final = f.coalesce(final, Expr.literal(0)).cast(output_type)
-        return [partial_fn(arg).alias(f"__p{index}")], final
-    total, count = f.sum(arg).alias(f"__p{index}s"), f.count(arg).alias(f"__p{index}c")
-    divisor = f.nullif(f.sum(partial("c")), Expr.literal(0))
+            combined = f.coalesce(combined, Expr.literal(0)).cast(output_type)
+        return (
+            [partial_fn(arg).alias(f"__p{index}")],
+            [final_fn(partial("")).alias(f"__f{index}")],
+            combined,
+        )
+    partials = [f.sum(arg).alias(f"__p{index}s"), f.count(arg).alias(f"__p{index}c")]
+    finals = [f.sum(partial("s")).alias(f"__f{index}s"), f.sum(partial("c")).alias(f"__f{index}c")]
+    divisor = f.nullif(final("c"), Expr.literal(0))
     if not pa.types.is_decimal(output_type):
-        final = f.sum(partial("s")).cast(pa.float64()) / divisor.cast(pa.float64())
-        return [total, count], final.cast(output_type)
+        combined = final("s").cast(pa.float64()) / divisor.cast(pa.float64())
+        return partials, finals, combined.cast(output_type)
     # DataFusion's decimal avg truncates to the output scale; decimal division truncates too,
     # so dividing at a finer scale and then truncating to the output scale gives the same digits.
     scale = output_type.scale
-    quotient = f.sum(partial("s")).cast(pa.decimal128(38, scale)) / divisor.cast(
-        pa.decimal128(20, 0)
-    )
+    quotient = final("s").cast(pa.decimal128(38, scale)) / divisor.cast(pa.decimal128(20, 0))
     unit = Expr.literal(pa.scalar(decimal.Decimal(1).scaleb(-scale), pa.decimal128(38, scale)))
-    return [total, count], (quotient - quotient % unit).cast(output_type)
+    return partials, finals, (quotient - quotient % unit).cast(output_type)

@@ -6,8 +6,8 @@ node's relation as computed by each task of a stage that is not cut yet, with ho
 partitioned across those tasks (file groups of one table, hash buckets, one task). Each part
 knows how to rebuild its relation with DataFusion's DataFrame API from the plan's own
 expressions, over the stage's named inputs. Cutting a part makes a stage: the rebuilt relation
-is unparsed to SQL and planned again in a session holding only that stage's inputs, so SQL
-the unparser gets wrong becomes a marked fallback instead of a wrong answer.
+becomes a Substrait plan, read back in a session holding only that stage's inputs (as a worker
+will), so a plan that does not serialize becomes a marked fallback instead of a failed task.
 
 Decisions, each recorded as the stage's strategy for ``EXPLAIN``:
 
@@ -21,6 +21,9 @@ Decisions, each recorded as the stage's strategy for ``EXPLAIN``:
   two phases: a partial aggregate inside the input's stage, a shuffle on the group keys, and
   the final aggregate per bucket (one task for global aggregates);
 * windows shuffle on a PARTITION BY column; windows without one gather into one task;
+* grouping sets aggregate in two phases, shuffled on the group columns and the set's bits;
+* joins matching NULL keys (INTERSECT, EXCEPT) and mark joins (EXISTS or IN under OR) are
+  placed like other joins (a mark join like a semi join);
 * UNION ALL runs per bucket over its hash-shuffled inputs;
 * sort and limit run per task and once more in a single merge task.
 
@@ -40,6 +43,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 from datafusion import DataFrame, Expr, SessionContext
 from datafusion.plan import LogicalPlan
+from datafusion.substrait import Consumer, Producer, Serde
 from datafusion.unparser import Dialect, Unparser
 
 from otel_dist.errors import one_line
@@ -157,21 +161,39 @@ class Planner:
             strategy = "fallback"
         return DistributedPlan(sql, stages, output_schema, strategy)
 
-    def unparse(
-        self, frame: DataFrame, ctx: SessionContext, prefix: str = ""
-    ) -> tuple[str, pa.Schema]:
-        """A frame as SQL (after ``prefix``, e.g. a WITH clause), and that SQL's schema as
-        ``ctx`` plans it again.
+    def serialize(self, frame: DataFrame, ctx: SessionContext) -> tuple[bytes, str, pa.Schema]:
+        """A stage's frame as a Substrait plan, its display SQL and the schema the plan
+        produces when ``ctx`` (holding only the stage's inputs) reads it back, as a worker will
+        (no plan, and SQL that runs, where Substrait cannot carry the stage).
 
-        Re-planning catches SQL the unparser gets wrong, and SQL that reads anything but the
-        stage's own inputs, and gives the column order the unparsed SQL really produces.
-        """
+        Reading it back catches plans Substrait cannot carry, and plans that read anything but
+        the stage's own inputs, before any task runs."""
+        logical = frame.logical_plan()
         try:
-            sql = prefix + self._unparser.plan_to_sql(frame.logical_plan())
-            schema = ctx.sql(sql).schema()
+            plan = Producer.to_substrait_plan(logical, ctx).encode()
+            restored = Consumer.from_substrait_plan(ctx, Serde.deserialize_bytes(plan))
+            schema = ctx.create_dataframe_from_logical_plan(restored).schema()
         except Exception as error:
-            raise NotDistributable(f"stage SQL does not re-plan: {one_line(error)}") from None
-        return sql, plain_schema(schema)
+            # Substrait's decoder nests at most 100 protobuf levels, about 30 nested operators
+            # of one expression (``a + b + ...``): such a stage travels as SQL text instead,
+            # planned again here as the worker will plan it.
+            try:
+                sql = self._unparser.plan_to_sql(logical)
+                schema = ctx.sql(sql).schema()
+            except Exception:
+                raise NotDistributable(
+                    f"stage plan does not serialize: {one_line(error)}"
+                ) from None
+            return b"", sql, plain_schema(schema)
+        return plan, self._display(logical), plain_schema(schema)
+
+    def _display(self, logical: LogicalPlan) -> str:
+        """The stage's work as SQL for EXPLAIN and the stage span, or as DataFusion's plan
+        outline where the unparser cannot write it (display only: the plan is what runs)."""
+        try:
+            return self._unparser.plan_to_sql(logical)
+        except Exception:
+            return logical.display_indent()
 
     def table_schema(self, table: str) -> pa.Schema:
         return self.ctx.table(table).schema()

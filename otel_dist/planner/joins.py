@@ -8,9 +8,17 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from datafusion import DataFrame, Expr, SessionContext
+from datafusion import functions as f
 from datafusion.plan import LogicalPlan
 
-from otel_dist.planner.exprs import NotDistributable, QualifiedColumn, as_column, column_expr, wrap
+from otel_dist.planner.exprs import (
+    NotDistributable,
+    QualifiedColumn,
+    as_column,
+    column_expr,
+    quote_identifier,
+    wrap,
+)
 from otel_dist.planner.parts import (
     BROADCAST,
     FILES,
@@ -70,16 +78,15 @@ class JoinPlanning:
     def _join(self, node: LogicalPlan) -> Part:
         variant = node.to_variant()
         join_type = str(variant.join_type())
+        if join_type == "LeftMark":
+            return self._mark_join(node)
         if join_type not in _JOIN_HOW:
             raise NotDistributable(f"{join_type} joins are not distributed yet")
-        if variant.null_equals_null():
-            raise NotDistributable("joins matching NULL keys are not distributed yet")
+        null_equal = bool(variant.null_equals_null())  # INTERSECT and EXCEPT
         left_node, right_node = node.inputs()
         if "null_aware" in node.display().splitlines()[0] and not self._keys_not_null(node):
             raise NotDistributable("NOT IN over nullable keys is not distributed yet")
         left, right = self.part(left_node), self.part(right_node)
-        if left.bare_aggregate or right.bare_aggregate:
-            raise NotDistributable("a join over an aggregate grouped by several relations")
         pairs = [(wrap(a), wrap(b)) for a, b in variant.on()]
         condition = wrap(variant.filter()) if variant.filter() is not None else None
         key_pairs = [
@@ -95,16 +102,27 @@ class JoinPlanning:
             else:
                 right = self._distinct_keys(right, [b for _, b in key_pairs])  # type: ignore[misc]
         left, right, partitioning, why = self._place_join(join_type, left, right, key_pairs)  # type: ignore[arg-type]
-        exprs = [a == b for a, b in pairs] + ([condition] if condition is not None else [])
-        if not exprs:
+        if null_equal and len(key_pairs) != len(pairs):
+            raise NotDistributable("a join matching NULL keys on computed keys")
+        exprs = [] if null_equal else [a == b for a, b in pairs]
+        exprs += [condition] if condition is not None else []
+        if not exprs and not null_equal:
             exprs = [Expr.literal(True)]
         built_left, built_right = left.build, right.build
 
         def build(ctx: SessionContext) -> DataFrame:
             lhs, rhs = built_left(ctx), built_right(ctx)
+            on = list(exprs)
+            if null_equal:
+                # The Python API has no IS NOT DISTINCT FROM: parse it over both sides.
+                both = lhs.join_on(rhs, Expr.literal(True), how="inner")
+                on = [
+                    both.parse_sql_expr(f"{_sql_column(a)} IS NOT DISTINCT FROM {_sql_column(b)}")
+                    for a, b in key_pairs
+                ] + on
             if swap:
-                return rhs.join_on(lhs, *exprs, how=how)
-            return lhs.join_on(rhs, *exprs, how=how)
+                return rhs.join_on(lhs, *on, how=how)
+            return lhs.join_on(rhs, *on, how=how)
 
         fused = joined(left, right, partitioning, why)
         if how in ("semi", "anti"):
@@ -121,6 +139,85 @@ class JoinPlanning:
         else:
             size = left.size + right.size
         return replace(fused, build=build, columns=columns, keys=keys, size=size)
+
+    def _mark_join(self, node: LogicalPlan) -> Part:
+        """A LeftMark join (``EXISTS`` or ``IN`` under ``OR``): every left row with a boolean
+        ``mark``, true when the right side has its key. Placed like a semi join (the right
+        side broadcast, or both shuffled on the key); built from the joins the DataFrame API
+        has: the distinct left keys left-joined to the distinct right keys give each key's
+        mark, under the right side's qualifier, and every left row finds its key's mark with a
+        join that matches NULL keys too (their mark is false)."""
+        variant = node.to_variant()
+        pairs = [(wrap(a), wrap(b)) for a, b in variant.on()]
+        key_pairs: list[tuple[QualifiedColumn, QualifiedColumn]] = []
+        for a, b in pairs:
+            left_key, right_key = as_column(a), as_column(b)
+            if left_key is None or right_key is None:
+                raise NotDistributable("mark joins on computed keys")
+            key_pairs.append((left_key, right_key))
+        if variant.filter() is not None or not pairs:
+            raise NotDistributable("mark joins with a filter or without keys")
+        if variant.null_equals_null():
+            raise NotDistributable("mark joins matching NULL keys")
+        qualifier = key_pairs[0][1][0]
+        if qualifier is None:
+            raise NotDistributable("a mark join whose right side has no qualifier")
+        mark: QualifiedColumn = (qualifier, "mark")
+        left_node, right_node = node.inputs()
+        left, right = self.part(left_node), self.part(right_node)
+        right = self._distinct_keys(right, [b for _, b in key_pairs])
+        left, right, partitioning, why = self._place_join("LeftSemi", left, right, key_pairs)
+        built_left, built_right = left.build, right.build
+        left_columns = left.columns
+        count = len(key_pairs)
+
+        def build(ctx: SessionContext) -> DataFrame:
+            lhs, rhs = built_left(ctx), built_right(ctx)
+            left_keys = lhs.aggregate(
+                [column_expr(a).alias(f"__k{i}") for i, (a, _) in enumerate(key_pairs)],
+                [],
+            )
+            right_keys = rhs.aggregate(
+                [column_expr(b).alias(f"__r{i}") for i, (_, b) in enumerate(key_pairs)],
+                [],
+            ).select(
+                *[column_expr((None, f"__r{i}")) for i in range(count)],
+                Expr.literal(True).alias("__m"),
+            )
+            marks = (
+                left_keys.join_on(
+                    right_keys,
+                    *[
+                        column_expr((None, f"__k{i}")) == column_expr((None, f"__r{i}"))
+                        for i in range(count)
+                    ],
+                    how="left",
+                )
+                .select(
+                    *[column_expr((None, f"__k{i}")) for i in range(count)],
+                    f.coalesce(column_expr((None, "__m")), Expr.literal(False)).alias("mark"),
+                )
+                .alias(mark[0])  # type: ignore[arg-type]
+            )
+            both = lhs.join_on(marks, Expr.literal(True), how="inner")
+            on = [
+                both.parse_sql_expr(
+                    f"{_sql_column(a)} IS NOT DISTINCT FROM {_sql_column((mark[0], f'__k{i}'))}"
+                )
+                for i, (a, _) in enumerate(key_pairs)
+            ]
+            joined_rows = lhs.join_on(marks, *on, how="inner")
+            return joined_rows.select(*[column_expr(c) for c in (*left_columns, mark)])
+
+        fused = joined(left, right, partitioning, why)
+        return replace(
+            fused,
+            build=build,
+            columns=(*left.columns, mark),
+            keys=left.keys,
+            size=left.size,
+            ops=(*fused.ops[:-1], "mark join"),
+        )
 
     def _distinct_keys(self, part: Part, keys: list[QualifiedColumn]) -> Part:
         """The side of a semi or anti join reduced to its distinct join keys, per task."""
@@ -296,7 +393,6 @@ class JoinPlanning:
             and part.fact is not None
             and part.fact != other.fact
             and not part.inputs
-            and not part.views
             and set(part.ops) <= _SCAN_OPS
             and part.fact_bytes <= min(LOCAL_SCAN_BYTES, self.min_task_bytes)
         )
@@ -326,6 +422,13 @@ def _join_keys(
     if join_type in ("Right", "RightSemi", "RightAnti"):
         return right.keys
     return frozenset()
+
+
+def _sql_column(column: QualifiedColumn | None) -> str:
+    assert column is not None
+    qualifier, name = column
+    quoted = quote_identifier(name)
+    return f"{quote_identifier(qualifier)}.{quoted}" if qualifier else quoted
 
 
 def _smaller(left: Part, right: Part) -> bool:

@@ -39,7 +39,10 @@ class StageInput:
 
 @dataclass
 class Stage:
-    """One stage: the same SQL run by ``task_count`` tasks, each over its own partition group."""
+    """One stage: the same work run by ``task_count`` tasks, each over its own partition group.
+    ``plan`` is that work as a serialized Substrait plan over the stage's inputs; ``sql`` is
+    then only its display (what EXPLAIN and the stage span show). Fallback stages have no
+    plan and run ``sql``."""
 
     stage_id: int
     kind: str
@@ -52,6 +55,7 @@ class Stage:
     local_scans: tuple[LocalScan, ...] = ()
     fallback_reason: str | None = None
     strategy: str = ""  # how the stage is partitioned and why, for EXPLAIN
+    plan: bytes = b""  # Substrait
 
     @property
     def is_fallback(self) -> bool:

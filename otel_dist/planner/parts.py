@@ -35,15 +35,6 @@ class Input:
     schema: pa.Schema
 
 
-@dataclass(frozen=True)
-class View:
-    """A CTE over a row-numbered input that restores one qualifier's columns."""
-
-    name: str
-    cte: str
-    schema: pa.Schema
-
-
 Build = Callable[[SessionContext], DataFrame]
 
 
@@ -60,14 +51,10 @@ class Part:
     fact_bytes: int = 0  # estimated bytes of the fact table's columns the stage reads
     local: tuple[tuple[str, int], ...] = ()  # small tables every task reads whole, with bytes
     inputs: tuple[Input, ...] = ()
-    views: tuple[View, ...] = ()
     size: int | None = None  # upper bound of the bytes, None when unknown
     ops: tuple[str, ...] = ()
     why: tuple[str, ...] = ()
     ordered: bool = False  # the rows come out sorted (a sort, merge or top-k is on top)
-    # An aggregate over several qualifiers is on top: DataFusion's unparser would merge it
-    # into an enclosing join's query block, so it must not be joined in this stage.
-    bare_aggregate: bool = False
 
     def then(
         self,
@@ -88,12 +75,11 @@ class Part:
             name=self.name if name is None else name,
             ops=(*self.ops, op),
             ordered=op in ORDERING or (self.ordered and op in ("limit", "project")),
-            bare_aggregate=self.bare_aggregate and op in ("project", "filter"),
         )
 
 
 def joined(left: Part, right: Part, partitioning: str, why: str) -> Part:
-    """The parts of both join sides fused into one stage (inputs, views, fact and history)."""
+    """The parts of both join sides fused into one stage (inputs, fact and history)."""
     facts = {p.fact for p in (left, right) if p.fact is not None}
     if len(facts) > 1:
         raise NotDistributable("two tables scanned from files in one stage")
@@ -112,7 +98,6 @@ def joined(left: Part, right: Part, partitioning: str, why: str) -> Part:
         fact_bytes=left.fact_bytes + right.fact_bytes,
         local=local,
         inputs=left.inputs + right.inputs,
-        views=left.views + right.views,
         ops=(*left.ops, *right.ops, "join"),
         why=(*left.why, *right.why, why),
     )

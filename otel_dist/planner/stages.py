@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 from datafusion import DataFrame, Expr, SessionContext
+from datafusion import functions as f
 from datafusion.plan import LogicalPlan
 
 from otel_dist.planner.aggregates import split_aggregate
@@ -33,7 +34,6 @@ from otel_dist.planner.parts import (
     SINGLE,
     Input,
     Part,
-    View,
     column_name,
     label,
     megabytes,
@@ -42,6 +42,9 @@ from otel_dist.planner.parts import (
 )
 from otel_dist.protocol import ROW_ID_COLUMN, OutputPartitioning
 from otel_dist.session import new_session, plain_schema
+
+# The column DataFusion adds to a grouping-set aggregate: which set a row belongs to.
+GROUPING_ID = "__grouping_id"
 
 if TYPE_CHECKING:
     from otel_dist.planner.distribute import Planner
@@ -88,23 +91,18 @@ class StageBuilder(JoinPlanning):
         out_names = names if unique else [f"__c{index}" for index in range(len(names))]
         ctx = self._stage_context(part)
         frame = part.build(ctx)
-        if part.ordered:
-            # A projection over the sort would become a derived table whose order SQL drops.
-            if not unique:
-                raise NotDistributable("duplicate column names under ORDER BY")
-        else:
-            types = [f.type for f in plain_schema(frame.schema())]
-            wanted = list(cast_to.types) if cast_to is not None else types
-            if len(wanted) != len(types):
-                raise NotDistributable("distributed plan produces a different number of columns")
-            frame = frame.select(
-                *[
-                    (column_expr(c) if have == want else column_expr(c).cast(want)).alias(o)
-                    for c, o, have, want in zip(part.columns, out_names, types, wanted, strict=True)
-                ]
-            )
-        prefix = "WITH " + ", ".join(v.cte for v in part.views) + " " if part.views else ""
-        sql, schema = self.planner.unparse(frame, ctx, prefix)
+        # A projection keeps the order of the rows under it (a sort's, a merge's).
+        types = [field.type for field in plain_schema(frame.schema())]
+        wanted = list(cast_to.types) if cast_to is not None else types
+        if len(wanted) != len(types):
+            raise NotDistributable("distributed plan produces a different number of columns")
+        frame = frame.select(
+            *[
+                (column_expr(c) if have == want else column_expr(c).cast(want)).alias(o)
+                for c, o, have, want in zip(part.columns, out_names, types, wanted, strict=True)
+            ]
+        )
+        plan, sql, schema = self.planner.serialize(frame, ctx)
         if schema.names != out_names:
             raise NotDistributable(f"stage produces {schema.names}, expected {out_names}")
         if hash_on:
@@ -137,6 +135,7 @@ class StageBuilder(JoinPlanning):
             stage_id=len(self.stages) + 1,
             kind=label(part.ops),
             sql=sql,
+            plan=plan,
             task_count=task_count,
             output=output,
             schema=schema,
@@ -166,30 +165,21 @@ class StageBuilder(JoinPlanning):
         partitioning: str,
         keys: frozenset[QualifiedColumn] = frozenset(),
     ) -> Part:
-        """A part reading a cut stage, with the cut part's columns and qualifiers restored."""
+        """A part reading a cut stage, with the cut part's columns and qualifiers restored.
+
+        A relation has one qualifier, so the input is read under its columns' qualifier (the
+        unqualified columns come out of an alias, which drops the qualifier); columns of
+        several qualifiers are split into one relation per qualifier over the numbered rows,
+        joined back on the row number."""
         columns = part.columns
         input_name = f"__s{stage.stage_id}"
         qualifiers = sorted({q for q, _ in columns if q is not None})
-        names = [name for _, name in columns]
         common = dict(columns=columns, partitioning=partitioning, name=part.name, keys=keys)
-        if len(qualifiers) <= 1 and out_names == names:
-            alias = qualifiers[0] if qualifiers else None
-
-            def build_plain(ctx: SessionContext) -> DataFrame:
-                frame = ctx.table(input_name)
-                return frame.alias(alias) if alias else frame
-
-            inputs = (Input(input_name, stage, False, stage.schema),)
-            return Part(build_plain, inputs=inputs, size=part.size, **common)  # type: ignore[arg-type]
-        # Columns of several qualifiers cannot live in one table: number the rows, split them
-        # into one view per qualifier and join the views back on the row number.
-        row_id = pa.field(ROW_ID_COLUMN, pa.int64(), nullable=False)
-        numbered = stage.schema.append(row_id)
-        groups: list[str | None] = [*qualifiers]
-        if any(q is None for q, _ in columns):
-            groups.append(None)
-        views: list[tuple[View, str | None]] = []
-        for index, qualifier in enumerate(groups):
+        unqualified = {name for q, name in columns if q is None}
+        if unqualified & {name for q, name in columns if q is not None}:
+            raise NotDistributable("a column name both qualified and not crossing an exchange")
+        groups: list[list[tuple[str, str]]] = []
+        for qualifier in qualifiers:
             mapping = [
                 (out, name)
                 for (q, name), out in zip(columns, out_names, strict=True)
@@ -197,44 +187,49 @@ class StageBuilder(JoinPlanning):
             ]
             if len({name for _, name in mapping}) != len(mapping):
                 raise NotDistributable("duplicate column names under one qualifier")
-            view = f"{input_name}_{index}"
-            select = ", ".join(
-                f"{quote_identifier(out)} AS {quote_identifier(name)}" for out, name in mapping
-            )
-            cte = (
-                f"{quote_identifier(view)} AS (SELECT {select}, {quote_identifier(ROW_ID_COLUMN)}"
-                f" FROM {quote_identifier(input_name)})"
-            )
-            fields = [stage.schema.field(out).with_name(name) for out, name in mapping]
-            views.append((View(view, cte, pa.schema([*fields, row_id])), qualifier))
+            groups.append(mapping)
+        loose = [
+            out for (q, _), out in zip(columns, out_names, strict=True) if q is None
+        ]  # the unqualified columns, by their names in the stage's output
+        numbered = len(qualifiers) > 1
+        refs = qualifiers or [input_name]
 
-        def build_views(ctx: SessionContext) -> DataFrame:
+        def build(ctx: SessionContext) -> DataFrame:
             frame: DataFrame | None = None
-            first_ref = ""
-            for view, qualifier in views:
-                table = ctx.table(view.name)
-                if qualifier is not None:
-                    table = table.alias(qualifier)
-                ref = qualifier if qualifier is not None else view.name
+            for index, ref in enumerate(refs):
+                table = ctx.table(input_name)
+                mapping = groups[index] if groups else []
+                exprs = [column_expr((None, out)).alias(name) for out, name in mapping]
+                if index == 0:
+                    exprs += [
+                        column_expr((None, out))
+                        for out in loose
+                        if out not in {name for _, name in mapping}
+                    ]
+                if numbered:
+                    exprs.append(column_expr((None, ROW_ID_COLUMN)))
+                table = table.select(*exprs).alias(ref)
                 if frame is None:
-                    frame, first_ref = table, ref
+                    frame = table
                 else:
                     frame = frame.join_on(
                         table,
-                        column_expr((first_ref, ROW_ID_COLUMN))
-                        == column_expr((ref, ROW_ID_COLUMN)),
+                        column_expr((refs[0], ROW_ID_COLUMN)) == column_expr((ref, ROW_ID_COLUMN)),
                         how="inner",
                     )
             assert frame is not None
-            return frame.select(*[column_expr(c) for c in columns])
+            return frame.select(
+                *[
+                    column_expr(c) if c[0] is not None else column_expr((refs[0], out)).alias(c[1])
+                    for c, out in zip(columns, out_names, strict=True)
+                ]
+            )
 
-        return Part(
-            build_views,
-            inputs=(Input(input_name, stage, True, numbered),),
-            views=tuple(view for view, _ in views),
-            size=part.size,
-            **common,  # type: ignore[arg-type]
-        )
+        schema = stage.schema
+        if numbered:
+            schema = schema.append(pa.field(ROW_ID_COLUMN, pa.int64(), nullable=False))
+        inputs = (Input(input_name, stage, numbered, schema),)
+        return Part(build, inputs=inputs, size=part.size, **common)  # type: ignore[arg-type]
 
     def exchange(
         self,
@@ -262,7 +257,7 @@ class StageBuilder(JoinPlanning):
             tables.insert(0, part.fact)
         for table in tables:
             register_empty(ctx, table, self.planner.table_schema(table))
-        for item in (*part.inputs, *part.views):
+        for item in part.inputs:
             register_empty(ctx, item.name, item.schema)
         return ctx
 
@@ -316,8 +311,6 @@ class StageBuilder(JoinPlanning):
         # Computed columns are named explicitly: the unparser would otherwise name them after
         # its own rewrite of the expression.
         exprs = [_named(wrap(e)) for e in node.to_variant().projections()]
-        if child.ordered and any(e.variant_name() != "Column" for e in exprs):
-            raise NotDistributable("computed columns above ORDER BY are not distributed yet")
         columns: list[QualifiedColumn] = []
         keys: set[QualifiedColumn] = set()
         for expr in exprs:
@@ -345,7 +338,6 @@ class StageBuilder(JoinPlanning):
         alias = node.to_variant().alias()
 
         def build(ctx: SessionContext) -> DataFrame:
-            # The projection keeps the unparser from hoisting filters out of the alias.
             frame = child.build(ctx).select(*[column_expr(c) for c in child.columns])
             return frame.alias(alias)
 
@@ -361,9 +353,9 @@ class StageBuilder(JoinPlanning):
         variant = node.to_variant()
         groups = [wrap(e) for e in variant.group_by_exprs()]
         aggregates = [wrap(e) for e in variant.aggregate_exprs()]
-        if any(g.variant_name() == "GroupingSet" for g in groups):
-            raise NotDistributable("grouping sets are not distributed yet")
         child = self.part(node.inputs()[0])
+        if any(g.variant_name() == "GroupingSet" for g in groups):
+            return self._grouping_sets(node, groups, aggregates, child)
         group_columns = [as_column(g) for g in groups]
         columns = tuple(
             [
@@ -373,27 +365,16 @@ class StageBuilder(JoinPlanning):
             + [(None, a.schema_name()) for a in aggregates]
         )
         size = 0 if not groups else child.size
-        qualifiers = {q for q, _ in columns if q is not None}
-        # The unparser keeps an aggregate in its own query block only under an alias.
-        alias = (
-            (next(iter(qualifiers)) if qualifiers else "__aggregate")
-            if len(qualifiers) < 2
-            else None
-        )
-
-        def finish(frame: DataFrame) -> DataFrame:
-            return frame.alias(alias) if alias is not None else frame
 
         in_place = [c for c in group_columns if c is not None and c in child.keys]
         if child.partitioning == SINGLE or (child.partitioning == HASH and in_place):
 
             def build_local(ctx: SessionContext) -> DataFrame:
-                return finish(child.build(ctx).aggregate(groups, aggregates))
+                return child.build(ctx).aggregate(groups, aggregates)
 
-            local = child.then(
+            return child.then(
                 build_local, "aggregate", columns=columns, keys=frozenset(in_place), size=size
             )
-            return replace(local, bare_aggregate=alias is None)
         output_types = self.planner.ctx.create_dataframe_from_logical_plan(node).schema()
         try:
             split = split_aggregate(groups, aggregates, variant, output_types)
@@ -411,13 +392,10 @@ class StageBuilder(JoinPlanning):
             moved = replace(moved, why=(*moved.why, why))
 
             def build_moved(ctx: SessionContext) -> DataFrame:
-                return finish(moved.build(ctx).aggregate(groups, aggregates))
+                return moved.build(ctx).aggregate(groups, aggregates)
 
             keys_after = frozenset(keys) if len(keys) == 1 else frozenset()
-            aggregated = moved.then(
-                build_moved, "aggregate", columns=columns, keys=keys_after, size=size
-            )
-            return replace(aggregated, bare_aggregate=alias is None)
+            return moved.then(build_moved, "aggregate", columns=columns, keys=keys_after, size=size)
 
         def build_partial(ctx: SessionContext) -> DataFrame:
             return child.build(ctx).aggregate(split.partial_groups, split.partial_aggregates)
@@ -434,16 +412,101 @@ class StageBuilder(JoinPlanning):
             read = self.exchange(partial, SINGLE)
 
         def build_final(ctx: SessionContext) -> DataFrame:
-            return finish(read.build(ctx).aggregate(split.final_groups, split.final_aggregates))
+            frame = read.build(ctx).aggregate(split.final_groups, split.final_aggregates)
+            return frame.select(*split.final_projection)
 
-        final = read.then(
+        return read.then(
             build_final,
             "final aggregate",
             columns=tuple(split.output_columns),
             keys=keys,
             size=size,
         )
-        return replace(final, bare_aggregate=alias is None)
+
+    def _grouping_sets(
+        self, node: LogicalPlan, groups: list[Expr], aggregates: list[Expr], child: Part
+    ) -> Part:
+        """``ROLLUP``, ``CUBE`` and ``GROUPING SETS``: a partial aggregate per task over every
+        grouping set, a shuffle on the group columns and the set's ``GROUPING()`` bits, and a
+        final aggregate grouped by both, so that the NULL a set puts in a column it does not
+        group by never meets a NULL of the data. The bits give back DataFusion's
+        ``__grouping_id`` (which the DataFrame API drops from an aggregate's output)."""
+        if len(groups) != 1:
+            raise NotDistributable("grouping sets beside other group keys")
+        output_types = plain_schema(
+            self.planner.ctx.create_dataframe_from_logical_plan(node).schema()
+        )
+        names = output_types.names
+        if GROUPING_ID not in names:
+            raise NotDistributable("a grouping-set aggregate without its set id")
+        id_index = names.index(GROUPING_ID)
+        id_type = output_types.field(id_index).type
+        group_columns: list[QualifiedColumn] = []
+        for name in names[:id_index]:
+            found = [c for c in child.columns if c[1] == name]
+            if len(found) != 1:
+                raise NotDistributable("grouping sets over computed or ambiguous columns")
+            group_columns.append(found[0])
+        width = len(group_columns)
+        bits = [f.grouping(column_expr(c)).alias(f"__b{i}") for i, c in enumerate(group_columns)]
+        bit_columns = [(None, f"__b{i}") for i in range(width)]
+        set_id: QualifiedColumn = (None, GROUPING_ID)
+        columns = (*group_columns, set_id, *[(None, a.schema_name()) for a in aggregates])
+
+        def grouping_id() -> Expr:
+            total = Expr.literal(0)
+            for i, column in enumerate(bit_columns):
+                total = total + column_expr(column).cast(pa.int64()) * Expr.literal(
+                    1 << (width - 1 - i)
+                )
+            return total.cast(id_type).alias(GROUPING_ID)
+
+        def whole(frame: DataFrame) -> DataFrame:
+            frame = frame.aggregate(groups, [*aggregates, *bits])
+            return frame.select(
+                *[column_expr(c) for c in group_columns],
+                grouping_id(),
+                *[column_expr((None, a.schema_name())) for a in aggregates],
+            )
+
+        if child.partitioning == SINGLE:
+            return child.then(lambda ctx: whole(child.build(ctx)), "aggregate", columns=columns)
+        try:
+            split = split_aggregate(
+                [column_expr(c) for c in group_columns],
+                aggregates,
+                node.to_variant(),
+                output_types.remove(id_index),
+            )
+        except NotDistributable as reason:
+            self._note("gathered aggregate")
+            moved = self._gather(child)
+            moved = replace(moved, why=(*moved.why, f"gather rows into one task: {reason}"))
+            return moved.then(lambda ctx: whole(moved.build(ctx)), "aggregate", columns=columns)
+
+        def build_partial(ctx: SessionContext) -> DataFrame:
+            return child.build(ctx).aggregate(groups, [*bits, *split.partial_aggregates])
+
+        partial_columns = (*group_columns, *bit_columns, *split.partial_columns[width:])
+        partial = child.then(build_partial, "partial aggregate", columns=partial_columns)
+        self._note("two-phase grouping sets")
+        read = self.exchange(partial, HASH, hash_on=(*group_columns, *bit_columns))
+        read = replace(
+            read,
+            why=(
+                *read.why,
+                "partial aggregate per grouping set, shuffled on its group columns and set bits",
+            ),
+        )
+
+        def build_final(ctx: SessionContext) -> DataFrame:
+            frame = read.build(ctx).aggregate(
+                [column_expr(c) for c in (*group_columns, *bit_columns)], split.final_aggregates
+            )
+            projection = split.final_projection
+            return frame.select(*projection[:width], grouping_id(), *projection[width:])
+
+        return read.then(build_final, "final aggregate", columns=columns, keys=frozenset())
 
     def _sort(self, node: LogicalPlan, skip: int = 0, fetch: int | None = None) -> Part:
         """A sort, with the ``skip``/``fetch`` of a limit right above it if any."""
@@ -545,13 +608,16 @@ class StageBuilder(JoinPlanning):
 
         names = self.planner.ctx.create_dataframe_from_logical_plan(node).schema().names
         sizes = [c.size for c in ready]
+        local: dict[str, int] = {}  # small tables the inputs read whole, each once
+        for table, scan_bytes in (item for c in ready for item in c.local):
+            local[table] = max(scan_bytes, local.get(table, 0))
         return Part(
             build,
             columns=tuple((None, name) for name in names),
             partitioning=partitioning,
             name="union",
+            local=tuple(local.items()),
             inputs=tuple(i for c in ready for i in c.inputs),
-            views=tuple(v for c in ready for v in c.views),
             size=None if None in sizes else sum(s for s in sizes if s is not None),
             ops=(*(op for c in ready for op in c.ops), "union"),
             why=(*(w for c in ready for w in c.why), "union of inputs hash-partitioned per bucket"),

@@ -280,7 +280,8 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
         for spec in specs:
             self._check_paths(spec, self.data_roots or declared_roots)
             try:
-                check_sql(spec.sql, self.sql_limits)
+                if spec.sql:
+                    check_sql(spec.sql, self.sql_limits)
             except SqlTooComplex as error:
                 raise ProtocolError(f"{spec.key} of query {spec.query_id[:100]}: {error}") from None
         settings = TaskSettings(

@@ -1,4 +1,5 @@
-"""One task on a worker: register its inputs, run its SQL with DataFusion, fill its buckets,
+"""One task on a worker: register its inputs, run its plan (Substrait, or SQL for fallback
+stages) with DataFusion, fill its buckets,
 then record its spans and the final telemetry message its bucket streams end with."""
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.flight as flight
-from datafusion import RuntimeEnvBuilder, SessionContext
+from datafusion import DataFrame, RuntimeEnvBuilder, SessionContext
+from datafusion.substrait import Consumer, Serde
 from opentelemetry.trace import SpanContext
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -197,7 +199,7 @@ class Task:
             with admitted(self.settings.admission, self._stopped, self._queued):
                 self.phase = "planning"
                 with Stopwatch(self.clock, PLANNING):
-                    plan = ctx.sql_with_options(self.spec.sql, QUERY_ONLY).execution_plan()
+                    plan = stage_frame(ctx, self.spec).execution_plan()
                 self.live_plan, self.phase = plan, "executing"
                 run_started = time.perf_counter_ns()
                 try:
@@ -488,6 +490,15 @@ class Task:
             log.warning("metrics of %s could not be recorded", self.spec.key, exc_info=True)
             return
         metrics.record_task(outcome)
+
+
+def stage_frame(ctx: SessionContext, spec: TaskSpec) -> DataFrame:
+    """The task's work over its registered inputs: its stage's Substrait plan, or (fallback
+    stages) its SQL. A plan naming anything but the registered inputs fails here."""
+    if spec.plan:
+        logical = Consumer.from_substrait_plan(ctx, Serde.deserialize_bytes(spec.plan_bytes()))
+        return ctx.create_dataframe_from_logical_plan(logical)
+    return ctx.sql_with_options(spec.sql, QUERY_ONLY)
 
 
 def _put(target: queue.Queue, item: object, cancel: threading.Event) -> None:
