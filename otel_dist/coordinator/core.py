@@ -728,16 +728,18 @@ class Coordinator:
         task_ends: dict[int, int] = {}
         task_starts: dict[int, int] = {}
         failed_stages: dict[int, str] = {}  # stage -> its first failed task's error
-        for span in worker_spans:
-            if span.name == c.SPAN_TASK:
-                stage_id = int(span.attributes.get(c.STAGE_ID, -1))  # type: ignore[arg-type]
-                task_ends[stage_id] = max(task_ends.get(stage_id, 0), span.end_ns)
-                task_starts[stage_id] = min(task_starts.get(stage_id, span.start_ns), span.start_ns)
-                if span.status_code == StatusCode.ERROR.value:
-                    failed_stages.setdefault(stage_id, span.status_message)
+        for record in worker_spans:
+            if record.name == c.SPAN_TASK:
+                stage_id = int(str(record.attributes.get(c.STAGE_ID, -1)))
+                task_ends[stage_id] = max(task_ends.get(stage_id, 0), record.end_ns)
+                task_starts[stage_id] = min(
+                    task_starts.get(stage_id, record.start_ns), record.start_ns
+                )
+                if record.status_code == StatusCode.ERROR.value:
+                    failed_stages.setdefault(stage_id, record.status_message)
         own: list[ReadableSpan] = []
         root_span = run.stage_spans.get(run.plan.root.stage_id) if run.plan else None
-        common = {c.QUERY_ID: run.query_id}
+        common: dict[str, object] = {c.QUERY_ID: run.query_id}
         parent = (root_span or run.query_span).get_span_context()
         with run.lock:  # reads still going end here, as far as the trace is concerned
             now = time.time_ns()

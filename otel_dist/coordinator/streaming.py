@@ -70,7 +70,7 @@ def stream_result(
                 continue
             if item is end:
                 break
-            yield item  # type: ignore[misc]
+            yield item
         finished = True
     finally:
         if not finished:

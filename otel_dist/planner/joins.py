@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from datafusion import DataFrame, Expr, SessionContext
 from datafusion import functions as f
@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from otel_dist.planner.catalog import Catalog
     from otel_dist.planner.distribute import Planner
 
-_JOIN_HOW = {
+_JoinHow = Literal["inner", "left", "right", "full", "semi", "anti"]
+_JOIN_HOW: dict[str, tuple[_JoinHow, bool]] = {
     "Inner": ("inner", False),
     "Left": ("left", False),
     "Right": ("right", False),
@@ -289,7 +290,7 @@ class JoinPlanning:
                         f"join in place: both sides are hash-partitioned on {pair(a, b)}",
                     )
             small = [
-                (side.size, position)
+                (side.size or 0, position)  # known: worth broadcasting
                 for side, other, position, allowed in (
                     (right, left, "right", may_right),
                     (left, right, "left", may_left),

@@ -405,10 +405,12 @@ class StageBuilder(JoinPlanning):
         )
         self._note("two-phase aggregate")
         if split.grouped:
-            keys = frozenset(split.key_columns) if len(split.key_columns) == 1 else frozenset()
+            final_keys = (
+                frozenset(split.key_columns) if len(split.key_columns) == 1 else frozenset()
+            )
             read = self.exchange(partial, HASH, hash_on=tuple(split.key_columns))
         else:
-            keys = frozenset()
+            final_keys = frozenset()
             read = self.exchange(partial, SINGLE)
 
         def build_final(ctx: SessionContext) -> DataFrame:
@@ -419,7 +421,7 @@ class StageBuilder(JoinPlanning):
             build_final,
             "final aggregate",
             columns=tuple(split.output_columns),
-            keys=keys,
+            keys=final_keys,
             size=size,
         )
 
@@ -578,8 +580,8 @@ class StageBuilder(JoinPlanning):
         def build(ctx: SessionContext) -> DataFrame:
             return ready.build(ctx).window(*exprs)
 
-        columns = ready.columns + tuple((None, e.schema_name()) for e in exprs)
-        return ready.then(build, "window", columns=columns)
+        with_windows = ready.columns + tuple((None, e.schema_name()) for e in exprs)
+        return ready.then(build, "window", columns=with_windows)
 
     def _union(self, node: LogicalPlan) -> Part:
         children = [self.part(child) for child in node.inputs()]

@@ -67,7 +67,7 @@ class Announcer:
         """Stop the heartbeats and say goodbye (at most ``GOODBYE_TIMEOUT_S``)."""
         self._stop.set()
         self._thread.join(self.interval_s + 1)
-        with contextlib.suppress(REMOTE_ERRORS):
+        with contextlib.suppress(*REMOTE_ERRORS):
             self._call(ACTION_UNREGISTER_WORKER, GOODBYE_TIMEOUT_S)
         self._client.close()
 

@@ -111,7 +111,7 @@ def rows_so_far(task: Task) -> int:
     read, once it ended): grows while a join or an aggregate works, before it outputs."""
     best = max(task.rows_out, sum(read.stats.rows for read in list(task.input_reads)))
     plan = task.live_plan
-    pending = [getattr(plan, "_raw_plan", plan)] if plan is not None else []
+    pending: list[Any] = [getattr(plan, "_raw_plan", plan)] if plan is not None else []
     try:
         while pending:
             operator = pending.pop()

@@ -365,6 +365,7 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
             isinstance(v, int) and not isinstance(v, bool) for v in (stage_id, task_index)
         ):
             raise ProtocolError("telemetry request needs query_id, stage_id and task_index")
+        assert isinstance(stage_id, int) and isinstance(task_index, int)  # checked just above
         task_ref = TaskRef(stage_id, task_index)
         with self._lock:
             task = self._tasks.get(TaskKey(query_id, stage_id, task_index))
