@@ -319,6 +319,7 @@ class Coordinator:
         self._running: dict[str, _Run] = {}
         self._running_lock = threading.Lock()
         self._held_result_bytes = 0  # gathered results of all running queries
+        self._finishing: set[Future[QueryTelemetry | None]] = set()  # failed, completing
         # Results and plans freed after a burst of queries go back to the operating system.
         self.trimmer = IdleTrimmer(lambda: bool(self._running)).start()
         self._listeners: list[QueryListener] = []
@@ -479,6 +480,9 @@ class Coordinator:
         completion: Future[QueryTelemetry | None] = run_in_background(
             self._finish, run, failure, cancel=True
         )
+        with self._running_lock:
+            self._finishing.add(completion)
+        completion.add_done_callback(self._finished_in_background)
         if isinstance(failure, QueryError):
             failure.telemetry = completion
             raise failure
@@ -544,7 +548,17 @@ class Coordinator:
                     continue
                 del self._used_ids[oldest]
 
+    def _finished_in_background(self, completion: Future[QueryTelemetry | None]) -> None:
+        with self._running_lock:
+            self._finishing.discard(completion)
+
     def close(self) -> None:
+        """Stop; failed queries still completing in the background get a bounded wait (their
+        workers are told to release them before the caller stops the workers)."""
+        with self._running_lock:
+            finishing = list(self._finishing)
+        if finishing:
+            wait(finishing, timeout=self.config.rpc_timeout_s + 2)
         if self.relay is not None:
             self.relay.shutdown()
         self.membership.close()
