@@ -24,33 +24,37 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.flight as flight
 from opentelemetry import trace
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from otel_dist import settings
 from otel_dist.background import run_in_background
 from otel_dist.coordinator.health import ProbeFailed, WorkerHealth, WorkerUnhealthy
 from otel_dist.coordinator.membership import (
-    DEFAULT_DNS_INTERVAL_S,
-    DEFAULT_HEARTBEAT_S,
-    DnsName,
     Membership,
 )
 from otel_dist.coordinator.progress import ProgressTracker
+from otel_dist.coordinator.query import (
+    DEFAULT_MAX_TOTAL_RESULT_BYTES,
+    CoordinatorConfig,
+    FinishedQuery,
+    QueryError,
+    QueryRejected,
+    QueryResult,
+    QueryRun,
+    QueryTelemetry,
+    WorkerUnreachable,
+)
+from otel_dist.coordinator.query_spans import QuerySpans, stage_event
 from otel_dist.coordinator.scheduler import assign, task_specs
 from otel_dist.deep_stack import call_with_deep_stack, deep_native_stacks
 from otel_dist.errors import one_line
 from otel_dist.exchange.clients import REMOTE_ERRORS, call_options, client_for
 from otel_dist.exchange.reader import read_bucket, read_record
 from otel_dist.exchange.router import StreamStats
-from otel_dist.exchange.security import NO_SECURITY, SecurityConfig, secure_url
+from otel_dist.exchange.security import secure_url
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.distribute import (
     NotAQuery,
@@ -62,7 +66,6 @@ from otel_dist.planner.distribute import (
 from otel_dist.planner.model import DistributedPlan
 from otel_dist.protocol import (
     ACTION_CANCEL_QUERY,
-    ACTION_GET_TASK_TELEMETRY,
     ACTION_HEALTH,
     ACTION_RELEASE_QUERY,
     ACTION_SUBMIT_TASKS,
@@ -80,20 +83,27 @@ from otel_dist.sql_limits import check as check_sql
 from otel_dist.telemetry import conventions as c
 from otel_dist.telemetry import rpc
 from otel_dist.telemetry.collector import SpanCollector
-from otel_dist.telemetry.envelope import TaskRef
 from otel_dist.telemetry.metrics import (
     Metrics,
-    QueryOutcome,
-    add_stage_baggage,
     start_process_telemetry,
 )
-from otel_dist.telemetry.otlp import SpanRecord, span_records
-from otel_dist.telemetry.otlp_encode import encode_spans
 from otel_dist.telemetry.redaction import operation_name, redact_sql
 from otel_dist.telemetry.relay import SpanRelay
 from otel_dist.telemetry.setup import Telemetry
-from otel_dist.telemetry.task_spans import ReadRecord, record_read_span
 from otel_dist.worker.memory import IdleTrimmer
+
+# The coordinator's public API: the class, its settings, and what a query ends with.
+__all__ = [
+    "DEFAULT_MAX_TOTAL_RESULT_BYTES",
+    "Coordinator",
+    "CoordinatorConfig",
+    "FinishedQuery",
+    "QueryError",
+    "QueryRejected",
+    "QueryResult",
+    "QueryTelemetry",
+    "WorkerUnreachable",
+]
 
 log = logging.getLogger(__name__)
 
@@ -104,176 +114,9 @@ MAX_UNDELIVERED_RELEASES = 10_000
 # Query ids of finished queries remembered so that none is reused while workers may still hold
 # its tasks, telemetry or a pending release.
 RECENT_QUERY_IDS = 10_000
-DEFAULT_MAX_SQL_BYTES: int = settings.SETTINGS["OTEL_DIST_MAX_SQL_BYTES"].default
-DEFAULT_MAX_RESULT_BYTES: int = settings.SETTINGS["OTEL_DIST_MAX_RESULT_BYTES"].default
-# Result bytes all running queries together may hold in the coordinator (gathered results:
-# LocalCluster.sql, explain runs; streamed results hold a few batches and are not counted).
-DEFAULT_MAX_TOTAL_RESULT_BYTES: int = settings.SETTINGS["OTEL_DIST_MAX_TOTAL_RESULT_BYTES"].default
-# How long reading a failed query's ``error.telemetry`` waits for its background completion.
-TELEMETRY_COMPLETION_WAIT_S = 60.0
-
-
-class QueryError(RuntimeError):
-    """A query failed; the message names the cause (stage, task, worker, table...).
-
-    A failed query's error reaches its caller at once; its telemetry (the spans of what ran,
-    fetched from the workers that are left) is completed in the background, and reading
-    ``telemetry`` waits for it (bounded). Front ends attach derived values the same way
-    (``later``: e.g. the partial EXPLAIN ANALYZE as ``analysis``)."""
-
-    def __init__(self, message: str, telemetry: QueryTelemetry | None = None) -> None:
-        super().__init__(message)
-        self._telemetry: QueryTelemetry | Future[QueryTelemetry | None] | None = telemetry
-        self._later: dict[str, Callable[[], object]] = {}
-
-    @property
-    def telemetry(self) -> QueryTelemetry | None:
-        pending = self._telemetry
-        if isinstance(pending, Future):
-            try:
-                return pending.result(timeout=TELEMETRY_COMPLETION_WAIT_S)
-            except Exception:  # not complete in time, or its collection failed
-                return None
-        return pending
-
-    @telemetry.setter
-    def telemetry(self, value: QueryTelemetry | Future[QueryTelemetry | None] | None) -> None:
-        self._telemetry = value
-
-    def later(self, name: str, compute: Callable[[], object]) -> None:
-        """Attach ``name``, computed (once) when first read."""
-        self._later[name] = compute
-
-    def __getattr__(self, name: str) -> object:
-        later = self.__dict__.get("_later", {})
-        if name not in later:
-            raise AttributeError(name)
-        value = later.pop(name)()
-        setattr(self, name, value)
-        return value
-
-
-class WorkerUnreachable(QueryError):
-    """A worker did not answer: refused or reset (``timed_out`` False), or too slowly."""
-
-    def __init__(self, message: str, url: str = "", timed_out: bool = False) -> None:
-        super().__init__(message)
-        self.url = url
-        self.timed_out = timed_out
-
-
-class QueryRejected(QueryError):
-    """The statement is refused before it runs: too long, or not a query."""
-
-
-@dataclass(frozen=True)
-class CoordinatorConfig:
-    """Settings of a coordinator."""
-
-    workers: tuple[str, ...]
-    data: str
-    tasks_per_stage: int | None = None
-    target_partitions: int = 2
-    broadcast_threshold: int | None = None  # None: OTEL_DIST_BROADCAST_THRESHOLD or 64 MB
-    min_task_bytes: int | None = None  # None: OTEL_DIST_MIN_TASK_BYTES or 64 MB
-    rpc_timeout_s: float = 10.0
-    query_timeout_s: float = 600.0
-    telemetry_fetch_timeout_s: float = 15.0
-    # Limits: the environment's settings (settings.py) unless given.
-    max_sql_bytes: int = field(default_factory=lambda: settings.read("OTEL_DIST_MAX_SQL_BYTES"))
-    max_result_bytes: int = field(
-        default_factory=lambda: settings.read("OTEL_DIST_MAX_RESULT_BYTES")
-    )
-    max_total_result_bytes: int = field(
-        default_factory=lambda: settings.read("OTEL_DIST_MAX_TOTAL_RESULT_BYTES")
-    )
-    max_sql_depth: int = field(default_factory=lambda: settings.read("OTEL_DIST_MAX_SQL_DEPTH"))
-    max_sql_operators: int = field(
-        default_factory=lambda: settings.read("OTEL_DIST_MAX_SQL_OPERATORS")
-    )
-    health_interval_s: float = 1.0  # 0: no background probes (calls still mark workers down)
-    health_timeout_s: float = 2.0
-    security: SecurityConfig = NO_SECURITY
-    dns_names: tuple[DnsName, ...] = ()  # resolved to workers, again every dns_interval_s
-    dns_interval_s: float = DEFAULT_DNS_INTERVAL_S
-    heartbeat_s: float = DEFAULT_HEARTBEAT_S  # registered workers: dropped after 3 missed
-
-
-@dataclass
-class QueryTelemetry:
-    """Every span collected for one query, and how complete the collection is."""
-
-    query_id: str
-    trace_id: str
-    spans: list[SpanRecord]
-    planned_tasks: set[TaskRef]
-    in_band_tasks: set[TaskRef]
-    fetched_tasks: set[TaskRef] = field(default_factory=set)
-    lost_tasks: set[TaskRef] = field(default_factory=set)
-    malformed_messages: int = 0
-    truncated_messages: int = 0
-    final_message_bytes: int = 0
-    otlp: ExportTraceServiceRequest | None = None
-
-
-@dataclass(frozen=True)
-class FinishedQuery:
-    """What listeners learn of every finished query, successful or not."""
-
-    query_id: str
-    sql: str
-    duration_ns: int
-    error: str | None
-    telemetry: QueryTelemetry | None
 
 
 QueryListener = Callable[[FinishedQuery], None]
-
-
-@dataclass
-class QueryResult:
-    """A finished query: its data, its plan, and its telemetry."""
-
-    query_id: str
-    table: pa.Table
-    plan: DistributedPlan
-    started_ns: int
-    ended_ns: int
-    telemetry: QueryTelemetry | None = None
-
-    @property
-    def duration_ns(self) -> int:
-        return self.ended_ns - self.started_ns
-
-
-@dataclass
-class _Run:
-    """The state of one query while it runs."""
-
-    query_id: str
-    sql: str
-    collector: SpanCollector
-    query_span: trace.Span
-    plan: DistributedPlan | None = None
-    placement: dict[tuple[int, int], str] = field(default_factory=dict)
-    stage_spans: dict[int, trace.Span] = field(default_factory=dict)
-    reads: list[ReadRecord] = field(default_factory=list)
-    # Reads still going (by span id): a failed query ends before them, and their spans must
-    # still be recorded, being the parents of the workers' spans of those calls.
-    open_reads: dict[int, tuple[BucketSource, StreamStats, int]] = field(default_factory=dict)
-    read_stats: list[StreamStats] = field(default_factory=list)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    lost_workers: dict[str, str] = field(default_factory=dict)  # url -> why it went down
-    result_bytes: int = 0
-    result_rows: int = 0
-    held_bytes: int = 0  # counted against max_total_result_bytes
-    sink: Callable[[pa.RecordBatch], None] | None = None  # streamed result: batches go here
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    started_ns: int = 0
-    sink_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def workers(self) -> set[str]:
-        return set(self.placement.values())
 
 
 class Coordinator:
@@ -316,7 +159,7 @@ class Coordinator:
         )
         # Short calls to workers (submissions, releases, telemetry fetches, probes).
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="coordinator")
-        self._running: dict[str, _Run] = {}
+        self._running: dict[str, QueryRun] = {}
         self._running_lock = threading.Lock()
         self._held_result_bytes = 0  # gathered results of all running queries
         self._finishing: set[Future[QueryTelemetry | None]] = set()  # failed, completing
@@ -329,6 +172,15 @@ class Coordinator:
             self._probe,
             config.health_interval_s,
             config.health_timeout_s,
+        )
+        self.spans = QuerySpans(
+            telemetry,
+            self.query_metrics,
+            self.relay,
+            config.telemetry_fetch_timeout_s,
+            self.worker_health.is_up,
+            self._rpc_action,
+            self._pool,
         )
         self.worker_health.add_listener(self._worker_down)
         self.worker_health.add_up_listener(self._worker_back)
@@ -446,7 +298,7 @@ class Coordinator:
                 c.DB_OPERATION_NAME: operation_name(sql),
             },
         )
-        run = _Run(
+        run = QueryRun(
             query_id, sql, SpanCollector(query_id), query_span, started_ns=started, sink=sink
         )
         with self._running_lock:
@@ -458,7 +310,7 @@ class Coordinator:
             run.plan = self.plan(sql)
             query_span.set_attribute(c.QUERY_STRATEGY, run.plan.strategy)
             _name_query_span(query_span, run.plan, sql)
-            self._start_stage_spans(run)
+            self.spans.start_stage_spans(run)
             self._place_and_submit(run)
             table = self._read_root(run)
             query_span.set_attribute(c.QUERY_ROWS, table.num_rows + run.result_rows)
@@ -493,7 +345,7 @@ class Coordinator:
         raise failure
 
     def _finish(
-        self, run: _Run, failure: BaseException | None, cancel: bool = False
+        self, run: QueryRun, failure: BaseException | None, cancel: bool = False
     ) -> QueryTelemetry | None:
         """End a query: cancel its tasks (when it failed), complete its telemetry, record
         its metrics, release it on its workers and tell the listeners."""
@@ -501,8 +353,8 @@ class Coordinator:
         try:
             if cancel:
                 self._broadcast(run.query_id, ACTION_CANCEL_QUERY, run.workers())
-            telemetry = self._finish_telemetry(run, failure)
-            self._record_metrics(run, telemetry, failure, run.started_ns)
+            telemetry = self.spans.finish(run, failure)
+            self.spans.record_metrics(run, telemetry, failure, run.started_ns)
         finally:
             self._broadcast(run.query_id, ACTION_RELEASE_QUERY, run.workers())
             with self._running_lock:
@@ -615,7 +467,7 @@ class Coordinator:
             while len(pending) > MAX_UNDELIVERED_RELEASES:  # the worker's TTL does the rest
                 del pending[next(iter(pending))]
 
-    def _check_run(self, run: _Run) -> None:
+    def _check_run(self, run: QueryRun) -> None:
         """Raise if the query was cancelled or lost a worker that runs some of its tasks."""
         if run.cancelled.is_set():
             raise QueryError(f"query {run.query_id} was cancelled")
@@ -642,11 +494,11 @@ class Coordinator:
             )
         return healthy
 
-    def _place_and_submit(self, run: _Run) -> None:
+    def _place_and_submit(self, run: QueryRun) -> None:
         """Place the tasks on healthy workers and submit them; a worker that turns out to be
         unreachable is left out and the query placed again (nothing has run yet)."""
         assert run.plan is not None
-        contexts = self._stage_contexts(run)
+        contexts = self.spans.stage_contexts(run)
         excluded: set[str] = set()
         while True:
             workers = [url for url in self._healthy_workers() if url not in excluded]
@@ -661,7 +513,7 @@ class Coordinator:
             submitted = time.time_ns()
             try:
                 self._submit(specs, run.query_span)
-                _stage_event(run, "scheduled", at_ns=submitted)
+                stage_event(run, "scheduled", at_ns=submitted)
                 return
             except WorkerUnreachable as error:
                 if not error.url or error.url in excluded:
@@ -675,196 +527,6 @@ class Coordinator:
                     error,
                 )
                 self._broadcast(run.query_id, ACTION_RELEASE_QUERY, run.workers() - excluded)
-
-    # ---- spans ---------------------------------------------------------------------------
-
-    def _start_stage_spans(self, run: _Run) -> None:
-        """One span per stage, every one a child of the query span (a trace a few levels deep
-        rather than one level per stage), linked to the spans of the stages it reads
-        (``otel_dist.stage.inputs`` lists them too)."""
-        assert run.plan is not None
-        parent = trace.set_span_in_context(run.query_span)
-        for stage in run.plan.stages:  # dependency order: a stage's inputs come first
-            links = [
-                trace.Link(run.stage_spans[i.stage_id].get_span_context())
-                for i in stage.inputs
-                if i.stage_id in run.stage_spans
-            ]
-            attributes: dict[str, object] = {
-                c.QUERY_ID: run.query_id,
-                c.STAGE_ID: stage.stage_id,
-                c.STAGE_TASK_COUNT: stage.task_count,
-                c.STAGE_PARTITIONING: stage.output.describe(),
-                c.STAGE_KIND: stage.kind,
-                c.STAGE_INPUTS: [i.stage_id for i in stage.inputs],
-                c.STAGE_SQL: redact_sql(stage.sql)
-                if self.telemetry.config.redact_sql
-                else stage.sql,
-            }
-            if stage.fallback_reason:
-                attributes[c.STAGE_FALLBACK] = stage.fallback_reason
-            if stage.strategy:
-                attributes[c.STAGE_STRATEGY] = stage.strategy
-            run.stage_spans[stage.stage_id] = self.telemetry.tracer.start_span(
-                c.SPAN_STAGE,
-                context=parent,
-                attributes=attributes,  # type: ignore[arg-type]
-                links=links,
-            )
-
-    def _stage_contexts(self, run: _Run) -> dict[int, dict[str, str]]:
-        contexts: dict[int, dict[str, str]] = {}
-        for stage_id, span in run.stage_spans.items():
-            carrier: dict[str, str] = {}
-            TraceContextTextMapPropagator().inject(carrier, trace.set_span_in_context(span))
-            if run.plan is not None:  # lets workers label task metrics by stage kind
-                add_stage_baggage(carrier, run.plan.stage(stage_id).kind)
-            contexts[stage_id] = carrier
-        return contexts
-
-    def _finish_telemetry(self, run: _Run, failure: BaseException | None) -> QueryTelemetry | None:
-        """Fetch what did not arrive in-band, end the coordinator's spans, gather everything."""
-        if not self.telemetry.enabled:
-            run.query_span.end()
-            return None
-        deadline = time.monotonic() + self.config.telemetry_fetch_timeout_s
-        for stats in run.read_stats:
-            stats.wait_for_telemetry(max(0.0, deadline - time.monotonic()))
-        planned = _planned_tasks(run.plan)
-        worker_request = run.collector.request()  # first: a damaged task's spans are missing
-        in_band = run.collector.tasks()
-        fetched, lost = self._fetch_missing(run, planned - in_band)
-        if fetched:
-            worker_request = run.collector.request()
-        worker_spans = span_records([worker_request])
-        if self.relay is not None:
-            self.relay.submit(worker_request)
-        task_ends: dict[int, int] = {}
-        task_starts: dict[int, int] = {}
-        failed_stages: dict[int, str] = {}  # stage -> its first failed task's error
-        for record in worker_spans:
-            if record.name == c.SPAN_TASK:
-                stage_id = int(str(record.attributes.get(c.STAGE_ID, -1)))
-                task_ends[stage_id] = max(task_ends.get(stage_id, 0), record.end_ns)
-                task_starts[stage_id] = min(
-                    task_starts.get(stage_id, record.start_ns), record.start_ns
-                )
-                if record.status_code == StatusCode.ERROR.value:
-                    failed_stages.setdefault(stage_id, record.status_message)
-        own: list[ReadableSpan] = []
-        root_span = run.stage_spans.get(run.plan.root.stage_id) if run.plan else None
-        common: dict[str, object] = {c.QUERY_ID: run.query_id}
-        parent = (root_span or run.query_span).get_span_context()
-        with run.lock:  # reads still going end here, as far as the trace is concerned
-            now = time.time_ns()
-            for span_id, (source, stats, started) in run.open_reads.items():
-                run.reads.append(read_record(source, stats, started, now, span_id))
-            run.open_reads.clear()
-        for read in run.reads:
-            read_span = record_read_span(self.telemetry, parent, read, common)
-            if read_span is not None:
-                own.append(read_span)
-        for read in run.reads:  # the stage lasts until its output is read
-            task_ends[read.stage_id] = max(task_ends.get(read.stage_id, 0), read.ended_ns)
-        ended = time.time_ns()
-        for stage_id, span in run.stage_spans.items():
-            if stage_id in task_starts:
-                _stage_event(run, "running", stage_id, task_starts[stage_id])
-            end = min(task_ends.get(stage_id) or ended, ended)
-            _stage_event(
-                run, "finished" if stage_id not in failed_stages else "failed", stage_id, end
-            )
-            if stage_id in failed_stages:  # ERROR only on the stage whose task failed
-                span.set_status(Status(StatusCode.ERROR, failed_stages[stage_id]))
-            span.end(end_time=end)
-            own.append(span)  # type: ignore[arg-type]
-        if failure is not None:
-            run.query_span.set_status(Status(StatusCode.ERROR, one_line(failure)))
-            error_type = type(failure).__name__
-            run.query_span.set_attribute(c.ERROR_TYPE, error_type)
-            run.query_span.add_event(
-                "exception",
-                {"exception.type": error_type, "exception.message": one_line(failure)},
-            )
-        run.query_span.end(end_time=ended)
-        own.append(run.query_span)  # type: ignore[arg-type]
-        own_request = encode_spans(own)
-        return QueryTelemetry(
-            query_id=run.query_id,
-            trace_id=format(run.query_span.get_span_context().trace_id, "032x"),
-            spans=worker_spans + span_records([own_request]),
-            planned_tasks=planned,
-            in_band_tasks=in_band,
-            fetched_tasks=fetched,
-            lost_tasks=lost,
-            malformed_messages=run.collector.malformed,
-            truncated_messages=run.collector.truncated,
-            final_message_bytes=run.collector.message_bytes,
-            otlp=ExportTraceServiceRequest(
-                resource_spans=[*worker_request.resource_spans, *own_request.resource_spans]
-            ),
-        )
-
-    def _record_metrics(
-        self,
-        run: _Run,
-        telemetry: QueryTelemetry | None,
-        failure: BaseException | None,
-        started_ns: int,
-    ) -> None:
-        """The query's metrics, once at its end (the duration's exemplar is its trace)."""
-        if not self.query_metrics.enabled:
-            return
-        status = "ok" if failure is None else "cancelled" if run.cancelled.is_set() else "error"
-        self.query_metrics.record_query(
-            QueryOutcome(
-                status=status,
-                duration_s=(time.time_ns() - started_ns) / 1e9,
-                span=run.query_span,
-                stage_kinds={s.stage_id: s.kind for s in run.plan.stages} if run.plan else {},
-                spans=telemetry.spans if telemetry else (),
-                fetched_tasks=len(telemetry.fetched_tasks) if telemetry else 0,
-                lost_tasks=len(telemetry.lost_tasks) if telemetry else 0,
-                malformed_messages=telemetry.malformed_messages if telemetry else 0,
-                truncated_messages=telemetry.truncated_messages if telemetry else 0,
-            )
-        )
-
-    def _fetch_missing(self, run: _Run, missing: set[TaskRef]) -> tuple[set[TaskRef], set[TaskRef]]:
-        """Ask the workers that ran them for the telemetry of tasks not received in-band."""
-        if not missing:
-            return set(), set()
-
-        def fetch(task: TaskRef) -> bool:
-            url = run.placement[(task.stage_id, task.task_index)]
-            if not self.worker_health.is_up(url):
-                return False  # its spans went down with it
-            body = encode_json(
-                {"query_id": run.query_id, "stage_id": task.stage_id, "task_index": task.task_index}
-            )
-            try:
-                payload = self._rpc_action(
-                    run.query_span,
-                    url,
-                    ACTION_GET_TASK_TELEMETRY,
-                    body,
-                    self.config.telemetry_fetch_timeout_s,
-                )
-            except QueryError as error:
-                log.info("telemetry of task %s of %s not fetched: %s", task, run.query_id, error)
-                return False
-            run.collector.add_message(payload, in_band=False)
-            return task in run.collector.tasks()
-
-        futures = {task: self._pool.submit(fetch, task) for task in missing}
-        fetched: set[TaskRef] = set()
-        for task, future in futures.items():
-            try:
-                if future.result(timeout=self.config.telemetry_fetch_timeout_s + 5):
-                    fetched.add(task)
-            except Exception:
-                log.info("telemetry fetch of task %s failed", task, exc_info=True)
-        return fetched, missing - fetched
 
     # ---- data ----------------------------------------------------------------------------
 
@@ -909,7 +571,7 @@ class Coordinator:
         if unreachable or errors:
             raise (unreachable or errors)[0]  # type: ignore[misc]
 
-    def _read_root(self, run: _Run) -> pa.Table:
+    def _read_root(self, run: QueryRun) -> pa.Table:
         """Read the root stage's buckets, watching for cancellation, lost workers and the
         query timeout while they arrive."""
         assert run.plan is not None
@@ -940,7 +602,7 @@ class Coordinator:
         output = plain_schema(run.plan.output_schema)
         return pa.Table.from_batches([conform(b, output) for b in batches], schema=output)
 
-    def _hold_result(self, run: _Run, size: int) -> None:
+    def _hold_result(self, run: QueryRun, size: int) -> None:
         """Count ``size`` gathered bytes against the coordinator-wide cap, or fail the query."""
         with self._running_lock:
             total = self._held_result_bytes + size
@@ -955,7 +617,7 @@ class Coordinator:
                 "(max_total_result_bytes); retry later, add a LIMIT or raise the limit"
             )
 
-    def _drop_result(self, run: _Run) -> None:
+    def _drop_result(self, run: QueryRun) -> None:
         with self._running_lock:
             self._held_result_bytes = max(0, self._held_result_bytes - run.held_bytes)
             run.held_bytes = 0
@@ -965,7 +627,7 @@ class Coordinator:
         """Bytes of gathered results the running queries hold now."""
         return self._held_result_bytes
 
-    def _to_sink(self, run: _Run, batch: pa.RecordBatch) -> None:
+    def _to_sink(self, run: QueryRun, batch: pa.RecordBatch) -> None:
         """Hand a batch of a streamed result to its sink, one reading thread at a time."""
         assert run.plan is not None and run.sink is not None
         output = plain_schema(run.plan.output_schema)
@@ -973,7 +635,7 @@ class Coordinator:
             run.sink(conform(batch, output))
             run.result_rows += batch.num_rows
 
-    def _read_source(self, run: _Run, source: BucketSource) -> list[pa.RecordBatch]:
+    def _read_source(self, run: QueryRun, source: BucketSource) -> list[pa.RecordBatch]:
         stats = StreamStats()
         run.read_stats.append(stats)
         started = time.time_ns()
@@ -1115,7 +777,7 @@ class Coordinator:
         return reports
 
 
-def _lost_worker_message(run: _Run, url: str, reason: str) -> str:
+def _lost_worker_message(run: QueryRun, url: str, reason: str) -> str:
     """Name the lost worker's task nearest the root (the one most likely still running)."""
     order = (
         {stage.stage_id: index for index, stage in enumerate(run.plan.stages)} if run.plan else {}
@@ -1130,16 +792,6 @@ def _lost_worker_message(run: _Run, url: str, reason: str) -> str:
     return f"{head}worker {url} is unreachable ({reason}){more}"
 
 
-def _stage_event(
-    run: _Run, state: str, stage_id: int | None = None, at_ns: int | None = None
-) -> None:
-    """A stage state change as an event on its span (every stage's when ``stage_id`` is None);
-    ``at_ns`` dates it (the first task's start, the last task's end) when it is known later."""
-    spans = run.stage_spans if stage_id is None else {stage_id: run.stage_spans[stage_id]}
-    for span in spans.values():
-        span.add_event(state, {c.STAGE_STATE: state}, timestamp=at_ns)
-
-
 def _name_query_span(span: trace.Span, plan: DistributedPlan, sql: str) -> None:
     """``db.query.summary`` (and ``db.collection.name`` for one table) on the query span,
     which takes the summary as its name, as the database conventions name spans."""
@@ -1150,9 +802,3 @@ def _name_query_span(span: trace.Span, plan: DistributedPlan, sql: str) -> None:
     if len(set(tables)) == 1:
         span.set_attribute(c.DB_COLLECTION_NAME, tables[0])
     span.update_name(summary)
-
-
-def _planned_tasks(plan: DistributedPlan | None) -> set[TaskRef]:
-    if plan is None:
-        return set()
-    return {TaskRef(s.stage_id, t) for s in plan.stages for t in range(s.task_count)}

@@ -22,7 +22,8 @@ from otel_dist.background import run_in_background
 from otel_dist.protocol import ACTION_TASK_PROGRESS, ACTION_WORKER_STATUS, encode_json
 
 if TYPE_CHECKING:
-    from otel_dist.coordinator.core import Coordinator, _Run
+    from otel_dist.coordinator.core import Coordinator
+    from otel_dist.coordinator.query import QueryRun
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class ProgressTracker:
 
     # ---- internals -----------------------------------------------------------------------
 
-    def _runs(self) -> list[_Run]:
+    def _runs(self) -> list[QueryRun]:
         coordinator = self._coordinator
         with coordinator._running_lock:
             runs = sorted(coordinator._running.values(), key=lambda run: run.started_ns)
@@ -173,7 +174,7 @@ class ProgressTracker:
                 del self._polled[query_id]
         return runs
 
-    def _live(self, run: _Run, poll: bool) -> LiveQuery:
+    def _live(self, run: QueryRun, poll: bool) -> LiveQuery:
         plan = run.plan
         with run.lock:
             placement = dict(run.placement)
@@ -216,7 +217,7 @@ class ProgressTracker:
         return dict(polled.tasks) if polled else {}
 
     def _poll(
-        self, run: _Run, placement: dict[tuple[int, int], str]
+        self, run: QueryRun, placement: dict[tuple[int, int], str]
     ) -> dict[tuple[int, int], dict[str, Any]]:
         """The tasks' latest reports; one poll at a time per query, at most every max_age."""
         with self._lock:
