@@ -3,9 +3,8 @@ when both are already partitioned on it, or gather; and the rebuilt join itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import replace
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from datafusion import DataFrame, Expr, SessionContext
 from datafusion import functions as f
@@ -31,6 +30,7 @@ from otel_dist.planner.parts import (
     pair,
     plural,
 )
+from otel_dist.protocol import OutputPartitioning
 
 if TYPE_CHECKING:
     from otel_dist.planner.catalog import Catalog
@@ -63,18 +63,55 @@ _BROADCAST_RIGHT = {"Inner", "Left", "LeftSemi", "LeftAnti"}
 _BROADCAST_LEFT = {"Inner", "Right", "RightSemi", "RightAnti"}
 
 
-class JoinPlanning:
-    """The join half of the stage builder (``stages.StageBuilder``)."""
+@dataclass(frozen=True)
+class PlanningContext:
+    """What planning one query's stages reads: the planner (its session and table schemas),
+    the catalog, tasks per stage (``buckets``), the broadcast threshold and the least bytes a
+    scan task reads."""
 
-    # Provided by the stage builder.
     planner: Planner
     catalog: Catalog
     buckets: int
     threshold: int
     min_task_bytes: int
-    part: Callable[[LogicalPlan], Part]
-    exchange: Callable[..., Part]
-    _note: Callable[[str], None]
+
+
+class StageOps(Protocol):
+    """What join planning asks of the stage builder: plan a child node, cut a part into an
+    exchange, gather it into one task, and note a strategy."""
+
+    def part(self, node: LogicalPlan) -> Part: ...
+
+    def exchange(
+        self,
+        part: Part,
+        partitioning: str,
+        *,
+        output: OutputPartitioning = ...,
+        hash_on: tuple[QualifiedColumn, ...] = (),
+        keys: frozenset[QualifiedColumn] = frozenset(),
+    ) -> Part: ...
+
+    def gather(self, part: Part) -> Part: ...
+
+    def note(self, strategy: str) -> None: ...
+
+
+class JoinPlanner:
+    """Places each join (broadcast a side, shuffle both, join in place, or gather) and
+    rebuilds it; the stage builder hands it join nodes and does the rest."""
+
+    def __init__(self, context: PlanningContext, stages: StageOps) -> None:
+        self.context = context
+        self.stages = stages
+        self.planner = context.planner
+        self.catalog = context.catalog
+        self.buckets = context.buckets
+        self.threshold = context.threshold
+        self.min_task_bytes = context.min_task_bytes
+
+    def join(self, node: LogicalPlan) -> Part:
+        return self._join(node)
 
     def _join(self, node: LogicalPlan) -> Part:
         variant = node.to_variant()
@@ -87,7 +124,7 @@ class JoinPlanning:
         left_node, right_node = node.inputs()
         if "null_aware" in node.display().splitlines()[0] and not self._keys_not_null(node):
             raise NotDistributable("NOT IN over nullable keys is not distributed yet")
-        left, right = self.part(left_node), self.part(right_node)
+        left, right = self.stages.part(left_node), self.stages.part(right_node)
         pairs = [(wrap(a), wrap(b)) for a, b in variant.on()]
         condition = wrap(variant.filter()) if variant.filter() is not None else None
         key_pairs = [
@@ -165,7 +202,7 @@ class JoinPlanning:
             raise NotDistributable("a mark join whose right side has no qualifier")
         mark: QualifiedColumn = (qualifier, "mark")
         left_node, right_node = node.inputs()
-        left, right = self.part(left_node), self.part(right_node)
+        left, right = self.stages.part(left_node), self.stages.part(right_node)
         right = self._distinct_keys(right, [b for _, b in key_pairs])
         left, right, partitioning, why = self._place_join("LeftSemi", left, right, key_pairs)
         built_left, built_right = left.build, right.build
@@ -262,7 +299,7 @@ class JoinPlanning:
         may_right = join_type in _BROADCAST_RIGHT
         may_left = join_type in _BROADCAST_LEFT
         if left.partitioning == SINGLE and may_left:
-            self._note("broadcast join")
+            self.stages.note("broadcast join")
             return (
                 self._broadcast(left, right),
                 right,
@@ -270,7 +307,7 @@ class JoinPlanning:
                 "broadcast gathered left side",
             )
         if right.partitioning == SINGLE and may_right:
-            self._note("broadcast join")
+            self.stages.note("broadcast join")
             return (
                 left,
                 self._broadcast(right, left),
@@ -282,7 +319,7 @@ class JoinPlanning:
                 if {left.partitioning, right.partitioning} == {HASH} and (
                     a in left.keys and b in right.keys
                 ):
-                    self._note("co-located join")
+                    self.stages.note("co-located join")
                     return (
                         left,
                         right,
@@ -299,7 +336,7 @@ class JoinPlanning:
             ]
             if small:
                 size, position = min(small)
-                self._note("broadcast join")
+                self.stages.note("broadcast join")
                 side, other = (right, left) if position == "right" else (left, right)
                 against = f", {other.name} ~{megabytes(other.size)}" if other.size else ""
                 why = (
@@ -313,21 +350,21 @@ class JoinPlanning:
             return self._shuffle_join(left, right, key_pairs)
         # No equi-join key: broadcast the smaller side the join type allows, or gather both.
         if may_left and may_right and _smaller(left, right):
-            self._note("broadcast join")
+            self.stages.note("broadcast join")
             why = f"broadcast {left.name}, the smaller side: the join has no equi-join key"
             return self._broadcast(left, right), right, right.partitioning, why
         if may_right and left.partitioning != SINGLE:
-            self._note("broadcast join")
+            self.stages.note("broadcast join")
             why = f"broadcast {right.name}: the join has no equi-join key"
             return left, self._broadcast(right, left), left.partitioning, why
         if may_left and right.partitioning != SINGLE:
-            self._note("broadcast join")
+            self.stages.note("broadcast join")
             why = f"broadcast {left.name}: the join has no equi-join key"
             return self._broadcast(left, right), right, right.partitioning, why
-        self._note("gathered join")
+        self.stages.note("gathered join")
         return (
-            self._gather(left),
-            self._gather(right),
+            self.stages.gather(left),
+            self.stages.gather(right),
             SINGLE,
             "join in one task: no equi-join key and neither side may be broadcast",
         )
@@ -352,9 +389,9 @@ class JoinPlanning:
             if side.partitioning == HASH and key in side.keys:
                 sides.append(side)
             else:
-                moved = self.exchange(side, HASH, hash_on=(key,), keys=frozenset({key}))
+                moved = self.stages.exchange(side, HASH, hash_on=(key,), keys=frozenset({key}))
                 sides.append(replace(moved, why=()))  # the join's why says it all
-        self._note("shuffle join")
+        self.stages.note("shuffle join")
         sizes = ", ".join(
             f"{side.name} ~{megabytes(side.size)}" if side.size is not None else f"{side.name}"
             for side in (left, right)
@@ -384,7 +421,7 @@ class JoinPlanning:
                     f"~{megabytes(part.fact_bytes)} ≤ {megabytes(LOCAL_SCAN_BYTES)}",
                 ),
             )
-        return self.exchange(part, REPLICATED, output=BROADCAST)
+        return self.stages.exchange(part, REPLICATED, output=BROADCAST)
 
     def _read_locally(self, part: Part, other: Part) -> bool:
         """Whether every task can read the broadcast ``part`` from its table's files (not when
@@ -397,11 +434,6 @@ class JoinPlanning:
             and set(part.ops) <= _SCAN_OPS
             and part.fact_bytes <= min(LOCAL_SCAN_BYTES, self.min_task_bytes)
         )
-
-    def _gather(self, part: Part) -> Part:
-        if part.partitioning == SINGLE:
-            return part
-        return self.exchange(part, SINGLE)
 
 
 def _join_keys(

@@ -24,7 +24,7 @@ from otel_dist.planner.exprs import (
     sort_expr,
     wrap,
 )
-from otel_dist.planner.joins import JoinPlanning
+from otel_dist.planner.joins import JoinPlanner, PlanningContext
 from otel_dist.planner.model import FileScan, LocalScan, Stage, StageInput
 from otel_dist.planner.parts import (
     FILES,
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from otel_dist.planner.distribute import Planner
 
 
-class StageBuilder(JoinPlanning):
+class StageBuilder:
     """Turns one query's optimized plan into stages, bottom-up."""
 
     def __init__(self, planner: Planner) -> None:
@@ -61,6 +61,10 @@ class StageBuilder(JoinPlanning):
         self.threshold = planner.options.broadcast_threshold
         self.min_task_bytes = planner.options.min_task_bytes
         self._strategies: list[str] = []
+        context = PlanningContext(
+            planner, self.catalog, self.buckets, self.threshold, self.min_task_bytes
+        )
+        self.joins = JoinPlanner(context, self)
 
     def distribute(self, plan: LogicalPlan, output_schema: pa.Schema) -> None:
         root = self.part(plan)
@@ -71,7 +75,7 @@ class StageBuilder(JoinPlanning):
     def strategy(self) -> str:
         return " + ".join(self._strategies) or "parallel scan"
 
-    def _note(self, strategy: str) -> None:
+    def note(self, strategy: str) -> None:
         if strategy not in self._strategies:
             self._strategies.append(strategy)
 
@@ -249,6 +253,12 @@ class StageBuilder(JoinPlanning):
             return replace(read, why=(f"one task over stage {stage.stage_id}'s gathered rows",))
         return read
 
+    def gather(self, part: Part) -> Part:
+        """``part`` in one task: as it is, or read back from a stage gathering it."""
+        if part.partitioning == SINGLE:
+            return part
+        return self.exchange(part, SINGLE)
+
     def _stage_context(self, part: Part) -> SessionContext:
         """A session holding exactly the stage's inputs, as empty tables."""
         ctx = new_session(self.planner.options.target_partitions)
@@ -267,7 +277,7 @@ class StageBuilder(JoinPlanning):
             "Projection": self._projection,
             "Filter": self._filter,
             "SubqueryAlias": self._subquery_alias,
-            "Join": self._join,
+            "Join": self.joins.join,
             "Aggregate": self._aggregate,
             "Sort": self._sort,
             "Limit": self._limit,
@@ -382,12 +392,12 @@ class StageBuilder(JoinPlanning):
             # Not decomposable (median, DISTINCT with FILTER...): move the rows instead.
             keys = [c for c in group_columns if c is not None]
             if groups and len(keys) == len(groups):
-                self._note("shuffled aggregate")
+                self.note("shuffled aggregate")
                 moved = self.exchange(child, HASH, hash_on=tuple(keys))
                 why = f"shuffle rows on the group keys: {reason}"
             else:
-                self._note("gathered aggregate")
-                moved = self._gather(child)
+                self.note("gathered aggregate")
+                moved = self.gather(child)
                 why = f"gather rows into one task: {reason}"
             moved = replace(moved, why=(*moved.why, why))
 
@@ -403,7 +413,7 @@ class StageBuilder(JoinPlanning):
         partial = child.then(
             build_partial, "partial aggregate", columns=tuple(split.partial_columns)
         )
-        self._note("two-phase aggregate")
+        self.note("two-phase aggregate")
         if split.grouped:
             final_keys = (
                 frozenset(split.key_columns) if len(split.key_columns) == 1 else frozenset()
@@ -481,8 +491,8 @@ class StageBuilder(JoinPlanning):
                 output_types.remove(id_index),
             )
         except NotDistributable as reason:
-            self._note("gathered aggregate")
-            moved = self._gather(child)
+            self.note("gathered aggregate")
+            moved = self.gather(child)
             moved = replace(moved, why=(*moved.why, f"gather rows into one task: {reason}"))
             return moved.then(lambda ctx: whole(moved.build(ctx)), "aggregate", columns=columns)
 
@@ -491,7 +501,7 @@ class StageBuilder(JoinPlanning):
 
         partial_columns = (*group_columns, *bit_columns, *split.partial_columns[width:])
         partial = child.then(build_partial, "partial aggregate", columns=partial_columns)
-        self._note("two-phase grouping sets")
+        self.note("two-phase grouping sets")
         read = self.exchange(partial, HASH, hash_on=(*group_columns, *bit_columns))
         read = replace(
             read,
@@ -532,7 +542,7 @@ class StageBuilder(JoinPlanning):
         per_task = child
         if per_task_fetch is not None:
             per_task = child.then(lambda ctx: sort(child.build(ctx), per_task_fetch, 0), "top-k")
-        merged = self._gather(per_task)
+        merged = self.gather(per_task)
         return merged.then(lambda ctx: sort(merged.build(ctx), fetch, skip), "merge")
 
     def _limit(self, node: LogicalPlan) -> Part:
@@ -549,7 +559,7 @@ class StageBuilder(JoinPlanning):
         if child.partitioning == SINGLE:
             return child.then(lambda ctx: child.build(ctx).limit(fetch, skip), "limit")
         per_task = child.then(lambda ctx: child.build(ctx).limit(fetch + skip), "limit")
-        merged = self._gather(per_task)
+        merged = self.gather(per_task)
         return merged.then(lambda ctx: merged.build(ctx).limit(fetch, skip), "merge")
 
     def _window(self, node: LogicalPlan) -> Part:
@@ -569,12 +579,12 @@ class StageBuilder(JoinPlanning):
             ready = child
         elif shared:
             key = next(c for c in ordered if c in shared)
-            self._note("window shuffle")
+            self.note("window shuffle")
             ready = self.exchange(child, HASH, hash_on=(key,), keys=frozenset({key}))
             ready = replace(ready, why=(f"shuffle on the PARTITION BY column {column_name(key)}",))
         else:
-            self._note("gathered window")
-            ready = self._gather(child)
+            self.note("gathered window")
+            ready = self.gather(child)
             ready = replace(ready, why=("a window without a shared PARTITION BY runs in one task",))
 
         def build(ctx: SessionContext) -> DataFrame:
@@ -595,7 +605,7 @@ class StageBuilder(JoinPlanning):
                 else:
                     first = (child.columns[0],)
                     ready.append(self.exchange(child, HASH, hash_on=first))
-            self._note("union per bucket")
+            self.note("union per bucket")
         partitioning = ready[0].partitioning
         facts = {c.fact for c in ready if c.fact is not None}
         if facts:
