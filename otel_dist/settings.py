@@ -4,7 +4,7 @@ and what it accepts).
 
 Modules read a setting with ``read(NAME, env)`` (``env`` defaults to ``os.environ``); the
 command line's options override what is read here. The standard ``OTEL_*`` variables of the
-OpenTelemetry specification are read by ``telemetry/setup.py`` and ``telemetry/metrics.py``.
+OpenTelemetry specification are read by ``telemetry/setup.py`` and ``telemetry/metrics/config.py``.
 The README's settings table is this registry (``tests/test_settings.py`` holds them equal).
 """
 
