@@ -11,22 +11,10 @@ folder holding another scale is refused.
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Final
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
-
+from otel_dist.datafolders import format_scale, generation_progress, staged
 from otel_dist.tpcds import TABLES
 
 __all__ = ["SCALE_FILE", "existing_scale", "extension_path", "generate"]
@@ -84,9 +72,9 @@ def generate(
     if _is_complete(out_dir):
         found = existing_scale(out_dir)
         if found is None or not math.isclose(found, scale, rel_tol=1e-9):
-            held = f"SF {_format_scale(found)}" if found is not None else "data of unknown scale"
+            held = f"SF {format_scale(found)}" if found is not None else "data of unknown scale"
             raise RuntimeError(
-                f"{out_dir} already holds TPC-DS {held}, not SF {_format_scale(scale)}: "
+                f"{out_dir} already holds TPC-DS {held}, not SF {format_scale(scale)}: "
                 "remove it or choose another folder"
             )
         return out_dir
@@ -95,16 +83,9 @@ def generate(
             f"{out_dir} exists but does not hold complete TPC-DS data; remove it and retry"
         )
     extension = extension_path()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with staged(out_dir, _is_complete) as staging:
         _generate_tables(extension, scale, parts, staging, show_progress=show_progress)
-        (staging / SCALE_FILE).write_text(f"{_format_scale(scale)}\n", encoding="utf-8")
-        _move_into_place(staging, out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        (staging / SCALE_FILE).write_text(f"{format_scale(scale)}\n", encoding="utf-8")
     return out_dir
 
 
@@ -114,16 +95,8 @@ def _generate_tables(
     """Run dsdgen in an in-memory DuckDB, then write each table, advancing a progress bar."""
     import duckdb
 
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=not show_progress,
-    )
-    label = f"TPC-DS SF {_format_scale(scale)}"
+    progress = generation_progress(show_progress)
+    label = f"TPC-DS SF {format_scale(scale)}"
     connection = duckdb.connect(":memory:")
     try:
         connection.execute(f"LOAD '{_sql_string(extension)}'")
@@ -159,18 +132,6 @@ def _write_table(connection: object, table: str, parts: int, staging: Path) -> N
         )
 
 
-def _move_into_place(staging: Path, out_dir: Path) -> None:
-    """Rename the finished ``staging`` folder to ``out_dir`` (an empty one is replaced)."""
-    if out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()
-    try:
-        staging.rename(out_dir)
-    except OSError as exc:
-        if _is_complete(out_dir):
-            return
-        raise RuntimeError(f"could not move generated data into {out_dir}: {exc}") from exc
-
-
 def existing_scale(folder: Path) -> float | None:
     """The scale factor recorded in ``folder``, None when there is none."""
     try:
@@ -185,8 +146,3 @@ def _is_complete(folder: Path) -> bool:
 
 def _sql_string(text: str) -> str:
     return text.replace("'", "''")
-
-
-def _format_scale(scale: float) -> str:
-    value = float(scale)
-    return str(int(value)) if value.is_integer() else repr(value)

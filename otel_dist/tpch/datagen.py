@@ -9,25 +9,14 @@ location for a given scale factor.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Final
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
-
+from otel_dist.datafolders import format_scale, generation_progress, staged
 from otel_dist.settings import read
 from otel_dist.tpch import TABLES
 
@@ -50,7 +39,7 @@ def default_cache_dir(scale: float) -> Path:
     """
     root_env = read(CACHE_DIR_ENV)
     root = Path(root_env).expanduser() if root_env else Path.home() / ".cache" / "otel_dist"
-    return root / f"tpch-sf{_format_scale(scale)}"
+    return root / f"tpch-sf{format_scale(scale)}"
 
 
 def generate(
@@ -82,8 +71,8 @@ def generate(
         found = existing_scale(out_dir)
         if found is not None and not math.isclose(found, scale, rel_tol=0.05):
             raise RuntimeError(
-                f"{out_dir} already holds TPC-H SF {_format_scale(found)}, not SF "
-                f"{_format_scale(scale)}: remove it or choose another folder"
+                f"{out_dir} already holds TPC-H SF {format_scale(found)}, not SF "
+                f"{format_scale(scale)}: remove it or choose another folder"
             )
         return out_dir
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -92,17 +81,10 @@ def generate(
         )
 
     executable = _find_executable()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with staged(out_dir, _is_complete) as staging:
         _generate_tables(executable, scale, parts, staging, show_progress=show_progress)
         if not _is_complete(staging):
             raise RuntimeError(f"tpchgen-cli finished but left incomplete data in {staging}")
-        _move_into_place(staging, out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 
@@ -110,16 +92,8 @@ def _generate_tables(
     executable: str, scale: float, parts: int, staging: Path, *, show_progress: bool
 ) -> None:
     """Run ``tpchgen-cli`` once per table into ``staging``, advancing a progress bar."""
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=not show_progress,
-    )
-    label = f"TPC-H SF {_format_scale(scale)}"
+    progress = generation_progress(show_progress)
+    label = f"TPC-H SF {format_scale(scale)}"
     with progress:
         task = progress.add_task(label, total=len(TABLES))
         for table in TABLES:
@@ -135,7 +109,7 @@ def _run_tpchgen(executable: str, scale: float, parts: int, table: str, staging:
         executable,
         "parquet",
         "-s",
-        _format_scale(scale),
+        format_scale(scale),
         f"--parts={parts}",
         f"--tables={table}",
         f"--output-dir={staging}",
@@ -168,22 +142,6 @@ def _run_tpchgen(executable: str, scale: float, parts: int, table: str, staging:
         )
 
 
-def _move_into_place(staging: Path, out_dir: Path) -> None:
-    """Rename the finished ``staging`` folder to ``out_dir``.
-
-    An empty ``out_dir`` is replaced. If another process completed ``out_dir`` meanwhile, its
-    data is kept and ``staging`` is left for the caller to remove.
-    """
-    if out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()
-    try:
-        staging.rename(out_dir)
-    except OSError as exc:
-        if _is_complete(out_dir):
-            return
-        raise RuntimeError(f"could not move generated data into {out_dir}: {exc}") from exc
-
-
 def _find_executable() -> str:
     """Locate ``tpchgen-cli`` on ``PATH``, else next to the running Python interpreter."""
     found = shutil.which(_EXECUTABLE)
@@ -214,9 +172,3 @@ def existing_scale(folder: Path) -> float | None:
 def _is_complete(folder: Path) -> bool:
     """Return whether ``folder`` holds a sub-folder with Parquet files for every table."""
     return all(any((folder / table).glob("*.parquet")) for table in TABLES)
-
-
-def _format_scale(scale: float) -> str:
-    """Format a scale factor exactly and compactly: 0.1 gives ``0.1``, 1.0 gives ``1``."""
-    value = float(scale)
-    return str(int(value)) if value.is_integer() else repr(value)
