@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -48,12 +48,11 @@ from otel_dist.coordinator.query import (
     WorkerUnreachable,
 )
 from otel_dist.coordinator.query_spans import QuerySpans, stage_event
+from otel_dist.coordinator.results import HeldResults, ResultReader
 from otel_dist.coordinator.scheduler import assign, task_specs
 from otel_dist.deep_stack import call_with_deep_stack, deep_native_stacks
 from otel_dist.errors import one_line
 from otel_dist.exchange.clients import REMOTE_ERRORS, call_options, client_for
-from otel_dist.exchange.reader import read_bucket, read_record
-from otel_dist.exchange.router import StreamStats
 from otel_dist.exchange.security import secure_url
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.distribute import (
@@ -69,12 +68,10 @@ from otel_dist.protocol import (
     ACTION_HEALTH,
     ACTION_RELEASE_QUERY,
     ACTION_SUBMIT_TASKS,
-    BucketSource,
     TaskSpec,
     encode_json,
     encode_submission,
 )
-from otel_dist.session import conform, plain_schema
 from otel_dist.sql_limits import (
     SqlLimits,
     SqlTooComplex,
@@ -161,7 +158,7 @@ class Coordinator:
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="coordinator")
         self._running: dict[str, QueryRun] = {}
         self._running_lock = threading.Lock()
-        self._held_result_bytes = 0  # gathered results of all running queries
+        self.held_results = HeldResults(config.max_total_result_bytes)
         self._finishing: set[Future[QueryTelemetry | None]] = set()  # failed, completing
         # Results and plans freed after a burst of queries go back to the operating system.
         self.trimmer = IdleTrimmer(lambda: bool(self._running)).start()
@@ -181,6 +178,13 @@ class Coordinator:
             self.worker_health.is_up,
             self._rpc_action,
             self._pool,
+        )
+        self.results = ResultReader(
+            config,
+            self.security,
+            self.held_results,
+            self.worker_health.mark_down,
+            self._check_run,
         )
         self.worker_health.add_listener(self._worker_down)
         self.worker_health.add_up_listener(self._worker_back)
@@ -312,13 +316,13 @@ class Coordinator:
             _name_query_span(query_span, run.plan, sql)
             self.spans.start_stage_spans(run)
             self._place_and_submit(run)
-            table = self._read_root(run)
+            table = self.results.read_root(run)
             query_span.set_attribute(c.QUERY_ROWS, table.num_rows + run.result_rows)
             query_span.set_attribute(c.DB_RETURNED_ROWS, table.num_rows + run.result_rows)
         except BaseException as error:
             failure = error
         finally:
-            self._drop_result(run)  # handed to the caller (its table), or dropped
+            self.held_results.drop(run)  # handed to the caller (its table), or dropped
         if failure is None:
             telemetry = self._finish(run, None)
             assert run.plan is not None and table is not None
@@ -571,124 +575,6 @@ class Coordinator:
         if unreachable or errors:
             raise (unreachable or errors)[0]  # type: ignore[misc]
 
-    def _read_root(self, run: QueryRun) -> pa.Table:
-        """Read the root stage's buckets, watching for cancellation, lost workers and the
-        query timeout while they arrive."""
-        assert run.plan is not None
-        root = run.plan.root
-        deadline = time.monotonic() + self.config.query_timeout_s
-        sources = [
-            BucketSource(run.placement[(root.stage_id, t)], root.stage_id, t, 0)
-            for t in range(root.task_count)
-        ]
-        # Not on the bounded pool: a read lasts as long as its query, and 32 long queries
-        # reading would leave every other query's submissions and telemetry fetches waiting.
-        futures = [run_in_background(self._read_source, run, source) for source in sources]
-        pending: Iterable[Future[list[pa.RecordBatch]]] = futures
-        while pending:
-            done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
-            for future in done:
-                error = future.exception()
-                if error is not None:
-                    raise error
-            if not pending:
-                break  # every byte is here: a worker lost now no longer matters
-            self._check_run(run)
-            if pending and time.monotonic() > deadline:
-                raise QueryError(
-                    f"query {run.query_id} timed out after {self.config.query_timeout_s:.0f}s"
-                )
-        batches = [batch for future in futures for batch in future.result()]
-        output = plain_schema(run.plan.output_schema)
-        return pa.Table.from_batches([conform(b, output) for b in batches], schema=output)
-
-    def _hold_result(self, run: QueryRun, size: int) -> None:
-        """Count ``size`` gathered bytes against the coordinator-wide cap, or fail the query."""
-        with self._running_lock:
-            total = self._held_result_bytes + size
-            over = total > self.config.max_total_result_bytes
-            if not over:
-                self._held_result_bytes = total
-                run.held_bytes += size
-        if over:
-            raise QueryError(
-                f"query {run.query_id}: the results held by the running queries exceed the "
-                f"coordinator's limit of {self.config.max_total_result_bytes} bytes "
-                "(max_total_result_bytes); retry later, add a LIMIT or raise the limit"
-            )
-
-    def _drop_result(self, run: QueryRun) -> None:
-        with self._running_lock:
-            self._held_result_bytes = max(0, self._held_result_bytes - run.held_bytes)
-            run.held_bytes = 0
-
-    @property
-    def held_result_bytes(self) -> int:
-        """Bytes of gathered results the running queries hold now."""
-        return self._held_result_bytes
-
-    def _to_sink(self, run: QueryRun, batch: pa.RecordBatch) -> None:
-        """Hand a batch of a streamed result to its sink, one reading thread at a time."""
-        assert run.plan is not None and run.sink is not None
-        output = plain_schema(run.plan.output_schema)
-        with run.sink_lock:
-            run.sink(conform(batch, output))
-            run.result_rows += batch.num_rows
-
-    def _read_source(self, run: QueryRun, source: BucketSource) -> list[pa.RecordBatch]:
-        stats = StreamStats()
-        run.read_stats.append(stats)
-        started = time.time_ns()
-        batches: list[pa.RecordBatch] = []
-        span_id = rpc.new_span_id()  # the read's CLIENT span, parent of the worker's span
-        stage_span = run.stage_spans.get(source.stage_id, run.query_span)
-        headers, _ = rpc.with_span_id(rpc.traceparent_of(stage_span.get_span_context()), span_id)
-        with run.lock:
-            run.open_reads[span_id] = (source, stats, started)
-        try:
-            for batch in read_bucket(
-                source,
-                run.query_id,
-                self.config.query_timeout_s,
-                run.collector.add_message,
-                stats,
-                headers,
-                security=self.security,
-            ):
-                if run.cancelled.is_set():
-                    raise QueryError(f"query {run.query_id} was cancelled")
-                size = batch.get_total_buffer_size()  # received: owns its buffers
-                with run.lock:
-                    run.result_bytes += size
-                    too_large = run.result_bytes > self.config.max_result_bytes
-                if run.sink is None and not too_large:
-                    self._hold_result(run, size)
-                if too_large:
-                    raise QueryError(
-                        f"query {run.query_id}: the result exceeds the limit of "
-                        f"{self.config.max_result_bytes} bytes (max_result_bytes); "
-                        "add a LIMIT or raise the limit"
-                    )
-                if run.sink is not None:
-                    self._to_sink(run, batch)
-                else:
-                    batches.append(batch)
-            return batches
-        except flight.FlightUnavailableError:
-            url = source.worker_url
-            self.worker_health.mark_down(url, "unreachable while the query read from it")
-            raise WorkerUnreachable(
-                f"stage {source.stage_id} task {source.task_index} on {url} failed: "
-                f"worker {url} is unreachable",
-                url,
-            ) from None
-        except REMOTE_ERRORS as error:
-            raise QueryError(one_line(error)) from None
-        finally:
-            with run.lock:
-                if run.open_reads.pop(span_id, None) is not None:
-                    run.reads.append(read_record(source, stats, started, time.time_ns(), span_id))
-
     def _rpc_action(
         self,
         parent: trace.Span | None,
@@ -764,6 +650,11 @@ class Coordinator:
 
         sends = [run_in_background(send, url) for url in set(urls)]
         wait(sends, timeout=self.config.rpc_timeout_s + 1)
+
+    @property
+    def held_result_bytes(self) -> int:
+        """Bytes of gathered results the running queries hold now."""
+        return self.held_results.bytes
 
     def health(self) -> list[dict[str, object]]:
         """Every worker's own health report, or why it is unreachable."""
