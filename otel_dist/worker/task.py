@@ -48,8 +48,10 @@ from otel_dist.telemetry.task_spans import (
 )
 from otel_dist.worker.admission import Admission, admitted
 from otel_dist.worker.buckets import Bucket, MemoryBudget
+from otel_dist.worker.inputs import StageInputs
 from otel_dist.worker.streams import POLL_S, StreamCancelled, batches
 from otel_dist.worker.timing import (
+    OPERATORS,
     PLANNING,
     QUEUED,
     TELEMETRY,
@@ -131,6 +133,7 @@ class Task:
         self._cancel = threading.Event()  # cancelled from outside: the query is being stopped
         self._abort = threading.Event()  # one partition failed: its siblings stop too
         self._done = threading.Event()
+        self._inputs_done = threading.Event()
         self._emit_lock = threading.Lock()
         self.collector = SpanCollector(self.spec.query_id)
         schema = self.spec.output_schema()
@@ -187,23 +190,29 @@ class Task:
                 ctx = new_session(
                     self.settings.target_partitions, self.settings.runtime, self.settings.pool_bytes
                 )
+            inputs = StageInputs(self.settings.target_partitions)  # worker/inputs.py
             for task_input in self.spec.inputs:
                 part = PLANNING
                 if task_input.is_stage_input and task_input.sources:
                     part = wait_part(task_input.sources[0].stage_id)
                 with Stopwatch(self.clock, part):
-                    self._register(ctx, task_input)
+                    self._register(ctx, task_input, inputs, part)
             self.phase = "queued"
             with admitted(self.settings.admission, self._stopped, self._queued):
                 self.phase = "planning"
                 with Stopwatch(self.clock, PLANNING):
-                    plan = ctx.sql_with_options(self.spec.sql, QUERY_ONLY).execution_plan()
+                    plan = inputs.plan(
+                        ctx,
+                        lambda: ctx.sql_with_options(self.spec.sql, QUERY_ONLY).execution_plan(),
+                    )
                 self.live_plan, self.phase = plan, "executing"
                 run_started = time.perf_counter_ns()
                 try:
                     self._execute(ctx, plan)
                 finally:
                     self.clock.run_finished(time.perf_counter_ns() - run_started)
+                    for part, waited_ns in inputs.wait_ns().items():  # streamed inputs' waits
+                        self.clock.move(OPERATORS, part, waited_ns)
             self.state = "finished"
         except Exception as error:
             self.state = "cancelled" if self._cancel.is_set() else "failed"
@@ -222,6 +231,7 @@ class Task:
             if self.state == "failed":
                 log.warning("%s", self.error)
         self.ended_ns = time.time_ns()
+        self._inputs_done.set()  # input streams the plan did not read to the end stop
         self.live_plan, self.phase = None, self.state
         for bucket in self.buckets:
             if self.state == "finished":
@@ -318,7 +328,9 @@ class Task:
 
     # ---- inputs --------------------------------------------------------------------------
 
-    def _register(self, ctx: SessionContext, task_input: TaskInput) -> None:
+    def _register(
+        self, ctx: SessionContext, task_input: TaskInput, inputs: StageInputs, part: str
+    ) -> None:
         if not task_input.is_stage_input:
             if self._scratch is None:
                 self._scratch = tempfile.mkdtemp(
@@ -330,21 +342,20 @@ class Task:
                 os.symlink(path, os.path.join(folder, f"{index:05d}-{os.path.basename(path)}"))
             ctx.register_parquet(task_input.table_name, folder)
             return
-        # DataFusion's Python API has no streaming table provider: upstream buckets are read
-        # concurrently as they are produced, then handed to DataFusion as in-memory partitions.
+        # Upstream buckets are read concurrently as they are produced; a large input is
+        # streamed into the plan, a small one held in memory (worker/inputs.py).
         self.phase = (
             f"reading stage {task_input.sources[0].stage_id}" if task_input.sources else "reading"
         )
         schema = task_input.schema()
-        batches = list(self._read_sources(task_input, schema))
-        if task_input.row_ids:
-            batches, schema = _with_row_ids(batches, schema)
-        width = self.settings.target_partitions
-        partitions: list[list[pa.RecordBatch]] = [batches[i::width] for i in range(width)]
-        partitions = [p for p in partitions if p] or [
-            [pa.RecordBatch.from_pylist([], schema=schema)]
-        ]
-        ctx.register_record_batches(task_input.table_name, partitions)
+        inputs.register(
+            ctx,
+            task_input,
+            self._read_sources(task_input, schema),
+            schema,
+            part,
+            _with_row_ids if task_input.row_ids else None,
+        )
 
     def _read_sources(self, task_input: TaskInput, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
         """Merge the upstream buckets into one stream, reading them concurrently."""
@@ -364,8 +375,10 @@ class Task:
                     rpc.with_span_id(self.spec.trace_context, read.span_id)[0],
                     self.settings.security,
                 ):
-                    _put(merged, conform(batch, schema), self._cancel)
-                _put(merged, None, self._cancel)
+                    if self._inputs_done.is_set():
+                        return  # the plan ended without reading all of it (a LIMIT)
+                    _put(merged, conform(batch, schema), self._cancel, self._inputs_done)
+                _put(merged, None, self._cancel, self._inputs_done)
             except (flight.FlightUnavailableError, flight.FlightTimedOutError) as error:
                 # Name the upstream task and its worker: that is where the query failed.
                 reason = (
@@ -490,8 +503,10 @@ class Task:
         metrics.record_task(outcome)
 
 
-def _put(target: queue.Queue, item: object, cancel: threading.Event) -> None:
-    while not cancel.is_set():
+def _put(
+    target: queue.Queue, item: object, cancel: threading.Event, done: threading.Event | None = None
+) -> None:
+    while not cancel.is_set() and not (done is not None and done.is_set()):
         try:
             target.put(item, timeout=0.5)
             return

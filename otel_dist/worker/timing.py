@@ -6,7 +6,8 @@ task span):
 
 * ``planning``: a DataFusion session, the task's tables registered, its SQL planned.
 * ``wait_stage_<N>``: waiting for, and receiving, upstream stage N's data (a task reads its
-  stage inputs one after the other, before its plan runs).
+  stage inputs one after the other before its plan runs; a streamed input's scan waits while
+  the plan runs, and that wait is moved here from ``operators``, ``worker/inputs.py``).
 * ``queued``: waiting for a turn to execute (the worker's admission control,
   ``worker/admission.py``), after the inputs were read.
 * ``operators``: DataFusion running the plan (the operators' own work, scans included).
@@ -97,6 +98,14 @@ class TaskClock:
         self.add(OUTPUT, round(sum(t.output_ns - t.spill_ns for t in drains) * scale))
         self.add(SPILL, round(sum(t.spill_ns for t in drains) * scale))
         # the drains' unmeasured moments (thread start, cancellation checks) stay in `other`
+
+    def move(self, source: str, target: str, ns: int) -> None:
+        """Move up to ``ns`` from ``source`` to ``target`` (time measured inside one part
+        that belongs to another: a streamed scan waiting for upstream data)."""
+        with self._lock:
+            moved = min(max(0, ns), self._parts.get(source, 0))
+            self._parts[source] = self._parts.get(source, 0) - moved
+            self._parts[target] = self._parts.get(target, 0) + moved
 
     def breakdown(self, duration_ns: int) -> dict[str, int]:
         """Every part, with ``other`` the remainder; adds up to ``duration_ns``.
