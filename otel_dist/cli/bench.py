@@ -31,6 +31,12 @@ def add(commands: Any) -> None:
     bench.add_argument("--json", type=Path, help="write the report as JSON")
     bench.add_argument("--queries", help="comma-separated TPC-H query numbers (default: all 22)")
     bench.add_argument("--data", type=Path, help="an existing TPC-H folder (default: generated)")
+    bench.add_argument(
+        "--peers",
+        default="",
+        help="comma-separated engines installed here to run beside: duckdb, spark (skipped, "
+        "with a line saying why, when missing)",
+    )
     bench.set_defaults(run=run)
 
 
@@ -53,6 +59,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             "--scale must be positive, --workers, --runs and --target-partitions at least 1"
         )
+    from otel_dist.bench_engines import PEERS
+
+    peers = tuple(p.strip() for p in args.peers.split(",") if p.strip())
+    unknown_peers = [p for p in peers if p not in PEERS]
+    if unknown_peers:
+        raise UserError(f"no peer {unknown_peers[0]!r}: --peers takes {', '.join(PEERS)}")
     if args.warmup < 0:
         raise UserError(f"--warmup must be 0 or more, got {args.warmup}")
     options = BenchOptions(
@@ -63,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         target_partitions=args.target_partitions,
         warmup=args.warmup,
         data=args.data,
+        peers=peers,
     )
     report = run_bench(options, stdout)
     if args.json:
