@@ -20,6 +20,10 @@ Rules:
   merge of partitions) is read to the end and registered in memory, and the SQL is planned
   again. On DataFusion's threads a scan that waits for upstream data would block a thread
   the worker's other tasks, its upstream ones among them, may need.
+* A plan that streams is pulled with the stream's blocking ``__next__`` on the task's own
+  thread (``pull``), not with ``__anext__`` on tokio's threads (``worker/streams.py``): there
+  a scan waiting for upstream data would hold one of the few threads every task of the
+  worker, its upstream ones among them, runs on, and the worker would deadlock.
 * Time a streamed scan spends waiting for upstream data is counted per stage and moved from
   the task's ``operators`` part to its ``wait_stage_<N>`` part (``worker/timing.py``).
 """
@@ -37,6 +41,7 @@ from datafusion import SessionContext
 
 from otel_dist import settings
 from otel_dist.protocol import TaskInput
+from otel_dist.worker.streams import StreamCancelled
 
 # Operators that pull their input partitions on DataFusion's threads (spawned tasks): a
 # repartition always, a merge of several partitions. (A sort, a join's build side, an
@@ -247,6 +252,16 @@ class StageInputs:
         for wait in self.waits:
             waits[wait.part] = waits.get(wait.part, 0) + wait.ns
         return waits
+
+
+def pull(stream: object, stopped: Callable[[], bool]) -> Iterator[object]:
+    """The stream's batches, each polled on this thread; ``StreamCancelled`` once
+    ``stopped()`` (checked between batches: a streamed scan waiting for data sees a cancel
+    itself, through the task's input reader)."""
+    for batch in stream:  # type: ignore[attr-defined]
+        if stopped():
+            raise StreamCancelled("cancelled")
+        yield batch
 
 
 def register_in_memory(

@@ -48,7 +48,7 @@ from otel_dist.telemetry.task_spans import (
 )
 from otel_dist.worker.admission import Admission, admitted
 from otel_dist.worker.buckets import Bucket, MemoryBudget
-from otel_dist.worker.inputs import StageInputs
+from otel_dist.worker.inputs import StageInputs, pull
 from otel_dist.worker.streams import POLL_S, StreamCancelled, batches
 from otel_dist.worker.timing import (
     OPERATORS,
@@ -134,6 +134,7 @@ class Task:
         self._abort = threading.Event()  # one partition failed: its siblings stop too
         self._done = threading.Event()
         self._inputs_done = threading.Event()
+        self._pull_here = False
         self._emit_lock = threading.Lock()
         self.collector = SpanCollector(self.spec.query_id)
         schema = self.spec.output_schema()
@@ -206,6 +207,7 @@ class Task:
                         lambda: ctx.sql_with_options(self.spec.sql, QUERY_ONLY).execution_plan(),
                     )
                 self.live_plan, self.phase = plan, "executing"
+                self._pull_here = inputs.streaming  # worker/inputs.py: never on tokio's threads
                 run_started = time.perf_counter_ns()
                 try:
                     self._execute(ctx, plan)
@@ -279,7 +281,8 @@ class Task:
         stream = ctx.execute(plan, partition)  # type: ignore[arg-type]
         try:
             mark = clock()
-            for raw in batches(stream, self._stopped):
+            pulled_batches = (pull if self._pull_here else batches)(stream, self._stopped)
+            for raw in pulled_batches:
                 pulled = clock()
                 times.operators_ns += pulled - mark
                 batch = conform(raw.to_pyarrow(), schema)  # type: ignore[attr-defined]
