@@ -95,11 +95,17 @@ def test_plans_that_cannot_stream_fall_back_to_memory(sql: str, rows: int) -> No
 
 def test_a_streamed_wait_moves_from_operators_to_the_wait_part() -> None:
     clock = TaskClock()
-    clock.add(OPERATORS, 100)
-    clock.move(OPERATORS, "wait_stage_3", 30)
-    clock.move(OPERATORS, "wait_stage_4", 500)  # never more than was measured
+    drain = clock.drain()
+    drain.operators_ns, drain.total_ns = 100, 100
+    clock.run_finished(100, {"wait_stage_3": 30})
     parts = clock.breakdown(100)
-    assert (parts[OPERATORS], parts["wait_stage_3"], parts["wait_stage_4"]) == (0, 30, 70)
+    assert (parts[OPERATORS], parts["wait_stage_3"]) == (70, 30)
+    clock = TaskClock()
+    drain = clock.drain()
+    drain.operators_ns, drain.total_ns = 100, 100
+    clock.run_finished(100, {"wait_stage_3": 150, "wait_stage_4": 50})  # never more than measured
+    parts = clock.breakdown(100)
+    assert (parts[OPERATORS], parts["wait_stage_3"], parts["wait_stage_4"]) == (0, 75, 25)
 
 
 # Lineitem (the probe side, read as it arrives) joined to the orders whose customer number is

@@ -51,7 +51,6 @@ from otel_dist.worker.buckets import Bucket, MemoryBudget
 from otel_dist.worker.inputs import StageInputs, pull
 from otel_dist.worker.streams import POLL_S, StreamCancelled, batches
 from otel_dist.worker.timing import (
-    OPERATORS,
     PLANNING,
     QUEUED,
     TELEMETRY,
@@ -212,9 +211,7 @@ class Task:
                 try:
                     self._execute(ctx, plan)
                 finally:
-                    self.clock.run_finished(time.perf_counter_ns() - run_started)
-                    for part, waited_ns in inputs.wait_ns().items():  # streamed inputs' waits
-                        self.clock.move(OPERATORS, part, waited_ns)
+                    self.clock.run_finished(time.perf_counter_ns() - run_started, inputs.wait_ns())
             self.state = "finished"
         except Exception as error:
             self.state = "cancelled" if self._cancel.is_set() else "failed"
