@@ -3,10 +3,17 @@
 Per query of the suite (TPC-H, the default, or TPC-DS), interleaved run by run, in an order that rotates, so drift hits every system
 alike:
 
-* ``datafusion``: single-node DataFusion on the same files, with the cluster's thread budget;
+* ``datafusion``: single-node DataFusion on the same files, with the cluster's thread budget,
+  in a process of its own;
 * ``otel_dist``: a local cluster with telemetry off;
 * ``otel_dist_traced``: a local cluster with full telemetry (spans, final Flight messages,
-  router, OTLP export to a real OTLP receiver running locally, explain tree built).
+  router, OTLP export to a real OTLP receiver running locally, explain tree built);
+* ``--peers``: engines installed in the same environment, each in a process of its own with
+  the same thread budget (``duckdb``; ``spark`` when ``pyspark`` and Java are present).
+
+Beside each time, each system's peak resident memory during the query (``VmHWM``, reset before
+each query; a cluster's summed over its workers; ``bench_engines.py``). The coordinators of
+both clusters run in the bench process: its own peak is reported apart.
 
 Then the Flight router's throughput against a plain ``pyarrow.flight`` read of the same stream,
 and the time to build an explain tree from 10,000 spans. Medians are reported; nothing asserts.
@@ -34,9 +41,15 @@ from rich.console import Console
 from rich.table import Table
 
 from otel_dist import tpcds, tpch
+from otel_dist.bench_engines import (
+    EngineProcess,
+    peak_rss_bytes,
+    peer_unavailable,
+    process_tree,
+    reset_peak_rss,
+)
 from otel_dist.exchange.router import route
 from otel_dist.frontend.local import LocalCluster
-from otel_dist.planner.catalog import Catalog
 from otel_dist.session import plain_schema
 from otel_dist.telemetry import envelope
 from otel_dist.telemetry.envelope import TaskRef
@@ -68,6 +81,7 @@ class BenchOptions:
     warmup: int = 8
     data: Path | None = None
     suite: str = "tpch"  # or "tpcds"
+    peers: tuple[str, ...] = ()  # bench_engines.PEERS
 
 
 @dataclass(frozen=True)
@@ -101,64 +115,91 @@ SUITES = {
 def run_bench(options: BenchOptions, console: Console) -> dict[str, object]:
     suite = SUITES[options.suite]
     data = options.data or suite.generate(options.scale)
+    peers = []
+    for peer in options.peers:
+        reason = peer_unavailable(peer)
+        if reason is None:
+            peers.append(peer)
+        else:
+            console.print(f"{peer} skipped: {reason}")
+    systems = (*SYSTEMS, *peers)
     timings: dict[int, dict[str, list[float]]] = {
-        q: {system: [] for system in SYSTEMS} for q in options.queries
+        q: {system: [] for system in systems} for q in options.queries
     }
-    single_node = Catalog.from_folder(data)
+    peaks: dict[int, dict[str, int]] = {
+        q: {system: 0 for system in systems} for q in options.queries
+    }
     budget = options.workers * options.target_partitions
-    with (
-        OtlpReceiver() as receiver,
-        LocalCluster(
-            workers=options.workers,
-            data=data,
-            target_partitions=options.target_partitions,
-            env={**os.environ, "OTEL_DIST_TELEMETRY": "off"},
-        ) as plain,
-        LocalCluster(
-            workers=options.workers,
-            data=data,
-            target_partitions=options.target_partitions,
-            env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint},
-        ) as traced,
-    ):
-        from otel_dist.explain.build import build_tree
+    engines: dict[str, EngineProcess] = {}
+    try:
+        for kind in ("datafusion", *peers):
+            engines[kind] = EngineProcess(kind, data, budget)
+        with (
+            OtlpReceiver() as receiver,
+            LocalCluster(
+                workers=options.workers,
+                data=data,
+                target_partitions=options.target_partitions,
+                env={**os.environ, "OTEL_DIST_TELEMETRY": "off"},
+            ) as plain,
+            LocalCluster(
+                workers=options.workers,
+                data=data,
+                target_partitions=options.target_partitions,
+                env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint},
+            ) as traced,
+        ):
+            from otel_dist.explain.build import build_tree
 
-        runners: dict[str, Callable[[str], object]] = {
-            "datafusion": lambda sql: single_node.session(budget).sql(sql).to_arrow_table(),
-            "otel_dist": plain.sql,
-            "otel_dist_traced": lambda sql: _traced(traced, sql, build_tree),
-        }
-        for _ in range(options.warmup):
-            for sql in (suite.query(q) for q in options.queries):
-                for runner in runners.values():
-                    runner(sql)
-            console.print("warm-up pass done", style="dim")
-        for run in range(options.runs):
-            for index, number in enumerate(options.queries):
-                sql = suite.query(number)
-                # The order rotates so that no system always runs right after another one
-                # (whose processes may still be releasing the last query's memory).
-                shift = (run + index) % len(SYSTEMS)
-                for system in SYSTEMS[shift:] + SYSTEMS[:shift]:
-                    started = time.perf_counter()
-                    runners[system](sql)
-                    timings[number][system].append(time.perf_counter() - started)
-            console.print(f"run {run + 1}/{options.runs} done", style="dim")
+            runners: dict[str, Callable[[str], object]] = {
+                "otel_dist": plain.sql,
+                "otel_dist_traced": lambda sql: _traced(traced, sql, build_tree),
+                **{kind: engine.run for kind, engine in engines.items()},
+            }
+            pids: dict[str, Callable[[], list[int]]] = {
+                "otel_dist": lambda: [p.pid for p in plain.processes],
+                "otel_dist_traced": lambda: [p.pid for p in traced.processes],
+                **{kind: _tree_of(engine) for kind, engine in engines.items()},
+            }
+            for _ in range(options.warmup):
+                for sql in (suite.query(q) for q in options.queries):
+                    for runner in runners.values():
+                        runner(sql)
+                console.print("warm-up pass done", style="dim")
+            for run in range(options.runs):
+                for index, number in enumerate(options.queries):
+                    sql = suite.query(number)
+                    # The order rotates so that no system always runs right after another one
+                    # (whose processes may still be releasing the last query's memory).
+                    shift = (run + index) % len(systems)
+                    for system in systems[shift:] + systems[:shift]:
+                        processes = pids[system]()
+                        reset_peak_rss(processes)
+                        started = time.perf_counter()
+                        runners[system](sql)
+                        timings[number][system].append(time.perf_counter() - started)
+                        peak = peak_rss_bytes(processes)
+                        peaks[number][system] = max(peaks[number][system], peak)
+                console.print(f"run {run + 1}/{options.runs} done", style="dim")
+    finally:
+        for engine in engines.values():
+            engine.close()
     queries = {
         f"q{number:02d}": {
             system: statistics.median(values) for system, values in by_system.items()
         }
         for number, by_system in timings.items()
     }
-    totals = {system: sum(q[system] for q in queries.values()) for system in SYSTEMS}
+    totals = {system: sum(q[system] for q in queries.values()) for system in systems}
     # Each run's totals: how far one run's ratios move shows what a difference in the medians'
     # ratios means (single queries vary by 10% and more from run to run on 2 cores).
     run_totals = {
         system: [
             sum(timings[q][system][run] for q in options.queries) for run in range(options.runs)
         ]
-        for system in SYSTEMS
+        for system in systems
     }
+    peak_rss = {f"q{number:02d}": by_system for number, by_system in peaks.items()}
     router = router_throughput(data, table=suite.fact_table)
     explain_ms = explain_build_ms(10_000)
     report: dict[str, object] = {
@@ -183,9 +224,19 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, object]:
         },
         "router": router,
         "explain_build_ms_10k_spans": explain_ms,
+        "systems": list(systems),
+        "peak_rss_bytes": peak_rss,
+        "max_peak_rss_bytes": {
+            system: max(by_system[system] for by_system in peak_rss.values()) for system in systems
+        },
+        "bench_process_peak_rss_bytes": peak_rss_bytes([os.getpid()]),
     }
     _print(report, console)
     return report
+
+
+def _tree_of(engine: EngineProcess) -> Callable[[], list[int]]:
+    return lambda: process_tree(engine.pid)
 
 
 def _ratios(numerators: list[float], denominators: list[float]) -> list[float]:
@@ -328,25 +379,29 @@ def _machine() -> dict[str, object]:
 
 
 def _print(report: dict[str, object], console: Console) -> None:
+    systems: list[str] = report["systems"]  # type: ignore[assignment]
     table = Table(
         title=(
             f"{SUITES[str(report.get('suite', 'tpch'))].title} SF {report['scale']} · "
             f"{report['workers']} workers x "
             f"{report['target_partitions']} partitions · median of {report['runs']} after "
-            f"{report['warmup']} warm-up passes"
+            f"{report['warmup']} warm-up passes · seconds, peak RSS in GB"
         )
     )
     table.add_column("query")
-    for system in SYSTEMS:
-        table.add_column(f"{system} (s)", justify="right")
+    for system in systems:
+        table.add_column(f"{system}", justify="right")
     table.add_column("dist/df", justify="right")
     table.add_column("traced/untraced", justify="right")
     queries: dict[str, dict[str, float]] = report["queries"]  # type: ignore[assignment]
     totals: dict[str, float] = report["totals"]  # type: ignore[assignment]
+    peaks: dict[str, dict[str, int]] = report["peak_rss_bytes"]  # type: ignore[assignment]
+    top: dict[str, int] = report["max_peak_rss_bytes"]  # type: ignore[assignment]
     for name, row in [*queries.items(), ("total", totals)]:
+        peak = peaks.get(name, top)
         table.add_row(
             name,
-            *(f"{row[s]:.3f}" for s in SYSTEMS),
+            *(f"{row[s]:.3f} {peak[s] / 1e9:.2f}" for s in systems),
             f"{row['otel_dist'] / row['datafusion']:.2f}",
             f"{row['otel_dist_traced'] / row['otel_dist']:.3f}",
         )
@@ -359,6 +414,13 @@ def _print(report: dict[str, object], console: Console) -> None:
         f"router_vs_raw_flight={ratios['router_vs_raw_flight']:.3f} "
         f"({router['router_mb_s']:.0f} vs {router['raw_mb_s']:.0f} MB/s)  "
         f"explain build (10,000 spans)={report['explain_build_ms_10k_spans']:.1f} ms"
+    )
+    bench_peak = report["bench_process_peak_rss_bytes"]
+    assert isinstance(bench_peak, int)
+    console.print(
+        "peak RSS over the queries (GB; clusters: workers summed): "
+        + "  ".join(f"{s} {top[s] / 1e9:.2f}" for s in systems)
+        + f"  · bench process (both coordinators) {bench_peak / 1e9:.2f}"
     )
     run_ratios: dict[str, list[float]] = report["run_ratios"]  # type: ignore[assignment]
     console.print(

@@ -88,6 +88,12 @@ _ALL = (
         64_000_000,
         "the least a scan task reads; 0 splits every table (as --min-task-bytes)",
     ),
+    Setting(
+        "OTEL_DIST_STREAM_BYTES",
+        "bytes",
+        64 * MIB,
+        "a task's stage input larger than this is streamed into its plan, not held whole (0: never)",
+    ),
     Setting("OTEL_DIST_MAX_SQL_BYTES", "count", MIB, "longer SQL is refused (as --max-sql-bytes)"),
     Setting(
         "OTEL_DIST_MAX_RESULT_BYTES",

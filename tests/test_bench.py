@@ -3,8 +3,10 @@ issue names; the numbers themselves are reported, never asserted."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,7 @@ def test_bench_writes_the_report(tpch_dir: Path, tmp_path: Path) -> None:
         [
             *(sys.executable, "-m", "otel_dist.cli", "bench", "--data", str(tpch_dir)),
             *("--scale", "0.01", "--workers", "2", "--runs", "2", "--queries", "1,6"),
-            *("--warmup", "1"),
+            *("--warmup", "1", "--peers", "duckdb,spark"),
             *("--json", str(out)),
         ],
         capture_output=True,
@@ -31,8 +33,24 @@ def test_bench_writes_the_report(tpch_dir: Path, tmp_path: Path) -> None:
     assert report["scale"] == 0.01 and report["machine"]["cpus"] >= 1
     assert report["runs"] == 2 and report["warmup"] == 1
     assert result.stdout.count("warm-up pass done") == 1
-    systems = {"datafusion", "otel_dist", "otel_dist_traced"}
+    systems = {"datafusion", "otel_dist", "otel_dist_traced", "duckdb"}
+    spark_missing = importlib.util.find_spec("pyspark") is None or shutil.which("java") is None
+    if spark_missing:
+        assert "spark skipped: " in result.stdout
+    else:
+        systems.add("spark")
+    assert set(report["systems"]) == systems
     assert set(report["queries"]) == {"q01", "q06"}
+    # every system's peak resident memory, per query: a cluster's summed over its 2 workers
+    # (each a Python process with DataFusion loaded: well over 50 MB)
+    for name, peaks in report["peak_rss_bytes"].items():
+        assert set(peaks) == systems, name
+        assert all(peak > 20e6 for peak in peaks.values()), (name, peaks)
+        assert peaks["otel_dist"] > 100e6, (name, peaks)
+    assert report["max_peak_rss_bytes"]["datafusion"] == max(
+        p["datafusion"] for p in report["peak_rss_bytes"].values()
+    )
+    assert "peak RSS over the queries" in result.stdout
     for medians in report["queries"].values():
         assert set(medians) == systems and all(v > 0 for v in medians.values())
     totals, ratios = report["totals"], report["ratios"]

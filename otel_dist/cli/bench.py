@@ -44,6 +44,12 @@ def add(commands: Any) -> None:
     bench.add_argument(
         "--data", type=Path, help="an existing folder of the suite's data (default: generated)"
     )
+    bench.add_argument(
+        "--peers",
+        default="",
+        help="comma-separated engines installed here to run beside: duckdb, spark (skipped, "
+        "with a line saying why, when missing)",
+    )
     bench.set_defaults(run=run)
 
 
@@ -68,6 +74,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             "--scale must be positive, --workers, --runs and --target-partitions at least 1"
         )
+    from otel_dist.bench_engines import PEERS
+
+    peers = tuple(p.strip() for p in args.peers.split(",") if p.strip())
+    unknown_peers = [p for p in peers if p not in PEERS]
+    if unknown_peers:
+        raise UserError(f"no peer {unknown_peers[0]!r}: --peers takes {', '.join(PEERS)}")
     if args.warmup < 0:
         raise UserError(f"--warmup must be 0 or more, got {args.warmup}")
     options = BenchOptions(
@@ -79,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         data=args.data,
         suite=args.suite,
+        peers=peers,
     )
     try:
         report = run_bench(options, stdout)

@@ -50,6 +50,7 @@ from otel_dist.telemetry.task_spans import (
 )
 from otel_dist.worker.admission import Admission, admitted
 from otel_dist.worker.buckets import Bucket, MemoryBudget
+from otel_dist.worker.inputs import StageInputs, pull
 from otel_dist.worker.streams import POLL_S, StreamCancelled, batches
 from otel_dist.worker.timing import (
     PLANNING,
@@ -133,6 +134,8 @@ class Task:
         self._cancel = threading.Event()  # cancelled from outside: the query is being stopped
         self._abort = threading.Event()  # one partition failed: its siblings stop too
         self._done = threading.Event()
+        self._inputs_done = threading.Event()
+        self._pull_here = False
         self._emit_lock = threading.Lock()
         self.collector = SpanCollector(self.spec.query_id)
         schema = self.spec.output_schema()
@@ -189,23 +192,29 @@ class Task:
                 ctx = new_session(
                     self.settings.target_partitions, self.settings.runtime, self.settings.pool_bytes
                 )
+            inputs = StageInputs(self.settings.target_partitions)  # worker/inputs.py
             for task_input in self.spec.inputs:
                 part = PLANNING
                 if task_input.is_stage_input and task_input.sources:
                     part = wait_part(task_input.sources[0].stage_id)
                 with Stopwatch(self.clock, part):
-                    self._register(ctx, task_input)
+                    self._register(ctx, task_input, inputs, part)
             self.phase = "queued"
             with admitted(self.settings.admission, self._stopped, self._queued):
                 self.phase = "planning"
                 with Stopwatch(self.clock, PLANNING):
-                    plan = stage_frame(ctx, self.spec).execution_plan()
+                    session = ctx
+                    assert session is not None
+                    plan = inputs.plan(
+                        session, lambda: stage_frame(session, self.spec).execution_plan()
+                    )
                 self.live_plan, self.phase = plan, "executing"
+                self._pull_here = inputs.streaming  # worker/inputs.py: never on tokio's threads
                 run_started = time.perf_counter_ns()
                 try:
                     self._execute(ctx, plan)
                 finally:
-                    self.clock.run_finished(time.perf_counter_ns() - run_started)
+                    self.clock.run_finished(time.perf_counter_ns() - run_started, inputs.wait_ns())
             self.state = "finished"
         except Exception as error:
             self.state = "cancelled" if self._cancel.is_set() else "failed"
@@ -224,6 +233,7 @@ class Task:
             if self.state == "failed":
                 log.warning("%s", self.error)
         self.ended_ns = time.time_ns()
+        self._inputs_done.set()  # input streams the plan did not read to the end stop
         self.live_plan, self.phase = None, self.state
         for bucket in self.buckets:
             if self.state == "finished":
@@ -271,7 +281,8 @@ class Task:
         stream = ctx.execute(plan, partition)  # type: ignore[arg-type]
         try:
             mark = clock()
-            for raw in batches(stream, self._stopped):
+            pulled_batches = (pull if self._pull_here else batches)(stream, self._stopped)
+            for raw in pulled_batches:
                 pulled = clock()
                 times.operators_ns += pulled - mark
                 batch = conform(raw.to_pyarrow(), schema)  # type: ignore[attr-defined]
@@ -320,7 +331,9 @@ class Task:
 
     # ---- inputs --------------------------------------------------------------------------
 
-    def _register(self, ctx: SessionContext, task_input: TaskInput) -> None:
+    def _register(
+        self, ctx: SessionContext, task_input: TaskInput, inputs: StageInputs, part: str
+    ) -> None:
         if not task_input.is_stage_input:
             if self._scratch is None:
                 self._scratch = tempfile.mkdtemp(
@@ -332,21 +345,20 @@ class Task:
                 os.symlink(path, os.path.join(folder, f"{index:05d}-{os.path.basename(path)}"))
             ctx.register_parquet(task_input.table_name, folder)
             return
-        # DataFusion's Python API has no streaming table provider: upstream buckets are read
-        # concurrently as they are produced, then handed to DataFusion as in-memory partitions.
+        # Upstream buckets are read concurrently as they are produced; a large input is
+        # streamed into the plan, a small one held in memory (worker/inputs.py).
         self.phase = (
             f"reading stage {task_input.sources[0].stage_id}" if task_input.sources else "reading"
         )
         schema = task_input.schema()
-        batches = list(self._read_sources(task_input, schema))
-        if task_input.row_ids:
-            batches, schema = _with_row_ids(batches, schema)
-        width = self.settings.target_partitions
-        partitions: list[list[pa.RecordBatch]] = [batches[i::width] for i in range(width)]
-        partitions = [p for p in partitions if p] or [
-            [pa.RecordBatch.from_pylist([], schema=schema)]
-        ]
-        ctx.register_record_batches(task_input.table_name, partitions)
+        inputs.register(
+            ctx,
+            task_input,
+            self._read_sources(task_input, schema),
+            schema,
+            part,
+            _with_row_ids if task_input.row_ids else None,
+        )
 
     def _read_sources(self, task_input: TaskInput, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
         """Merge the upstream buckets into one stream, reading them concurrently."""
@@ -366,8 +378,10 @@ class Task:
                     rpc.with_span_id(self.spec.trace_context, read.span_id)[0],
                     self.settings.security,
                 ):
-                    _put(merged, conform(batch, schema), self._cancel)
-                _put(merged, None, self._cancel)
+                    if self._inputs_done.is_set():
+                        return  # the plan ended without reading all of it (a LIMIT)
+                    _put(merged, conform(batch, schema), self._cancel, self._inputs_done)
+                _put(merged, None, self._cancel, self._inputs_done)
             except (flight.FlightUnavailableError, flight.FlightTimedOutError) as error:
                 # Name the upstream task and its worker: that is where the query failed.
                 reason = (
@@ -501,8 +515,10 @@ def stage_frame(ctx: SessionContext, spec: TaskSpec) -> DataFrame:
     return ctx.sql_with_options(spec.sql, QUERY_ONLY)
 
 
-def _put(target: queue.Queue, item: object, cancel: threading.Event) -> None:
-    while not cancel.is_set():
+def _put(
+    target: queue.Queue, item: object, cancel: threading.Event, done: threading.Event | None = None
+) -> None:
+    while not cancel.is_set() and not (done is not None and done.is_set()):
         try:
             target.put(item, timeout=0.5)
             return

@@ -6,7 +6,8 @@ task span):
 
 * ``planning``: a DataFusion session, the task's tables registered, its SQL planned.
 * ``wait_stage_<N>``: waiting for, and receiving, upstream stage N's data (a task reads its
-  stage inputs one after the other, before its plan runs).
+  stage inputs one after the other before its plan runs; a streamed input's scan waits while
+  the plan runs, and that wait is moved here from ``operators``, ``worker/inputs.py``).
 * ``queued``: waiting for a turn to execute (the worker's admission control,
   ``worker/admission.py``), after the inputs were read.
 * ``operators``: DataFusion running the plan (the operators' own work, scans included).
@@ -81,8 +82,10 @@ class TaskClock:
             self._drains.append(times)
         return times
 
-    def run_finished(self, wall_ns: int) -> None:
-        """The plan ran for ``wall_ns``: share it among the drains' parts."""
+    def run_finished(self, wall_ns: int, waits: dict[str, int] | None = None) -> None:
+        """The plan ran for ``wall_ns``: share it among the drains' parts. ``waits``: time
+        streamed scans blocked for upstream data inside the drains' operator time, by wait
+        part (``worker/inputs.py``); it moves from ``operators`` to those parts."""
         with self._lock:
             drains, self._drains = self._drains, []
         for times in drains:
@@ -93,7 +96,15 @@ class TaskClock:
             self.add(OPERATORS, wall_ns)
             return
         scale = wall_ns / total
-        self.add(OPERATORS, round(sum(t.operators_ns for t in drains) * scale))
+        operators_ns = sum(t.operators_ns for t in drains)
+        waited = {part: ns for part, ns in (waits or {}).items() if ns > 0}
+        waited_ns = sum(waited.values())
+        if waited_ns > operators_ns:  # never more than the time it was measured in
+            waited = {part: ns * operators_ns // waited_ns for part, ns in waited.items()}
+        for part, ns in waited.items():
+            operators_ns -= ns
+            self.add(part, round(ns * scale))
+        self.add(OPERATORS, round(operators_ns * scale))
         self.add(OUTPUT, round(sum(t.output_ns - t.spill_ns for t in drains) * scale))
         self.add(SPILL, round(sum(t.spill_ns for t in drains) * scale))
         # the drains' unmeasured moments (thread start, cancellation checks) stay in `other`
