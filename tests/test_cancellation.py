@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from otel_dist.tpch.datagen import default_cache_dir, generate
 from tests.support import CLI, start_worker, stop, wait_until, worker_health
 
 # A scan-heavy aggregate: about 1/3 s of CPU per input batch and half a minute or more in all
@@ -24,7 +25,6 @@ SLOW = (
     "select count(*), max(regexp_replace(repeat(l_comment, 60), '(a|e|i)+', 'x', 'g')) "
     "from lineitem"
 )
-SF01 = Path(os.environ.get("OTEL_DIST_TEST_DATA_SF01", "/work/data/tpch-sf0.1"))
 SAMPLE_S = 0.1
 BUSY_CPU_S = 0.02  # more than a fifth of a core over a sample: computing
 QUIET_S = 1.0
@@ -52,11 +52,13 @@ def _seconds_until_idle(pids: list[int], since: float, limit_s: float = 30) -> f
     raise AssertionError(f"workers still busy {limit_s:.0f}s after the interrupt")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def sf01() -> Path:
-    if not (SF01 / "lineitem").is_dir():
-        pytest.skip(f"no TPC-H SF 0.1 at {SF01}")
-    return SF01
+    """TPC-H SF 0.1 (slow enough to interrupt), generated once into the demo's cache folder
+    (about 10 s) unless ``OTEL_DIST_TEST_DATA_SF01`` names one."""
+    given = os.environ.get("OTEL_DIST_TEST_DATA_SF01")
+    folder = Path(given) if given else default_cache_dir(0.1)
+    return generate(0.1, folder, show_progress=False)
 
 
 @pytest.fixture
