@@ -1,6 +1,7 @@
 """A Flight proxy for fault and streaming tests: forwards calls to one upstream Flight server,
 can damage the telemetry message at the end of every stream, as a faulty network or peer
-would, and can slow every data batch down, recording when it forwarded each."""
+would, can slow every data batch down, recording when it forwarded each, and can refuse the
+first read of every bucket with UNAVAILABLE, as a connection reset before any data does."""
 
 from __future__ import annotations
 
@@ -27,10 +28,15 @@ class FlightProxy(flight.FlightServerBase):
     """Forwards ``do_get`` and ``do_action`` to ``upstream``; with ``corrupt_telemetry`` the
     app_metadata of zero-row messages is replaced by garbage of the same length; with
     ``delay_s`` each data batch waits that long before it is forwarded (except the batches of
-    ``spared_stage``)."""
+    ``spared_stage``); with ``refuse_first_reads`` the first ``do_get`` of every ticket fails
+    with UNAVAILABLE before sending anything."""
 
     def __init__(
-        self, upstream: str, corrupt_telemetry: bool = False, delay_s: float = 0.0
+        self,
+        upstream: str,
+        corrupt_telemetry: bool = False,
+        delay_s: float = 0.0,
+        refuse_first_reads: bool = False,
     ) -> None:
         super().__init__(location="grpc://127.0.0.1:0")
         self.url = f"grpc://127.0.0.1:{self.port}"
@@ -40,10 +46,15 @@ class FlightProxy(flight.FlightServerBase):
         self.delay_s = delay_s
         self.forwarded: list[Forwarded] = []
         self.spared_stage: int | None = None
+        self.refuse_first_reads = refuse_first_reads
+        self.refused: set[bytes] = set()
 
     def do_get(
         self, context: flight.ServerCallContext, ticket: flight.Ticket
     ) -> flight.FlightDataStream:
+        if self.refuse_first_reads and ticket.ticket not in self.refused:
+            self.refused.add(ticket.ticket)
+            raise flight.FlightUnavailableError("unavailable: connection reset by the proxy")
         reader = self.upstream.do_get(ticket)
         stage_id = BucketTicket.from_bytes(ticket.ticket).stage_id
         return flight.GeneratorStream(reader.schema, self._forward(reader, stage_id))

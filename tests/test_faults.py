@@ -27,9 +27,11 @@ from otel_dist.coordinator.core import (
 )
 from otel_dist.frontend.local import LocalCluster
 from otel_dist.frontend.server import CoordinatorServer
+from otel_dist.protocol import BucketTicket
 from otel_dist.telemetry import conventions as c
 from otel_dist.telemetry.setup import Telemetry, TelemetryConfig
 from otel_dist.testing.otlp_receiver import OtlpReceiver
+from tests.flight_proxy import FlightProxy
 from tests.oracle import assert_same_rows, single_node
 from tests.support import (
     CLI,
@@ -161,6 +163,29 @@ def test_unreachable_worker_is_left_out_when_submitting(
         assert coordinator.worker_health.healthy() == list(cluster.worker_urls)
     finally:
         coordinator.close()
+
+
+def test_a_read_refused_before_its_first_message_is_retried(
+    cluster: LocalCluster, tpch_dir: Path
+) -> None:
+    """A connection that fails before a bucket's first message (seen once in CI between two
+    healthy workers) costs a retry, not the query: every first read of every bucket, by the
+    workers and by the coordinator, is refused once."""
+    proxies = [FlightProxy(url, refuse_first_reads=True) for url in cluster.worker_urls]
+    coordinator = Coordinator(
+        CoordinatorConfig(workers=tuple(p.url for p in proxies), data=str(tpch_dir)),
+        _quiet_telemetry(),
+    )
+    try:
+        sql = tpch.query(5)
+        result = coordinator.execute(sql)
+        assert_same_rows(result.table, single_node(tpch_dir, sql), ordered=True)
+        stages = {BucketTicket.from_bytes(t).stage_id for p in proxies for t in p.refused}
+        assert len(stages) == len(result.plan.stages), "every stage's reads were refused once"
+    finally:
+        coordinator.close()
+        for proxy in proxies:
+            proxy.shutdown()
 
 
 def test_a_worker_that_returns_is_used_again(cluster: LocalCluster, tpch_dir: Path) -> None:

@@ -150,12 +150,12 @@ class ResultReader:
                 else:
                     batches.append(batch)
             return batches
-        except flight.FlightUnavailableError:
+        except flight.FlightUnavailableError as error:
             url = source.worker_url
             self.mark_down(url, "unreachable while the query read from it")
             raise WorkerUnreachable(
                 f"stage {source.stage_id} task {source.task_index} on {url} failed: "
-                f"worker {url} is unreachable",
+                f"worker {url} is unreachable ({one_line(error, 200)})",
                 url,
             ) from None
         except REMOTE_ERRORS as error:

@@ -4,12 +4,18 @@ options and the errors a remote call can raise in one place.
 Clients reconnect quickly after their server came back (gRPC's reconnect backoff is capped
 at ``MAX_RECONNECT_BACKOFF_MS`` instead of its default two minutes), so a worker that
 restarts at the same address is usable again within about a second.
+
+A ``DoGet`` that fails with UNAVAILABLE before its first message (a connection that failed
+or was reset, a server momentarily unable to take the call) is retried by gRPC itself, a
+few times within about a second (``READ_RETRY_POLICY``). Once a stream has delivered data
+gRPC never retries it, so no bucket is read twice.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import threading
 
 import pyarrow as pa
@@ -24,6 +30,23 @@ from otel_dist.exchange.security import (
 
 INITIAL_RECONNECT_BACKOFF_MS = 200
 MAX_RECONNECT_BACKOFF_MS = 1000
+
+# gRPC's service config (https://github.com/grpc/grpc/blob/master/doc/service_config.md):
+# retry reads only; actions such as submit_tasks are not idempotent.
+READ_RETRY_POLICY = {
+    "methodConfig": [
+        {
+            "name": [{"service": "arrow.flight.protocol.FlightService", "method": "DoGet"}],
+            "retryPolicy": {
+                "maxAttempts": 4,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "0.5s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ]
+}
 
 # What a failed remote call raises: Flight errors, and Arrow errors for the gRPC codes Arrow
 # maps to its own statuses (INVALID_ARGUMENT is ``pa.ArrowInvalid``, NOT_FOUND a key error).
@@ -44,6 +67,8 @@ def new_client(location: str, security: SecurityConfig = NO_SECURITY) -> flight.
             ("grpc.initial_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
             ("grpc.min_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
             ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", json.dumps(READ_RETRY_POLICY)),
         ],
         **client_options(security),
     )

@@ -385,9 +385,9 @@ class Task:
             except (flight.FlightUnavailableError, flight.FlightTimedOutError) as error:
                 # Name the upstream task and its worker: that is where the query failed.
                 reason = (
-                    "is unreachable"
+                    f"is unreachable ({one_line(error, 200)})"
                     if isinstance(error, flight.FlightUnavailableError)
-                    else ("did not answer in time")
+                    else "did not answer in time"
                 )
                 _put(
                     merged,
