@@ -110,7 +110,8 @@ def _assert_back_to_baseline(cluster: LocalCluster, baseline: list[ProcessUsage]
     for url in cluster.worker_urls:
         health = worker_health(url)
         assert health["running_tasks"] == 0 and health["memory_used_bytes"] == 0, health
-        assert 0 < health["telemetry_cache_entries"] <= health["telemetry_cache_limit"], health  # type: ignore[operator]
+        # a released query's telemetry is dropped: the coordinator fetched what it missed
+        assert health["telemetry_cache_entries"] == 0, health
 
 
 def test_32_concurrent_queries_are_correct_and_leave_nothing_behind(
@@ -141,4 +142,4 @@ def test_soak_rounds_with_a_small_telemetry_cache(tpch_dir: Path) -> None:
             _round(cluster, expected, CONCURRENT)
         _assert_back_to_baseline(cluster, baseline)
         for url in cluster.worker_urls:
-            assert worker_health(url)["telemetry_cache_entries"] == 60
+            assert worker_health(url)["telemetry_cache_entries"] == 0

@@ -92,7 +92,8 @@ def add(commands: Any) -> None:
         "--telemetry-cache-entries",
         type=int,
         default=10_000,
-        help="finished tasks' telemetry kept for the coordinator to fetch",
+        help="finished tasks' telemetry kept for the coordinator to fetch until it releases "
+        "their query",
     )
     worker.add_argument(
         "--redact-sql",

@@ -1,7 +1,9 @@
 """The worker's cache of finished tasks' telemetry: bounded in entries, expired after a TTL.
 
 The coordinator fetches from it (Flight action ``get_task_telemetry``) the telemetry of every
-task whose final Flight message it did not receive: LIMIT, cancellation, failures.
+task whose final Flight message it did not receive: LIMIT, cancellation, failures. It does so
+before it releases the query, so a release drops the query's entries; the bound and the TTL
+cover queries whose release never arrives (a coordinator that died).
 """
 
 from __future__ import annotations
@@ -34,6 +36,14 @@ class TelemetryCache:
             self._expire_locked()
             entry = self._entries.get((query_id, task))
             return entry[1] if entry is not None else None
+
+    def drop_query(self, query_id: str) -> int:
+        """Forget every task of a query; how many entries that was."""
+        with self._lock:
+            keys = [key for key in self._entries if key[0] == query_id]
+            for key in keys:
+                del self._entries[key]
+            return len(keys)
 
     def __len__(self) -> int:
         with self._lock:

@@ -348,6 +348,7 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
         self.progress.released(tasks)
         for task in tasks:
             task.close()
+        self.telemetry_cache.drop_query(query_id)
 
     def task_telemetry(self, body: bytes) -> bytes:
         """The envelope of one task's own spans, waiting (bounded) for a task still running."""
