@@ -127,6 +127,40 @@ def worker_health(url: str, client: flight.FlightClient | None = None) -> dict[s
             client.close()
 
 
+SAMPLE_S = 0.1
+BUSY_CPU_S = 0.02  # more than a fifth of a core over a sample: computing
+QUIET_S = 1.0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def computing(pid: int) -> bool:
+    """Whether the process uses more than a sixth of a core over the next 0.3 s."""
+    before = cpu_seconds(pid)
+    time.sleep(0.3)
+    return cpu_seconds(pid) - before > 0.05
+
+
+def seconds_until_idle(pids: list[int], since: float, limit_s: float = 30) -> float:
+    """Seconds from ``since`` to the end of the last ``SAMPLE_S`` in which any of ``pids``
+    was computing, once all have been quiet for ``QUIET_S``."""
+    last_busy = since
+    before = [cpu_seconds(pid) for pid in pids]
+    while time.monotonic() - since < limit_s:
+        time.sleep(SAMPLE_S)
+        now = time.monotonic()
+        after = [cpu_seconds(pid) for pid in pids]
+        if max(b - a for a, b in zip(before, after, strict=True)) > BUSY_CPU_S:
+            last_busy = now
+        before = after
+        if now - last_busy >= QUIET_S:
+            return last_busy - since
+    raise AssertionError(f"workers still busy {limit_s:.0f}s after the interrupt")
+
+
 @dataclass(frozen=True)
 class ProcessUsage:
     """Resident memory, threads and open files of one process, from /proc."""

@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from otel_dist.tpch.datagen import default_cache_dir, generate
-from tests.support import CLI, start_worker, stop, wait_until, worker_health
+from tests.support import (
+    CLI,
+    computing,
+    seconds_until_idle,
+    start_worker,
+    stop,
+    wait_until,
+    worker_health,
+)
 
 # A scan-heavy aggregate: about 1/3 s of CPU per input batch and half a minute or more in all
 # at SF 0.1, and the partial aggregate emits nothing until its input is read, so only a cancel
@@ -25,31 +33,6 @@ SLOW = (
     "select count(*), max(regexp_replace(repeat(l_comment, 60), '(a|e|i)+', 'x', 'g')) "
     "from lineitem"
 )
-SAMPLE_S = 0.1
-BUSY_CPU_S = 0.02  # more than a fifth of a core over a sample: computing
-QUIET_S = 1.0
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _seconds_until_idle(pids: list[int], since: float, limit_s: float = 30) -> float:
-    """Seconds from ``since`` to the end of the last ``SAMPLE_S`` in which any of ``pids``
-    was computing, once all have been quiet for ``QUIET_S``."""
-    last_busy = since
-    before = [_cpu_seconds(pid) for pid in pids]
-    while time.monotonic() - since < limit_s:
-        time.sleep(SAMPLE_S)
-        now = time.monotonic()
-        after = [_cpu_seconds(pid) for pid in pids]
-        if max(b - a for a, b in zip(before, after, strict=True)) > BUSY_CPU_S:
-            last_busy = now
-        before = after
-        if now - last_busy >= QUIET_S:
-            return last_busy - since
-    raise AssertionError(f"workers still busy {limit_s:.0f}s after the interrupt")
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +50,6 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
     yield started
     for process in started:
         stop(process)
-
-
-def _busy(pid: int) -> bool:
-    before = _cpu_seconds(pid)
-    time.sleep(0.3)
-    return _cpu_seconds(pid) - before > 0.05
 
 
 @pytest.fixture
@@ -114,11 +91,11 @@ def test_ctrl_c_on_query_stops_the_workers_computing(
     client = _query(address)
     processes.append(client)
     wait_until(lambda: worker_health(worker_url)["running_tasks"], 30, "the query to run")
-    wait_until(lambda: _busy(worker.pid), 30, "the worker to compute")
+    wait_until(lambda: computing(worker.pid), 30, "the worker to compute")
     interrupted = time.monotonic()
     client.send_signal(signal.SIGINT)
     _, err = client.communicate(timeout=10)
-    idle_after = _seconds_until_idle([worker.pid], interrupted)
+    idle_after = seconds_until_idle([worker.pid], interrupted)
     print(f"worker idle {idle_after:.2f}s after Ctrl-C")
     assert client.returncode == 130
     assert err.strip().splitlines() == ["otel-dist: interrupted"], err
@@ -135,7 +112,7 @@ def test_query_timeout_stops_the_workers_computing(
     processes.append(client)
     _, err = client.communicate(timeout=30)
     timed_out = time.monotonic()
-    idle_after = _seconds_until_idle([worker.pid], timed_out)
+    idle_after = seconds_until_idle([worker.pid], timed_out)
     print(f"client gave up after {timed_out - started:.1f}s, worker idle {idle_after:.2f}s later")
     assert client.returncode == 1
     lines = err.strip().splitlines()
@@ -154,7 +131,7 @@ def test_ctrl_c_on_local_stops_everything_with_one_line(sf01: Path) -> None:
     )
     try:
         workers = wait_until(lambda: _children(local.pid), 30, "the worker process")
-        wait_until(lambda: _busy(workers[0]), 60, "the worker to compute")
+        wait_until(lambda: computing(workers[0]), 60, "the worker to compute")
         interrupted = time.monotonic()
         # As a terminal's Ctrl-C does: SIGINT to the whole foreground process group.
         os.killpg(local.pid, signal.SIGINT)
