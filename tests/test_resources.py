@@ -320,6 +320,48 @@ def test_a_query_larger_than_the_execution_memory_completes_by_spilling(tpch_dir
         assert spills and max(spills) > 0, spills  # type: ignore[type-var]
 
 
+def test_a_task_whose_exchanged_input_exceeds_its_memory_completes(tpch_dir: Path) -> None:
+    """Issue 24: the root task sorts all of lineitem (about 10 MB as Arrow), which reaches it
+    from two scan tasks through the exchange, streamed into its plan, within an 8 MB pool;
+    the scan tasks' output buckets themselves spill past a 2 MB bucket budget."""
+    sql = "select * from lineitem order by l_comment, l_orderkey, l_linenumber"
+    execution_memory = 8_000_000
+    env = {**os.environ, "OTEL_DIST_STREAM_BYTES": "1"}
+    with LocalCluster(
+        workers=2,
+        data=tpch_dir,
+        env=env,
+        min_task_bytes=0,
+        memory_budget_bytes=2_000_000,
+        worker_args=[
+            "--execution-memory",
+            str(execution_memory),
+            "--max-running-tasks",
+            "1",
+            "--target-partitions",
+            "1",
+        ],
+    ) as cluster:
+        result = cluster.execute(sql)
+    expected = single_node(tpch_dir, sql)
+    assert result.table.equals(expected.cast(result.table.schema))
+    spans = result.telemetry.spans  # type: ignore[union-attr]
+    tasks = [s for s in spans if s.name == c.SPAN_TASK]
+    root_stage = max(int(s.attributes[c.STAGE_ID]) for s in tasks)  # type: ignore[arg-type]
+    exchanged = sum(
+        int(s.attributes[c.TASK_OUTPUT_BYTES])  # type: ignore[arg-type]
+        for s in tasks
+        if s.attributes[c.STAGE_ID] != root_stage
+    )
+    assert exchanged > execution_memory, exchanged
+    [sort] = [
+        s for s in spans if s.name.startswith("SortExec") and s.attributes[c.STAGE_ID] == root_stage
+    ]
+    assert int(sort.attributes["otel_dist.metrics.spill_count"]) > 0, sort.attributes  # type: ignore[arg-type]
+    bucket_spills = [s.attributes.get(f"{c.TASK_TIME_PREFIX}spill", 0) for s in tasks]
+    assert any(bucket_spills), "the scan tasks' buckets spilled past their budget"
+
+
 # ---- 6. the coordinator-wide cap on held results ---------------------------------------------
 
 
