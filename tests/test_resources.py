@@ -23,6 +23,7 @@ from otel_dist.frontend.local import LocalCluster
 from otel_dist.protocol import BucketTicket
 from otel_dist.telemetry import conventions as c
 from otel_dist.worker.buckets import Bucket, MemoryBudget
+from otel_dist.worker.memory import available_memory_bytes
 from otel_dist.worker.spill import SpillError
 from tests.oracle import single_node
 from tests.support import metric_sum, scrape, start_worker, stop, wait_until, worker_health
@@ -290,6 +291,34 @@ def test_tasks_beyond_the_running_limit_queue_and_say_how_long(tpch_dir: Path) -
 
 
 # ---- 5. execution memory ---------------------------------------------------------------------
+
+
+def test_execution_memory_defaults_to_half_the_machine_split_among_local_workers(
+    tpch_dir: Path,
+) -> None:
+    """A fixed 1 GiB (256 MiB a task) failed TPC-H Q7 and Q9 at SF 10: hash joins cannot
+    spill. Half of this machine's memory (no cgroup limit here), split among 2 local
+    workers; a standalone worker takes the whole half."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert available_memory_bytes() in (physical, *_cgroup_limits())
+    with LocalCluster(workers=2, data=tpch_dir, worker_args=["--max-running-tasks", "2"]) as two:
+        pools = [worker_health(url)["task_memory_pool_bytes"] for url in two.worker_urls]
+    expected = max(1 << 30, available_memory_bytes() // 2 // 2) // 2
+    assert pools == [expected, expected], pools
+    worker, url = start_worker("--port", "0", "--max-running-tasks", "2")
+    try:
+        alone = worker_health(url)["task_memory_pool_bytes"]
+    finally:
+        stop(worker)
+    assert alone == max(1 << 30, available_memory_bytes() // 2) // 2
+
+
+def _cgroup_limits() -> list[int]:
+    limits = []
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            limits.append(int(Path(path).read_text()))
+    return limits
 
 
 def test_a_query_larger_than_the_execution_memory_completes_by_spilling(tpch_dir: Path) -> None:

@@ -49,10 +49,10 @@ def add(commands: Any) -> None:
     worker.add_argument(
         "--execution-memory",
         type=byte_count,
-        default=1 << 30,
         metavar="BYTES",
         help="DataFusion memory of all running tasks, shared out equally; operators past "
-        "their share spill to disk (default 1 GiB)",
+        "their share spill to disk, a hash join's build side cannot (default: half the "
+        "memory of the machine or container, at least 1 GiB)",
     )
     worker.add_argument(
         "--coordinator",

@@ -48,6 +48,7 @@ from otel_dist.settings import read
 from otel_dist.telemetry.metrics import MetricsConfig, start_process_telemetry
 from otel_dist.telemetry.setup import EXPORT_ERRORS_ENV
 from otel_dist.worker.allocator import worker_environment
+from otel_dist.worker.memory import default_execution_memory
 from otel_dist.worker.process import METRICS_PREFIX, READY_PREFIX
 
 
@@ -253,6 +254,9 @@ class LocalCluster:
             command += ["--memory-budget", str(self.memory_budget_bytes)]
         if self.worker_metrics_ports is not None:
             command += ["--metrics-port", str(self.worker_metrics_ports[index])]
+        if "--execution-memory" not in self.worker_args:
+            # The workers share this machine: each gets its part of the default.
+            command += ["--execution-memory", str(default_execution_memory(self.worker_count))]
         command += self.worker_args
         # A session of their own: a terminal's Ctrl-C reaches this process only, which stops
         # the workers itself (a worker still importing would otherwise print a traceback).

@@ -76,8 +76,8 @@ from otel_dist.worker.admission import Admission, default_max_running_tasks
 from otel_dist.worker.buckets import Bucket, BucketError, MemoryBudget
 from otel_dist.worker.limits import DEFAULT_MAX_OPEN_STREAMS, DEFAULT_MAX_WAITING_CALLS, CallLimit
 from otel_dist.worker.memory import (
-    DEFAULT_EXECUTION_MEMORY_BYTES,
     IdleTrimmer,
+    default_execution_memory,
     execution_runtime,
     idle_trim_from_env,
     task_pool_bytes,
@@ -110,7 +110,8 @@ class WorkerConfig:
     max_sql_depth: int = DEFAULT_MAX_SQL_DEPTH  # task SQL beyond these is refused
     max_sql_operators: int = DEFAULT_MAX_SQL_OPERATORS
     max_running_tasks: int | None = None  # executing at once, the rest queued; None: 2 a core
-    execution_memory_bytes: int = DEFAULT_EXECUTION_MEMORY_BYTES  # DataFusion, all tasks
+    # DataFusion, all tasks; None: half the machine's (or container's) memory
+    execution_memory_bytes: int | None = None
     max_waiting_calls: int = DEFAULT_MAX_WAITING_CALLS  # calls waiting for a task to exist
     max_open_streams: int = DEFAULT_MAX_OPEN_STREAMS  # bucket streams served at once
     # Idle this long: memory handed back to the OS (OTEL_DIST_IDLE_TRIM_S; 0: never).
@@ -156,7 +157,8 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
         self.telemetry_cache = TelemetryCache(config.telemetry_cache_entries, config.query_ttl_s)
         self.budget = MemoryBudget(config.memory_budget_bytes)
         self.admission = Admission(config.max_running_tasks or default_max_running_tasks())
-        self.task_pool_bytes = task_pool_bytes(config.execution_memory_bytes, self.admission.limit)
+        self.execution_memory_bytes = config.execution_memory_bytes or default_execution_memory()
+        self.task_pool_bytes = task_pool_bytes(self.execution_memory_bytes, self.admission.limit)
         self.waiting_calls = CallLimit(
             config.max_waiting_calls, "calls wait for a task", "max_waiting_calls"
         )
