@@ -93,6 +93,19 @@ def test_plans_that_cannot_stream_fall_back_to_memory(sql: str, rows: int) -> No
     assert got == rows
 
 
+def test_reading_a_held_input_to_its_end_is_waiting_not_planning() -> None:
+    """A streamed input the plan cannot stream is read to its end while the task plans: that
+    time is the upstream stage's (SF 10 Q3's join tasks showed 3 s of "planning")."""
+    sql = "SELECT t.x FROM t JOIN (VALUES (1), (2)) v(k) ON t.x = v.k"
+    started = time.perf_counter_ns()
+    inputs, _, _, rows = _run(sql, threshold=1)
+    elapsed = time.perf_counter_ns() - started
+    assert not inputs.streaming and rows == 2
+    drained = inputs.drained_ns["wait_stage_1"]
+    # all but the batch read before planning arrived while the input was read to its end
+    assert (BATCHES - 1) * PAUSE_S * 1e9 * 0.8 <= drained <= elapsed, drained
+
+
 def test_a_streamed_wait_moves_from_operators_to_the_wait_part() -> None:
     clock = TaskClock()
     drain = clock.drain()

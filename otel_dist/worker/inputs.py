@@ -183,6 +183,9 @@ class StageInputs:
         self.threshold = stream_threshold() if threshold is None else threshold
         self._streamed: list[_Streamed] = []
         self.waits: list[WaitCounter] = []
+        # Time spent reading held inputs to their end while planning, by wait part: waiting
+        # for upstream tasks, not planning.
+        self.drained_ns: dict[str, int] = {}
 
     @property
     def streaming(self) -> bool:
@@ -240,9 +243,11 @@ class StageInputs:
                 keep.append(streamed)
                 continue
             ctx.deregister_table(streamed.name)
-            register_in_memory(
-                ctx, streamed.name, streamed.shared.remaining(), streamed.schema, self.width
-            )
+            started = time.perf_counter_ns()
+            rest = streamed.shared.remaining()
+            part = streamed.shared.wait_counter.part
+            self.drained_ns[part] = self.drained_ns.get(part, 0) + time.perf_counter_ns() - started
+            register_in_memory(ctx, streamed.name, rest, streamed.schema, self.width)
         self._streamed = keep
         self.waits = [s.shared.wait_counter for s in keep]
 
