@@ -297,6 +297,12 @@ class StageBuilder:
         size = self.catalog.column_bytes(table, [name for _, name in columns])
         filters = [wrap(e) for e in variant.filters()]
         fetch = variant.fetch()
+        output_size = size
+        if filters and 0 < self.threshold < size:
+            # What the filter keeps, from a sample, with room for a sample that misleads:
+            # a filtered table small enough to broadcast is not worth shuffling its partner for.
+            selectivity = self.catalog.filter_selectivity(table, filters)
+            output_size = min(size, int(size * (2 * selectivity + 0.01)))
 
         def build(ctx: SessionContext) -> DataFrame:
             frame = ctx.table(quote_identifier(table))
@@ -312,7 +318,7 @@ class StageBuilder:
             name=table,
             fact=table,
             fact_bytes=size,
-            size=size,
+            size=output_size,
             ops=("scan",),
         )
 
