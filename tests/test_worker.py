@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
@@ -20,6 +21,7 @@ from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.distribute import Planner, PlannerOptions
 from otel_dist.protocol import BucketTicket
 from otel_dist.worker.server import WorkerConfig, WorkerServer
+from otel_dist.worker.task import hash_partition
 from tests.oracle import assert_same_rows, single_node
 from tests.support import start_worker, stop, worker_health
 
@@ -122,3 +124,24 @@ def test_worker_command_sets_its_allocator_unless_told(
         assert worker_health(url)["running_tasks"] == 0
     finally:
         stop(process)
+
+
+@pytest.mark.parametrize("key_type", [pa.int32(), pa.int64(), pa.uint16(), pa.string()])
+def test_hash_partition_keeps_every_row_and_puts_equal_keys_together(key_type: pa.DataType) -> None:
+    """Both sides of a shuffle join must send equal keys to the same bucket, whatever integer
+    width each side has (integers are hashed as int64); NULL keys go together too."""
+    values = [i % 1000 for i in range(20_000)] + [None] * 50
+    keys = pa.array(
+        [None if v is None else (str(v) if key_type == pa.string() else v) for v in values],
+        key_type,
+    )
+    batch = pa.record_batch([keys, pa.array(range(len(values)))], names=["k", "row"])
+    parts = hash_partition(batch, ("k",), 3)
+    assert sorted(r for p in parts for r in p.column("row").to_pylist()) == list(range(len(values)))
+    bucket_of = {k: b for b, p in enumerate(parts) for k in p.column("k").to_pylist()}
+    for b, part in enumerate(parts):
+        assert all(bucket_of[k] == b for k in part.column("k").to_pylist())
+        assert 0.2 < part.num_rows / len(values) < 0.47, [p.num_rows for p in parts]
+    if pa.types.is_integer(key_type):
+        wide = batch.cast(pa.schema([("k", pa.int64()), ("row", pa.int64())]))
+        assert [p.num_rows for p in hash_partition(wide, ("k",), 3)] == [p.num_rows for p in parts]

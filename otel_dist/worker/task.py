@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.flight as flight
 from datafusion import DataFrame, RuntimeEnvBuilder, SessionContext
 from datafusion.substrait import Consumer, Serde
@@ -64,6 +65,7 @@ from otel_dist.worker.timing import (
 log = logging.getLogger(__name__)
 
 HASH_SEED = 0x6F74656C
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: spreads consecutive keys
 # How long a finished task waits for its upstream tasks' telemetry before forwarding what it
 # has; what is missing then is fetched by the coordinator.
 UPSTREAM_TELEMETRY_WAIT_S = 5.0
@@ -535,11 +537,28 @@ def hash_partition(
     batch: pa.RecordBatch, keys: tuple[str, ...], buckets: int
 ) -> list[pa.RecordBatch]:
     """Split a batch into ``buckets`` parts by a stable hash of its key columns."""
-    frame = pl.from_arrow(pa.Table.from_batches([batch.select(list(keys))]))
-    assert isinstance(frame, pl.DataFrame)
-    assignment = (frame.hash_rows(seed=HASH_SEED) % buckets).to_numpy()
+    assignment = _bucket_of_rows(batch, keys, buckets)
     # A filter per bucket keeps the rows' order and costs about 40% less than a take.
     return [batch.filter(pa.array(assignment == b)) for b in range(buckets)]
+
+
+def _bucket_of_rows(batch: pa.RecordBatch, keys: tuple[str, ...], buckets: int) -> np.ndarray:
+    """Each row's bucket. Integer keys (most join and group keys) are hashed in numpy, as
+    int64 whatever their width, so equal values land together however each side typed them;
+    other keys by polars' row hash, which hands each batch to its thread pool and back and
+    cost a third of a shuffling task's output time."""
+    columns = [batch.column(key) for key in keys]
+    if all(pa.types.is_integer(column.type) for column in columns):
+        hashed = np.full(batch.num_rows, HASH_SEED, dtype=np.uint64)
+        for column in columns:
+            values = pc.fill_null(column, 0).cast(pa.int64(), safe=False).to_numpy()
+            values = values.view(np.uint64)
+            hashed = (hashed ^ values) * _MIX
+            hashed ^= hashed >> np.uint64(29)
+        return hashed % np.uint64(buckets)
+    frame = pl.from_arrow(pa.Table.from_batches([batch.select(list(keys))]))
+    assert isinstance(frame, pl.DataFrame)
+    return (frame.hash_rows(seed=HASH_SEED) % buckets).to_numpy()
 
 
 def _with_row_ids(
