@@ -98,6 +98,9 @@ class TaskInput:
         return decode_schema(self.schema_ipc)
 
 
+MAX_TASK_THREADS = 64
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """Everything a worker needs to run one task of one stage of one query."""
@@ -118,6 +121,9 @@ class TaskSpec:
     # names they are registered under; when set it is what runs, and ``sql`` may be empty
     # (fallback stages ship SQL text instead).
     plan: str = ""
+    # DataFusion partitions (threads) the task runs with; 0: the worker's --target-partitions.
+    # A scan stage with fewer tasks than workers gets the idle workers' share.
+    threads: int = 0
 
     def plan_bytes(self) -> bytes:
         return base64.b64decode(self.plan) if self.plan else b""
@@ -185,6 +191,7 @@ class TaskSpec:
                 },
                 version=_int(raw.get("version", PROTOCOL_VERSION)),
                 plan=_str(raw.get("plan", "")),
+                threads=_int(raw.get("threads", 0)),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ProtocolError(f"malformed task spec: missing or invalid field {error}") from None
@@ -197,6 +204,8 @@ class TaskSpec:
             or not 0 <= spec.task_index < spec.task_count
         ):
             raise ProtocolError("task spec has an invalid bucket count or task index")
+        if not 0 <= spec.threads <= MAX_TASK_THREADS:
+            raise ProtocolError(f"task spec asks for {spec.threads} threads (0-{MAX_TASK_THREADS})")
         if not spec.sql.strip() and not spec.plan:
             raise ProtocolError("task spec has neither SQL nor a plan")
         if spec.plan:

@@ -209,3 +209,30 @@ def test_a_filter_that_keeps_little_makes_its_table_broadcast(cluster: LocalClus
     join = "select count(*) from lineitem join part on l_partkey = p_partkey where p_name "
     assert "broadcast part" in planner.plan(join + "like '%green%'").describe()
     assert "broadcast part" not in planner.plan(join + "not like '%green%'").describe()
+
+
+def test_a_scan_of_fewer_tasks_than_workers_gets_their_threads(
+    default_cluster: LocalCluster, cluster: LocalCluster
+) -> None:
+    """At the test scale every table is one scan task (under ``min_task_bytes``): with 3
+    workers of 2 partitions, that task runs with 6, the idle workers' share included; stages
+    over stage inputs and scans split over every worker keep the workers' own setting (0)."""
+    plan = default_cluster.plan(tpch.query(4))
+    specs = task_specs(plan, "q", assign(plan, default_cluster.worker_urls), None, 2)
+    scans = [s for s in specs if plan.stage(s.stage_id).file_scan is not None]
+    assert scans and all(s.threads == 6 for s in scans), [(s.stage_id, s.threads) for s in scans]
+    assert all(s.threads == 0 for s in specs if s not in scans)
+    split = cluster.plan(tpch.query(4))
+    assert all(
+        s.threads == 0 for s in task_specs(split, "q", assign(split, cluster.worker_urls), None, 2)
+    )
+    # and the worker runs it so: Q6's lineitem scan (4 files) in 4 partitions, not the
+    # worker's own 2
+    result = default_cluster.execute(tpch.query(6))
+    assert result.telemetry is not None
+    [scan] = [
+        s
+        for s in result.telemetry.spans
+        if "otel_dist.metrics.files_opened.partitions" in s.attributes
+    ]
+    assert len(scan.attributes["otel_dist.metrics.output_rows.partitions"]) == 4, scan.attributes  # type: ignore[arg-type]

@@ -513,7 +513,9 @@ class Coordinator:
                 )
             with run.lock:
                 run.placement = assign(run.plan, workers)
-            specs = task_specs(run.plan, run.query_id, run.placement, contexts)
+            specs = task_specs(
+                run.plan, run.query_id, run.placement, contexts, self.config.target_partitions
+            )
             submitted = time.time_ns()
             try:
                 self._submit(specs, run.query_span)

@@ -190,11 +190,10 @@ class Task:
         plan: object | None = None
         ctx: SessionContext | None = None
         try:
+            partitions = self.spec.threads or self.settings.target_partitions
             with Stopwatch(self.clock, PLANNING):
-                ctx = new_session(
-                    self.settings.target_partitions, self.settings.runtime, self.settings.pool_bytes
-                )
-            inputs = StageInputs(self.settings.target_partitions)  # worker/inputs.py
+                ctx = new_session(partitions, self.settings.runtime, self.settings.pool_bytes)
+            inputs = StageInputs(partitions)  # worker/inputs.py
             for task_input in self.spec.inputs:
                 part = PLANNING
                 if task_input.is_stage_input and task_input.sources:
