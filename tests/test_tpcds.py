@@ -28,13 +28,7 @@ from tests.test_plan_distribution import _allowed_single_task
 
 TEST_SCALE = 0.1  # the smallest scale at which every fact table is written as 4 files
 # Measured at SF 1 on 3 workers with the default settings (2 cores, 23 GB).
-SF1_SKIPPED: dict[int, str] = {
-    72: "at SF 1 Q72's join stage runs in one task (inventory's 44 MB are under"
-    " min_task_bytes) where DataFusion builds the hash table of the join with"
-    " customer_demographics from the other side, the join of catalog_sales, inventory and"
-    " item with its i_item_desc strings: after 130 s collecting it fails with 'Arrow error:"
-    " Offset overflow' (over 2 GB of strings in one array, the exchanged inputs being Utf8)",
-}
+SF1_SKIPPED: dict[int, str] = {}
 
 _expected: dict[tuple[str, int], pa.Table] = {}
 

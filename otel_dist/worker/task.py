@@ -190,7 +190,10 @@ class Task:
         try:
             with Stopwatch(self.clock, PLANNING):
                 ctx = new_session(
-                    self.settings.target_partitions, self.settings.runtime, self.settings.pool_bytes
+                    self.settings.target_partitions,
+                    self.settings.runtime,
+                    self.settings.pool_bytes,
+                    stage_inputs=True,
                 )
             inputs = StageInputs(self.settings.target_partitions)  # worker/inputs.py
             for task_input in self.spec.inputs:
