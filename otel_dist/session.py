@@ -20,32 +20,18 @@ def new_session(
     target_partitions: int = DEFAULT_TARGET_PARTITIONS,
     runtime: RuntimeEnvBuilder | None = None,
     pool_bytes: int | None = None,
-    stage_inputs: bool = False,
 ) -> SessionContext:
     """A DataFusion session with otel_dist's settings (partitions sized for small machines,
     larger batches); single-node DataFusion, the oracle and the benchmark baseline, uses it too.
     ``runtime``: its memory pool (of ``pool_bytes``) and spill folder (workers bound each
     task's memory); a sort keeps an eighth of the pool, at most DataFusion's 10 MiB, for
-    merging what it spilled.
-
-    ``stage_inputs``: the session plans a task over exchanged stage inputs (workers). Those are
-    in memory or streamed, with row counts and sizes but none of the column statistics
-    (min/max, distinct counts) parquet gives, and DataFusion's default join estimate then takes
-    a key without them for unique: at TPC-DS SF 1 it put Q72's join of catalog_sales,
-    inventory and item, estimated at 18,000 rows and hundreds of millions in fact, on the build
-    side of the join with customer_demographics, where single-node DataFusion builds
-    customer_demographics (the build overflowed Arrow's 2 GB string offsets). DataFusion's
-    statistics registry (``use_statistics_registry``) estimates such a join as the product of
-    its sides instead, so the unknown side is not the one built, and its estimates of
-    filters, projections and aggregates carry what the inputs do know."""
+    merging what it spilled."""
     config = (
         SessionConfig()
         .with_target_partitions(max(1, target_partitions))
         .with_batch_size(DEFAULT_BATCH_SIZE)
         .set("datafusion.sql_parser.map_string_types_to_utf8view", "false")
     )
-    if stage_inputs:
-        config = config.set("datafusion.optimizer.use_statistics_registry", "true")
     if pool_bytes is not None:
         reserve = max(64 << 10, min(10 << 20, pool_bytes // 8))
         config = config.set("datafusion.execution.sort_spill_reservation_bytes", str(reserve))

@@ -1,40 +1,44 @@
-"""Which side of a join a worker builds when its inputs are exchanged stage inputs (in memory,
-without parquet's column statistics): not a join of two inputs on a non-unique key, whose
-size DataFusion's default estimate takes for that of its smaller side (TPC-DS Q72 at SF 1
-built hundreds of millions of rows of such a join and overflowed Arrow's string offsets)."""
+"""Which side of a join a task builds when its inputs are exchanged stage inputs (in memory,
+without parquet's column statistics), ``otel_dist/worker/join_sides.py``: not a join of two
+inputs on a non-unique key, whose size DataFusion's default estimate takes for that of its
+smaller side (TPC-DS Q72 at SF 1 built hundreds of millions of rows of such a join and
+overflowed Arrow's string offsets); still the row-id join of two views of one input, one row
+for one row, rather than the larger table joined to it (what the statistics registry alone
+would build). Each test fails with the other estimate; plans only, nothing runs."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 from datafusion import SessionContext
 
+from otel_dist.protocol import ROW_ID_COLUMN
 from otel_dist.session import new_session
 from otel_dist.worker.inputs import register_in_memory
+from otel_dist.worker.join_sides import choose_plan, joined_builds
 
-ROWS = 100_000  # each side of the many-to-many join: under DataFusion's 131,072-row
-DIMENSION_ROWS = 150_000  # collect threshold, and the table joined to it above it
-KEYS = 100  # distinct join keys: the join has ROWS * ROWS / KEYS rows
+# Both under DataFusion's 131,072-row threshold for building a table in one partition, the
+# table joined to their join above it.
+SMALL_ROWS = 100_000
+LARGE_ROWS = 150_000
+KEYS = 100  # distinct keys of the many-to-many join: SMALL_ROWS**2 / KEYS rows
 
 
-def _register(ctx: SessionContext) -> None:
-    ids = pa.array(range(ROWS), pa.int64())
-    keys = pa.array([i % KEYS for i in range(ROWS)], pa.int64())
-    tables = {
-        "a": pa.record_batch({"a_key": keys, "a_id": ids}),
-        "b": pa.record_batch({"b_key": keys, "b_ref": ids}),
-        "c": pa.record_batch({"c_id": pa.array(range(DIMENSION_ROWS), pa.int64())}),
-    }
-    for name, batch in tables.items():
-        register_in_memory(
-            ctx, name, pa.Table.from_batches([batch]).to_batches(8192), batch.schema, 2
-        )
+def _register(ctx: SessionContext, tables: dict[str, dict[str, pa.Array]]) -> None:
+    for name, columns in tables.items():
+        batch = pa.record_batch(columns)
+        batches = pa.Table.from_batches([batch]).to_batches(8192)
+        register_in_memory(ctx, name, batches, batch.schema, 2)
+
+
+def _ints(values: range | list[int]) -> pa.Array:
+    return pa.array(values, pa.int64())
 
 
 def _build_side_of(node: object, key: str) -> object | None:
     """The build (first) input of the hash join whose keys name ``key``."""
     line = node.display().strip()  # type: ignore[attr-defined]
     children = node.children()  # type: ignore[attr-defined]
-    if line.startswith("HashJoinExec") and key in line.split("on=", 1)[1].split("]", 1)[0]:
+    if line.startswith("HashJoinExec") and key in line.partition("on=[")[2].partition("]")[0]:
         return children[0]
     for child in children:
         found = _build_side_of(child, key)
@@ -43,17 +47,45 @@ def _build_side_of(node: object, key: str) -> object | None:
     return None
 
 
-def _joins_in(node: object) -> int:
-    own = 1 if node.display().strip().startswith("HashJoinExec") else 0  # type: ignore[attr-defined]
-    return own + sum(_joins_in(child) for child in node.children())  # type: ignore[attr-defined]
+def _holds_a_join(node: object) -> bool:
+    return "JoinExec" in node.display() or any(  # type: ignore[attr-defined]
+        _holds_a_join(child)
+        for child in node.children()  # type: ignore[attr-defined]
+    )
 
 
-def test_a_worker_builds_the_table_not_the_many_to_many_join_of_its_inputs() -> None:
-    ctx = new_session(2, stage_inputs=True)
-    _register(ctx)
-    plan = ctx.sql(
-        "SELECT count(*) FROM a JOIN b ON a_key = b_key JOIN c ON b_ref = c_id"
-    ).execution_plan()
+def test_a_task_builds_the_table_not_the_many_to_many_join_of_its_inputs() -> None:
+    ctx = new_session(2)
+    keys = _ints([i % KEYS for i in range(SMALL_ROWS)])
+    _register(
+        ctx,
+        {
+            "a": {"a_key": keys, "a_id": _ints(range(SMALL_ROWS))},
+            "b": {"b_key": keys, "b_ref": _ints(range(SMALL_ROWS))},
+            "c": {"c_id": _ints(range(LARGE_ROWS))},
+        },
+    )
+    sql = "SELECT count(*) FROM a JOIN b ON a_key = b_key JOIN c ON b_ref = c_id"
+    plan = choose_plan(ctx, lambda: ctx.sql(sql).execution_plan())
     build = _build_side_of(plan, "c_id")
-    assert build is not None, plan.display_indent()
-    assert _joins_in(build) == 0, plan.display_indent()
+    assert build is not None and not _holds_a_join(build), plan.display_indent()
+    assert joined_builds(plan) == 0
+
+
+def test_a_task_still_builds_the_row_id_join_of_two_views_of_one_input() -> None:
+    ctx = new_session(2)
+    _register(
+        ctx,
+        {
+            "v1": {ROW_ID_COLUMN: _ints(range(SMALL_ROWS)), "o_key": _ints(range(SMALL_ROWS))},
+            "v2": {ROW_ID_COLUMN: _ints(range(SMALL_ROWS)), "o_cust": _ints(range(SMALL_ROWS))},
+            "big": {"l_key": _ints([i % SMALL_ROWS for i in range(4 * LARGE_ROWS)])},
+        },
+    )
+    sql = (
+        f"SELECT count(*) FROM v1 JOIN v2 ON v1.{ROW_ID_COLUMN} = v2.{ROW_ID_COLUMN} "
+        "JOIN big ON o_key = l_key"
+    )
+    plan = choose_plan(ctx, lambda: ctx.sql(sql).execution_plan())
+    build = _build_side_of(plan, "l_key")
+    assert build is not None and _holds_a_join(build), plan.display_indent()

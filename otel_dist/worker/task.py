@@ -51,6 +51,7 @@ from otel_dist.telemetry.task_spans import (
 from otel_dist.worker.admission import Admission, admitted
 from otel_dist.worker.buckets import Bucket, MemoryBudget
 from otel_dist.worker.inputs import StageInputs, pull
+from otel_dist.worker.join_sides import choose_plan
 from otel_dist.worker.streams import POLL_S, StreamCancelled, batches
 from otel_dist.worker.timing import (
     PLANNING,
@@ -190,10 +191,7 @@ class Task:
         try:
             with Stopwatch(self.clock, PLANNING):
                 ctx = new_session(
-                    self.settings.target_partitions,
-                    self.settings.runtime,
-                    self.settings.pool_bytes,
-                    stage_inputs=True,
+                    self.settings.target_partitions, self.settings.runtime, self.settings.pool_bytes
                 )
             inputs = StageInputs(self.settings.target_partitions)  # worker/inputs.py
             for task_input in self.spec.inputs:
@@ -209,7 +207,10 @@ class Task:
                     session = ctx
                     assert session is not None
                     plan = inputs.plan(
-                        session, lambda: stage_frame(session, self.spec).execution_plan()
+                        session,
+                        lambda: choose_plan(
+                            session, lambda: stage_frame(session, self.spec).execution_plan()
+                        ),
                     )
                 self.live_plan, self.phase = plan, "executing"
                 self._pull_here = inputs.streaming  # worker/inputs.py: never on tokio's threads
