@@ -183,6 +183,7 @@ class StageInputs:
         self.threshold = stream_threshold() if threshold is None else threshold
         self._streamed: list[_Streamed] = []
         self.waits: list[WaitCounter] = []
+        self.held: dict[str, list[pa.RecordBatch]] = {}  # inputs registered in memory
 
     @property
     def streaming(self) -> bool:
@@ -219,6 +220,7 @@ class StageInputs:
         if number is not None:
             head, schema = number(head, schema)
         register_in_memory(ctx, task_input.table_name, head, schema, self.width)
+        self.held[task_input.table_name] = head
 
     def plan(self, ctx: SessionContext, make_plan: Callable[[], object]) -> object:
         """``make_plan()``, planned again after registering in memory each streamed input the
@@ -240,9 +242,9 @@ class StageInputs:
                 keep.append(streamed)
                 continue
             ctx.deregister_table(streamed.name)
-            register_in_memory(
-                ctx, streamed.name, streamed.shared.remaining(), streamed.schema, self.width
-            )
+            batches = streamed.shared.remaining()
+            register_in_memory(ctx, streamed.name, batches, streamed.schema, self.width)
+            self.held[streamed.name] = batches
         self._streamed = keep
         self.waits = [s.shared.wait_counter for s in keep]
 
