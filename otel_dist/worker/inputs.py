@@ -186,6 +186,7 @@ class StageInputs:
         # Time spent reading held inputs to their end while planning, by wait part: waiting
         # for upstream tasks, not planning.
         self.drained_ns: dict[str, int] = {}
+        self.held: dict[str, list[pa.RecordBatch]] = {}  # inputs registered in memory
 
     @property
     def streaming(self) -> bool:
@@ -222,6 +223,7 @@ class StageInputs:
         if number is not None:
             head, schema = number(head, schema)
         register_in_memory(ctx, task_input.table_name, head, schema, self.width)
+        self.held[task_input.table_name] = head
 
     def plan(self, ctx: SessionContext, make_plan: Callable[[], object]) -> object:
         """``make_plan()``, planned again after registering in memory each streamed input the
@@ -248,6 +250,7 @@ class StageInputs:
             part = streamed.shared.wait_counter.part
             self.drained_ns[part] = self.drained_ns.get(part, 0) + time.perf_counter_ns() - started
             register_in_memory(ctx, streamed.name, rest, streamed.schema, self.width)
+            self.held[streamed.name] = rest
         self._streamed = keep
         self.waits = [s.shared.wait_counter for s in keep]
 

@@ -52,6 +52,7 @@ from otel_dist.telemetry.task_spans import (
 from otel_dist.worker.admission import Admission, admitted
 from otel_dist.worker.buckets import Bucket, MemoryBudget
 from otel_dist.worker.inputs import StageInputs, pull
+from otel_dist.worker.join_sides import KeyFacts, choose_plan
 from otel_dist.worker.streams import POLL_S, StreamCancelled, batches
 from otel_dist.worker.timing import (
     PLANNING,
@@ -206,8 +207,17 @@ class Task:
                 planning_started = time.perf_counter_ns()
                 session = ctx
                 assert session is not None
+                facts = KeyFacts(
+                    inputs.held,
+                    {i.table_name: i.files for i in self.spec.inputs if not i.is_stage_input},
+                )
                 plan = inputs.plan(
-                    session, lambda: stage_frame(session, self.spec).execution_plan()
+                    session,
+                    lambda: choose_plan(
+                        session,
+                        lambda: stage_frame(session, self.spec).execution_plan(),
+                        facts,
+                    ),
                 )
                 planning_ns = time.perf_counter_ns() - planning_started
                 for part, ns in inputs.drained_ns.items():  # a held input read to its end
