@@ -14,6 +14,7 @@ from otel_dist.explain.recent import QueryLogConfig
 from otel_dist.planner.distribute import broadcast_threshold_from_env
 from otel_dist.settings import SETTINGS, SettingError, markdown_table, read
 from otel_dist.telemetry.setup import TelemetryConfig
+from otel_dist.worker.server import WorkerConfig
 from tests.support import CLI
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,3 +87,12 @@ def test_the_cli_says_a_bad_setting_in_one_line() -> None:
     assert done.stderr.strip() == (
         "otel-dist: error: OTEL_DIST_MAX_RESULT_BYTES must be a positive whole number, got '2GB'"
     )
+
+
+def test_reads_between_workers_outlast_the_query_timeout() -> None:
+    """A long stage is ended by its query's timeout, never by a read's deadline first (300 s
+    reads failed TPC-DS Q72 at SF 1 in the middle of a query the coordinator still ran)."""
+    worker = WorkerConfig()
+    coordinator = CoordinatorConfig(workers=(), data=".")
+    assert worker.read_timeout_s > coordinator.query_timeout_s
+    assert worker.query_ttl_s >= worker.read_timeout_s
