@@ -28,10 +28,6 @@ from tests.test_plan_distribution import _allowed_single_task
 
 TEST_SCALE = 0.1  # the smallest scale at which every fact table is written as 4 files
 # Measured at SF 1 on 3 workers with the default settings (2 cores, 23 GB).
-# Queries the SF 1 test skips, with why (none since TPC-DS Q72's join stage builds what
-# single-node DataFusion builds, worker/join_sides.py, and reads wait out the query's own
-# timeout: 30 s distributed on a quiet machine, 9 s single-node).
-SF1_SKIPPED: dict[int, str] = {}
 
 _expected: dict[tuple[str, int], pa.Table] = {}
 
@@ -154,8 +150,6 @@ def tpcds_sf1_cluster(tpcds_sf1: Path) -> Iterator[LocalCluster]:
 def test_tpcds_sf1_matches_single_node(
     tpcds_sf1_cluster: LocalCluster, tpcds_sf1: Path, number: int
 ) -> None:
-    if number in SF1_SKIPPED:
-        pytest.skip(SF1_SKIPPED[number])
     sql = tpcds.query(number)
     plan = tpcds_sf1_cluster.plan(sql)
     assert not any(stage.is_fallback for stage in plan.stages), plan.describe()
