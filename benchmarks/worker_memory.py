@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import time
 
 from otel_dist import tpch
@@ -28,6 +29,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--queries", default="all", help="comma-separated numbers, or all")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the workers")
+    parser.add_argument(
+        "--idle", default="", help="comma-separated seconds after the last round to sample again"
+    )
     options = parser.parse_args()
     queries = (
         list(tpch.QUERY_NUMBERS)
@@ -42,12 +46,25 @@ def main() -> None:
             started = time.perf_counter()
             for query in queries:
                 cluster.sql(tpch.query(query))
-            sizes = [process_usage(process.pid).rss_bytes >> 20 for process in cluster.processes]
             print(
                 f"round {number:3d}  {time.perf_counter() - started:6.2f} s  "
-                f"worker RSS (MB): {sizes}",
+                f"{_memory(cluster.processes)}",
                 flush=True,
             )
+        idle_started = time.monotonic()
+        for seconds in (float(s) for s in options.idle.split(",") if s):
+            time.sleep(max(0.0, idle_started + seconds - time.monotonic()))
+            print(f"idle {seconds:5.0f} s{'':9s}{_memory(cluster.processes)}", flush=True)
+
+
+def _memory(processes: list[subprocess.Popen[bytes]]) -> str:
+    """Each worker's RSS and, of it, the pages lazily freed (``MADV_FREE``): resident until
+    the kernel needs memory, which takes them back without writing them anywhere."""
+    usage = [process_usage(process.pid) for process in processes]
+    return (
+        f"worker RSS (MB): {[u.rss_bytes >> 20 for u in usage]}  "
+        f"lazily freed: {[u.lazy_free_bytes >> 20 for u in usage]}"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ execution memory, the coordinator-wide result cap and memory handed back after a
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
+from otel_dist import tpch
 from otel_dist.coordinator.core import QueryError
 from otel_dist.frontend.local import LocalCluster
 from otel_dist.protocol import BucketTicket
@@ -26,7 +28,16 @@ from otel_dist.worker.buckets import Bucket, MemoryBudget
 from otel_dist.worker.memory import available_memory_bytes
 from otel_dist.worker.spill import SpillError
 from tests.oracle import single_node
-from tests.support import metric_sum, scrape, start_worker, stop, wait_until, worker_health
+from tests.support import (
+    metric_sum,
+    process_usage,
+    remote_cluster,
+    scrape,
+    start_worker,
+    stop,
+    wait_until,
+    worker_health,
+)
 
 CROSS_JOIN = "select count(*), sum(a.l_quantity * b.l_discount) from lineitem a join lineitem b on a.l_linenumber = b.l_linenumber"
 
@@ -421,4 +432,51 @@ def test_an_idle_worker_hands_its_free_memory_back(tpch_dir: Path) -> None:
             lambda: int(worker_health(url)["memory_trims"]) > before,  # type: ignore[call-overload]
             15,
             "the idle worker to trim its memory",
+        )
+
+
+def test_a_worker_server_returns_to_its_idle_size_after_a_load(tpch_dir: Path) -> None:
+    """``otel-dist worker`` as a container or unit file starts it (no allocator settings in its
+    environment): 16 clients run the TPC-H queries for 15 s, and within 30 s of the last one
+    the worker's resident memory is back within 20% of its idle size (issue 18; at SF 0.1,
+    ``benchmarks/memory_load.py``)."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MIMALLOC_")}
+    with remote_cluster(tpch_dir, env=env) as (coordinator_url, worker_url):
+        pid = int(worker_health(worker_url)["pid"])  # type: ignore[call-overload]
+        client = flight.connect(coordinator_url)
+
+        def run(sql: str) -> None:
+            client.do_get(flight.Ticket(json.dumps({"sql": sql}).encode())).read_all()
+
+        for number in tpch.QUERY_NUMBERS:  # the operators a worker uses, resident
+            run(tpch.query(number))
+        time.sleep(3)
+        idle = process_usage(pid).rss_bytes
+        peak = [idle]
+        until = time.monotonic() + 15
+
+        def load(first: int) -> None:
+            numbers = list(tpch.QUERY_NUMBERS)
+            index = first
+            while time.monotonic() < until:
+                run(tpch.query(numbers[index % len(numbers)]))
+                peak[0] = max(peak[0], process_usage(pid).rss_bytes)
+                index += 1
+
+        clients = [threading.Thread(target=load, args=(i,)) for i in range(16)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join(120)
+        assert peak[0] - idle > 100 << 20, (idle, peak[0])  # the load did allocate
+        started = time.monotonic()
+        wait_until(
+            lambda: process_usage(pid).rss_bytes <= idle * 1.2,
+            30,
+            f"the worker's RSS back within 20% of its idle {idle >> 20} MB "
+            f"(peak {peak[0] >> 20} MB, now {process_usage(pid).rss_bytes >> 20} MB)",
+        )
+        print(
+            f"idle {idle >> 20} MB, peak {peak[0] >> 20} MB, back within 20% after "
+            f"{time.monotonic() - started:.1f} s"
         )

@@ -109,7 +109,7 @@ def test_workers_keep_freed_memory_for_reuse(cluster: LocalCluster) -> None:
         assert _environ(process.pid)["MIMALLOC_PURGE_DELAY"] == "-1"
 
 
-@pytest.mark.parametrize(("given", "expected"), [(None, "-1"), ("10", "10")])
+@pytest.mark.parametrize(("given", "expected"), [(None, "0"), ("10", "10")])
 def test_worker_command_sets_its_allocator_unless_told(
     tpch_dir: Path, given: str | None, expected: str
 ) -> None:

@@ -107,13 +107,19 @@ def add(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from otel_dist.worker.allocator import lacks_allocator_settings, worker_environment
+    from otel_dist.worker.allocator import (
+        SERVER_ALLOCATOR_ENV,
+        lacks_allocator_settings,
+        with_allocator_settings,
+    )
     from otel_dist.worker.process import run_worker
     from otel_dist.worker.server import WorkerConfig
 
     if lacks_allocator_settings(os.environ):  # read at library load: too late in this process
         command = [sys.executable, "-m", "otel_dist.cli", *args.argv]
-        os.execve(sys.executable, command, worker_environment(os.environ))
+        os.execve(
+            sys.executable, command, with_allocator_settings(os.environ, SERVER_ALLOCATOR_ENV)
+        )
 
     coordinator = (
         None if args.coordinator is None else flight_address(args.coordinator, "--coordinator")

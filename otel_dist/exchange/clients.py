@@ -9,6 +9,12 @@ A ``DoGet`` that fails with UNAVAILABLE before its first message (a connection t
 or was reset, a server momentarily unable to take the call) is retried by gRPC itself, a
 few times within about a second (``READ_RETRY_POLICY``). Once a stream has delivered data
 gRPC never retries it, so no bucket is read twice.
+
+Each stream's receive window is fixed at ``STREAM_WINDOW_BYTES`` (gRPC's bandwidth-delay
+probing is off): with probing, gRPC grows the window, up to 1 GiB, whenever acknowledgements
+come back slowly, and a reader descheduled on a loaded machine then holds hundreds of MB
+that the sender pushed ahead of it. A fixed window keeps what a reader holds to a few
+batches.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from otel_dist.exchange.security import (
 
 INITIAL_RECONNECT_BACKOFF_MS = 200
 MAX_RECONNECT_BACKOFF_MS = 1000
+STREAM_WINDOW_BYTES = 8 * 1024 * 1024
 
 # gRPC's service config (https://github.com/grpc/grpc/blob/master/doc/service_config.md):
 # retry reads only; actions such as submit_tasks are not idempotent.
@@ -68,6 +75,8 @@ def new_client(location: str, security: SecurityConfig = NO_SECURITY) -> flight.
             ("grpc.min_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
             ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
             ("grpc.enable_retries", 1),
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", STREAM_WINDOW_BYTES),
             ("grpc.service_config", json.dumps(READ_RETRY_POLICY)),
         ],
         **client_options(security),

@@ -47,7 +47,7 @@ from otel_dist.session import plain_schema
 from otel_dist.settings import read
 from otel_dist.telemetry.metrics import MetricsConfig, start_process_telemetry
 from otel_dist.telemetry.setup import EXPORT_ERRORS_ENV
-from otel_dist.worker.allocator import worker_environment
+from otel_dist.worker.allocator import LOCAL_CLUSTER_ALLOCATOR_ENV, with_allocator_settings
 from otel_dist.worker.memory import default_execution_memory
 from otel_dist.worker.process import METRICS_PREFIX, READY_PREFIX
 
@@ -272,7 +272,9 @@ class LocalCluster:
     def _child_env(self) -> dict[str, str]:
         """The workers' environment (also the coordinator's telemetry settings): the given
         one, with this cluster's security and redaction settings in place of any inherited."""
-        env = worker_environment(os.environ if self.env is None else self.env)
+        env = with_allocator_settings(
+            os.environ if self.env is None else self.env, LOCAL_CLUSTER_ALLOCATOR_ENV
+        )
         inherited = (AUTH_TOKEN_ENV, INTERNAL_SECRET_ENV, INTERNAL_SECRET_FILE_ENV)
         for name in (*inherited, TLS_CERT_ENV, TLS_KEY_ENV, TLS_CA_ENV):
             env.pop(name, None)
