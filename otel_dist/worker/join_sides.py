@@ -38,6 +38,8 @@ REGISTRY_SETTING = "datafusion.optimizer.use_statistics_registry"
 # Operators that collect their first input whole (the build side) before reading the other.
 _BUILDING = ("HashJoinExec", "NestedLoopJoinExec", "CrossJoinExec")
 _JOINS = (*_BUILDING, "SortMergeJoinExec", "SymmetricHashJoinExec")
+_JOIN_TYPE = re.compile(r"join_type=(\w+)")
+_ROW_BOUNDED_JOIN_TYPES = ("Semi", "Anti", "Mark")
 _KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)@\d+")
 
 
@@ -125,8 +127,15 @@ def _holds_a_join(node: object) -> bool:
     return any(_holds_a_join(child) for child in node.children())  # type: ignore[attr-defined]
 
 
+def _multiplies_rows(node: object) -> bool:
+    """Whether a join's output may outgrow its inputs: not a semi, anti or mark join, which
+    gives at most one row for each row of one side, whatever its keys repeat."""
+    match = _JOIN_TYPE.search(node.display())  # type: ignore[attr-defined]
+    return match is None or not match.group(1).endswith(_ROW_BOUNDED_JOIN_TYPES)
+
+
 def _holds_many_to_many(node: object, facts: KeyFacts) -> bool:
-    if _name(node) in _JOINS:
+    if _name(node) in _JOINS and _multiplies_rows(node):
         left, right = _keys(node)
         if facts.repeats(left) and facts.repeats(right):
             return True
