@@ -163,30 +163,18 @@ def seconds_until_idle(pids: list[int], since: float, limit_s: float = 30) -> fl
 
 @dataclass(frozen=True)
 class ProcessUsage:
-    """Resident memory, threads and open files of one process, from /proc. ``lazy_free_bytes``
-    of the resident memory were freed with ``MADV_FREE``: the kernel takes them back when it
-    needs memory (they sit on the inactive file list, outside a cgroup's working set)."""
+    """Resident memory, threads and open files of one process, from /proc."""
 
     rss_bytes: int
     threads: int
     open_files: int
-    lazy_free_bytes: int = 0
 
 
 def process_usage(pid: int) -> ProcessUsage:
     status = Path(f"/proc/{pid}/status").read_text()
     rss_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
-    lazy_free_kb = next(
-        (
-            int(line.split()[1])
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
-            if line.startswith("LazyFree:")
-        ),
-        0,
-    )
     return ProcessUsage(
         rss_bytes=rss_kb * 1024,
-        lazy_free_bytes=lazy_free_kb * 1024,
         threads=len(os.listdir(f"/proc/{pid}/task")),
         open_files=len(os.listdir(f"/proc/{pid}/fd")),
     )

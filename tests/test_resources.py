@@ -474,7 +474,7 @@ def test_a_worker_server_returns_to_its_idle_size_after_a_load(tpch_dir: Path) -
             lambda: process_usage(pid).rss_bytes <= idle * 1.2,
             30,
             f"the worker's RSS back within 20% of its idle {idle >> 20} MB "
-            f"(peak {peak[0] >> 20} MB, now {process_usage(pid).rss_bytes >> 20} MB)",
+            f"(peak {peak[0] >> 20} MB, {process_usage(pid).rss_bytes >> 20} MB when the load ended)",
         )
         print(
             f"idle {idle >> 20} MB, peak {peak[0] >> 20} MB, back within 20% after "
