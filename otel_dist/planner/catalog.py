@@ -54,6 +54,11 @@ class TableFiles:
                     totals[name] = totals.get(name, 0) + chunk.total_uncompressed_size
         return totals
 
+    @cached_property
+    def rows(self) -> int:
+        """Rows over all files, from the parquet footers."""
+        return sum(pq.read_metadata(path).num_rows for path in self.files)
+
 
 @dataclass(frozen=True)
 class Catalog:
@@ -62,6 +67,9 @@ class Catalog:
     root: str
     tables: dict[str, TableFiles]
     _selectivity: dict[tuple[str, str], float] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    _unique: dict[tuple[str, tuple[str, ...]], bool] = field(
         default_factory=dict, compare=False, repr=False
     )
 
@@ -98,6 +106,41 @@ class Catalog:
         wanted = columns or list(sizes)
         return sum(sizes.get(name, 0) for name in wanted)
 
+    def row_count(self, table: str) -> int:
+        """Rows of ``table``, from parquet metadata."""
+        return self.tables[table].rows
+
+    def _samples(self, table: str) -> list[str]:
+        """The files a sample of ``table`` reads: up to ``SAMPLE_FILES``, spread over its list."""
+        files = self.tables[table].files
+        return list(files[:: max(1, len(files) // SAMPLE_FILES)][:SAMPLE_FILES])
+
+    def is_unique(self, table: str, columns: list[str]) -> bool:
+        """Whether ``columns`` look like a key of ``table``: no value repeats in a sample of
+        it (False when the sample cannot be taken). Only an estimate's input: a join over a
+        key is estimated as many-to-one."""
+        key = (table, tuple(sorted(columns)))
+        cached = self._unique.get(key)
+        if cached is not None:
+            return cached
+        try:
+            ctx = new_session(1)
+            samples = [
+                ctx.read_parquet(path).select(*key[1]).limit(SAMPLE_ROWS)
+                for path in self._samples(table)
+            ]
+            sample = samples[0]
+            for other in samples[1:]:
+                sample = sample.union(other)
+            unique = sample.count() == sample.distinct().count() > 0
+        except Exception as error:  # an estimate only: assume nothing
+            log.debug("sampling %s for a key failed: %s", table, error)
+            return False
+        if len(self._unique) >= MAX_CACHED_ESTIMATES:
+            self._unique.clear()
+        self._unique[key] = unique
+        return unique
+
     def filter_selectivity(self, table: str, predicates: list[Expr]) -> float:
         """The share of ``table``'s rows that pass every predicate, in a sample of its files
         (1.0 when the sample cannot be taken)."""
@@ -105,12 +148,10 @@ class Catalog:
         cached = self._selectivity.get(key)
         if cached is not None:
             return cached
-        files = self.tables[table].files
-        step = max(1, len(files) // SAMPLE_FILES)
         passed = total = 0
         try:
             ctx = new_session(1)
-            for path in files[::step][:SAMPLE_FILES]:
+            for path in self._samples(table):
                 ctx.deregister_table(table)
                 ctx.register_parquet(table, path)
                 sample = ctx.table(table).limit(SAMPLE_ROWS)

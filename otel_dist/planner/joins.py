@@ -4,6 +4,7 @@ when both are already partitioned on it, or gather; and the rebuilt join itself.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from datafusion import DataFrame, Expr, SessionContext
@@ -24,6 +25,7 @@ from otel_dist.planner.parts import (
     HASH,
     REPLICATED,
     SINGLE,
+    Lineage,
     Part,
     joined,
     megabytes,
@@ -170,13 +172,47 @@ class JoinPlanner:
         keys = _join_keys(join_type, left, right, key_pairs)  # type: ignore[arg-type]
         # Size estimates, not bounds: a join's output is about as long as its longer side and
         # as wide as both; semi and anti joins keep at most the preserved side.
+        lineage = None
         if how in ("semi", "anti"):
             size = right.size if swap else left.size
+            lineage = right.lineage if swap else left.lineage
         elif left.size is None or right.size is None:
             size = None
         else:
             size = left.size + right.size
-        return replace(fused, build=build, columns=columns, keys=keys, size=size)
+        if how == "inner" and condition is None and (size is None or size > self.threshold):
+            # Where the estimate can change a later join's placement, look closer.
+            estimate = self._many_to_one(left, right, key_pairs)  # type: ignore[arg-type]
+            if estimate is not None:
+                size, lineage = estimate
+        return replace(fused, build=build, columns=columns, keys=keys, size=size, lineage=lineage)
+
+    def _many_to_one(
+        self, left: Part, right: Part, key_pairs: list[tuple[QualifiedColumn, QualifiedColumn]]
+    ) -> tuple[int, Lineage] | None:
+        """The size and lineage of an inner equi-join whose keys on one side are a key of that
+        side's table (a foreign key join, say orders to customer): each row of the other side
+        meets at most one row, kept as often as that side keeps its table's rows. The sum of
+        both sides would count a filtered dimension's rows (a market segment's customers) as
+        if they added rows, and shuffle a fact table against a join that shrank its partner."""
+        if not key_pairs or left.lineage is None or right.lineage is None:
+            return None
+        estimates: list[tuple[int, Lineage]] = []
+        for many, one, one_keys in (
+            (left.lineage, right.lineage, [b for _, b in key_pairs]),
+            (right.lineage, left.lineage, [a for a, _ in key_pairs]),
+        ):
+            names = dict(one.columns)
+            if not all(key in names for key in one_keys):
+                continue
+            if not self.catalog.is_unique(one.table, sorted({names[k] for k in one_keys})):
+                continue
+            share = many.share() * one.share()
+            width = many.width + one.width
+            lineage = Lineage(many.table, many.columns, width, share=partial(float, share))
+            rows = self.catalog.row_count(many.table) * share
+            estimates.append((int(rows * width), lineage))
+        return min(estimates, key=lambda e: e[0]) if estimates else None
 
     def _mark_join(self, node: LogicalPlan) -> Part:
         """A LeftMark join (``EXISTS`` or ``IN`` under ``OR``): every left row with a boolean
@@ -254,6 +290,7 @@ class JoinPlanner:
             columns=(*left.columns, mark),
             keys=left.keys,
             size=left.size,
+            lineage=left.lineage,
             ops=(*fused.ops[:-1], "mark join"),
         )
 

@@ -37,6 +37,29 @@ class Input:
 
 Build = Callable[[SessionContext], DataFrame]
 
+# Operations after which each row is still one row of the relation under them.
+_ROW_KEEPING = frozenset({"filter", "project", "sort", "top-k", "merge", "limit", "window"})
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a part's rows come from, for estimating joins: each row is one distinct row of
+    ``table`` (filters and many-to-one joins keep that true), about ``share()`` of its rows,
+    each about ``width`` bytes wide. ``columns`` maps the part's columns that are the table's
+    own to their names there. ``share`` is lazy: it samples the table only when asked."""
+
+    table: str
+    columns: tuple[tuple[QualifiedColumn, str], ...]
+    width: float
+    share: Callable[[], float]
+
+    def renamed(self, mapping: dict[QualifiedColumn, QualifiedColumn]) -> Lineage:
+        """The lineage of a projection: ``mapping`` gives each passed column its new name."""
+        columns = tuple(
+            (mapping[column], name) for column, name in self.columns if column in mapping
+        )
+        return replace(self, columns=columns)
+
 
 @dataclass(frozen=True)
 class Part:
@@ -55,6 +78,7 @@ class Part:
     ops: tuple[str, ...] = ()
     why: tuple[str, ...] = ()
     ordered: bool = False  # the rows come out sorted (a sort, merge or top-k is on top)
+    lineage: Lineage | None = None  # the base table each row is one row of, when known
 
     def then(
         self,
@@ -65,7 +89,13 @@ class Part:
         keys: frozenset[QualifiedColumn] | None = None,
         size: int | None = -1,  # -1 keeps the current size
         name: str | None = None,
+        lineage: Lineage | None = None,
     ) -> Part:
+        """The part with ``op`` applied. Its lineage is kept (or ``lineage``, given) when
+        ``op`` keeps each row one row of the relation under it, and dropped otherwise."""
+        if lineage is None and op in _ROW_KEEPING and self.lineage is not None:
+            kept = set(self.columns if columns is None else columns)
+            lineage = self.lineage.renamed({c: c for c in kept})
         return replace(
             self,
             build=build,
@@ -73,6 +103,7 @@ class Part:
             keys=self.keys if keys is None else keys,
             size=self.size if size == -1 else size,
             name=self.name if name is None else name,
+            lineage=lineage if op in _ROW_KEEPING else None,
             ops=(*self.ops, op),
             ordered=op in ORDERING or (self.ordered and op in ("limit", "project")),
         )

@@ -3,6 +3,7 @@ stages where an exchange is needed (see ``distribute.py`` for the decisions)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,7 @@ from otel_dist.planner.parts import (
     REPLICATED,
     SINGLE,
     Input,
+    Lineage,
     Part,
     column_name,
     label,
@@ -233,7 +235,7 @@ class StageBuilder:
         if numbered:
             schema = schema.append(pa.field(ROW_ID_COLUMN, pa.int64(), nullable=False))
         inputs = (Input(input_name, stage, numbered, schema),)
-        return Part(build, inputs=inputs, size=part.size, **common)  # type: ignore[arg-type]
+        return Part(build, inputs=inputs, size=part.size, lineage=part.lineage, **common)  # type: ignore[arg-type]
 
     def exchange(
         self,
@@ -303,6 +305,14 @@ class StageBuilder:
             # a filtered table small enough to broadcast is not worth shuffling its partner for.
             selectivity = self.catalog.filter_selectivity(table, filters)
             output_size = min(size, int(size * (2 * selectivity + 0.01)))
+        lineage = None
+        if fetch is None:
+            lineage = Lineage(
+                table,
+                columns=tuple((c, c[1]) for c in columns),
+                width=size / max(1, self.catalog.row_count(table)),
+                share=self._share(table, filters),
+            )
 
         def build(ctx: SessionContext) -> DataFrame:
             frame = ctx.table(quote_identifier(table))
@@ -320,7 +330,16 @@ class StageBuilder:
             fact_bytes=size,
             size=output_size,
             ops=("scan",),
+            lineage=lineage,
         )
+
+    def _share(self, table: str, filters: list[Expr]) -> Callable[[], float]:
+        """The share of ``table``'s rows its scan keeps, sampled when first asked for, with
+        room for a sample that finds (next to) none."""
+        if not filters:
+            return lambda: 1.0
+        catalog = self.catalog
+        return lambda: min(1.0, catalog.filter_selectivity(table, filters) + 0.01)
 
     def _projection(self, node: LogicalPlan) -> Part:
         child = self.part(node.inputs()[0])
@@ -329,16 +348,22 @@ class StageBuilder:
         exprs = [_named(wrap(e)) for e in node.to_variant().projections()]
         columns: list[QualifiedColumn] = []
         keys: set[QualifiedColumn] = set()
+        passed_as: dict[QualifiedColumn, QualifiedColumn] = {}
         for expr in exprs:
             produced, passed = output_column(expr)
             columns.append(produced)
-            if passed is not None and passed in child.keys:
-                keys.add(produced)
+            if passed is not None:
+                passed_as[passed] = produced
+                if passed in child.keys:
+                    keys.add(produced)
 
         def build(ctx: SessionContext) -> DataFrame:
             return child.build(ctx).select(*exprs)
 
-        return child.then(build, "project", columns=tuple(columns), keys=frozenset(keys))
+        lineage = child.lineage.renamed(passed_as) if child.lineage else None
+        return child.then(
+            build, "project", columns=tuple(columns), keys=frozenset(keys), lineage=lineage
+        )
 
     def _filter(self, node: LogicalPlan) -> Part:
         child = self.part(node.inputs()[0])
@@ -357,12 +382,14 @@ class StageBuilder:
             frame = child.build(ctx).select(*[column_expr(c) for c in child.columns])
             return frame.alias(alias)
 
+        renamed = {c: (alias, c[1]) for c in child.columns}
         return child.then(
             build,
             "project",
-            columns=tuple((alias, name) for _, name in child.columns),
+            columns=tuple(renamed.values()),
             keys=frozenset((alias, name) for _, name in child.keys),
             name=alias,
+            lineage=child.lineage.renamed(renamed) if child.lineage else None,
         )
 
     def _aggregate(self, node: LogicalPlan) -> Part:
