@@ -136,11 +136,18 @@ class JoinPlanner:
         ]
         how, swap = _JOIN_HOW[join_type]
         if how in ("semi", "anti") and condition is None and len(key_pairs) == len(pairs):
-            # Only the existence of a key matters on the other side: send each key once.
+            # Only the existence of a key matters on the other side: send each key once, and
+            # only the keys the preserved side has when that side is the small one.
+            left_keys = [a for a, _ in key_pairs]
+            right_keys = [b for _, b in key_pairs]
             if swap:
-                left = self._distinct_keys(left, [a for a, _ in key_pairs])  # type: ignore[misc]
+                if not null_equal:
+                    left = self._reduce(left, right, left_keys, right_keys)  # type: ignore[arg-type]
+                left = self._distinct_keys(left, left_keys)  # type: ignore[arg-type]
             else:
-                right = self._distinct_keys(right, [b for _, b in key_pairs])  # type: ignore[misc]
+                if not null_equal:
+                    right = self._reduce(right, left, right_keys, left_keys)  # type: ignore[arg-type]
+                right = self._distinct_keys(right, right_keys)  # type: ignore[arg-type]
         left, right, partitioning, why = self._place_join(join_type, left, right, key_pairs)  # type: ignore[arg-type]
         if null_equal and len(key_pairs) != len(pairs):
             raise NotDistributable("a join matching NULL keys on computed keys")
@@ -292,6 +299,62 @@ class JoinPlanner:
             size=left.size,
             lineage=left.lineage,
             ops=(*fused.ops[:-1], "mark join"),
+        )
+
+    def _reduce(
+        self,
+        other: Part,
+        preserved: Part,
+        other_keys: list[QualifiedColumn],
+        preserved_keys: list[QualifiedColumn],
+    ) -> Part:
+        """The other side of a semi or anti join cut down to the rows whose key the preserved
+        side has, when the preserved side is small and the other large (``orders EXISTS
+        lineitem`` with orders filtered to a quarter): only the other side may go to every
+        task, and shuffling it costs a scan's worth of output, while the preserved side's
+        distinct keys, broadcast to the other side's stage, cut it to the matching keys where
+        it is read. The preserved side is computed twice (once for its keys), so only a side
+        read from files alone qualifies. Exact for semi and anti joins alike: a preserved row
+        finds a match in the cut side exactly when it found one in the whole."""
+        if (
+            preserved.partitioning != FILES
+            or preserved.inputs
+            or preserved.size is None
+            or preserved.size > self.threshold
+            or other.partitioning == SINGLE
+            or (other.partitioning == HASH and other.keys & set(other_keys))
+            or (other.size is not None and other.size <= preserved.size * self.buckets)
+        ):
+            return other
+        keys = self._distinct_keys(preserved, preserved_keys)
+        if keys is preserved:
+            return other
+        keys = replace(keys, name=f"{preserved.name}'s keys")
+        sent = self._broadcast(keys, other)
+        built_other, built_keys = other.build, sent.build
+        on = [
+            column_expr(a) == column_expr(b)
+            for a, b in zip(other_keys, preserved_keys, strict=True)
+        ]
+
+        def build(ctx: SessionContext) -> DataFrame:
+            return built_other(ctx).join_on(built_keys(ctx), *on, how="semi")
+
+        why = (
+            f"keep the rows whose key {preserved.name} has: its distinct keys "
+            f"(~{megabytes(preserved.size)} at most) are broadcast here"
+        )
+        fused = joined(other, sent, other.partitioning, why)
+        self.stages.note("semi-join reduction")
+        return replace(
+            fused,
+            build=build,
+            columns=other.columns,
+            keys=other.keys,
+            size=preserved.size,
+            name=other.name,
+            lineage=other.lineage,
+            ops=(*fused.ops[:-1], "semi join"),
         )
 
     def _distinct_keys(self, part: Part, keys: list[QualifiedColumn]) -> Part:
