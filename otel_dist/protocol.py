@@ -89,6 +89,10 @@ class TaskInput:
     sources: tuple[BucketSource, ...] = ()
     schema_ipc: str = ""  # base64 Arrow IPC schema of upstream buckets, empty for files
     row_ids: bool = False  # append ROW_ID_COLUMN, numbering the rows read
+    # Files only: keep the rows whose ``key_column`` is in one of ``key_bounds``, each
+    # ``[low, high)`` (None: unbounded); the task's share of a co-located join's table.
+    key_column: str = ""
+    key_bounds: tuple[tuple[int | None, int | None], ...] = ()
 
     @property
     def is_stage_input(self) -> bool:
@@ -168,6 +172,10 @@ class TaskSpec:
                     ),
                     schema_ipc=_str(item.get("schema_ipc", "")),
                     row_ids=item.get("row_ids", False) is True,
+                    key_column=_str(item.get("key_column", "")),
+                    key_bounds=tuple(
+                        _bound(_list(bound)) for bound in _list(item.get("key_bounds", []))
+                    ),
                 )
                 for item in map(_dict, _list(raw["inputs"]))
             )
@@ -371,6 +379,13 @@ def _index(value: object) -> int:
     if index < 0:
         raise ValueError(f"negative index {index}")
     return index
+
+
+def _bound(pair: list[Any]) -> tuple[int | None, int | None]:
+    if len(pair) != 2:
+        raise ValueError("a key bound is not a [low, high] pair")
+    low, high = (None if value is None else _int(value) for value in pair)
+    return low, high
 
 
 def _list(value: object) -> list[Any]:

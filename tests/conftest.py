@@ -8,6 +8,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from otel_dist.frontend.local import LocalCluster
@@ -51,6 +53,22 @@ def tpch_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def interleaved_tpch_dir(tpch_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tables with their rows dealt round-robin over 4 files each, so that no file
+    holds a range of any key: joins cannot run where the files are read and are broadcast
+    or shuffled, as over data written in no particular order."""
+    root = tmp_path_factory.mktemp("tpch-interleaved")
+    for folder in sorted(p for p in tpch_dir.iterdir() if p.is_dir()):
+        table = pq.read_table(folder)
+        (root / folder.name).mkdir()
+        for index in range(4):  # slices of 16 rows (take has no kernel for string views)
+            starts = range(16 * index, table.num_rows, 64)
+            rows = pa.concat_tables([table.slice(start, 16) for start in starts] or [table[:0]])
+            pq.write_table(rows, root / folder.name / f"{folder.name}.{index}.parquet")
+    return root
+
+
+@pytest.fixture(scope="session")
 def cluster(tpch_dir: Path) -> Iterator[LocalCluster]:
     """A 3-worker cluster that splits every table into one scan task per worker, however small:
     at the test scale every table is under the default ``min_task_bytes``."""
@@ -67,8 +85,10 @@ def default_cluster(tpch_dir: Path) -> Iterator[LocalCluster]:
 
 
 @pytest.fixture(scope="session")
-def shuffle_cluster(tpch_dir: Path) -> Iterator[LocalCluster]:
-    """A 3-worker cluster that broadcasts nothing and splits every table: every equi-join is
-    hash-shuffled."""
-    with LocalCluster(workers=3, data=tpch_dir, broadcast_threshold=0, min_task_bytes=0) as local:
+def shuffle_cluster(interleaved_tpch_dir: Path) -> Iterator[LocalCluster]:
+    """A 3-worker cluster that broadcasts nothing and splits every table, over files that
+    hold no key ranges: every equi-join is hash-shuffled."""
+    with LocalCluster(
+        workers=3, data=interleaved_tpch_dir, broadcast_threshold=0, min_task_bytes=0
+    ) as local:
         yield local

@@ -66,8 +66,12 @@ def test_query_is_distributed_with_shuffle_joins(
     for stage in joins:
         if stage.task_count == 1:
             continue  # over gathered inputs or a one-file table, checked above
-        assert stage.file_scan is None or any(
-            plan.stage(i.stage_id).output.kind == "broadcast" for i in stage.inputs
+        # File groups join without an exchange only on a key their files hold in disjoint
+        # ranges (orders and lineitem on the order key).
+        assert (
+            stage.file_scan is None
+            or "join in place on" in stage.strategy
+            or any(plan.stage(i.stage_id).output.kind == "broadcast" for i in stage.inputs)
         ), f"stage {stage.stage_id} joins file groups without an exchange"
 
 
@@ -124,10 +128,12 @@ def test_explain_names_the_shuffle_keys(shuffle_cluster: LocalCluster) -> None:
     assert "output=broadcast" not in explain
 
 
-def test_threshold_between_two_tables_broadcasts_only_the_smaller(cluster: LocalCluster) -> None:
+def test_threshold_between_two_tables_broadcasts_only_the_smaller(
+    interleaved_tpch_dir: Path,
+) -> None:
     """Sizes come from parquet metadata of the projected columns: a threshold just above
     customer's broadcasts customer and shuffles orders with lineitem (Q3)."""
-    catalog = Catalog.from_folder(cluster.data)
+    catalog = Catalog.from_folder(interleaved_tpch_dir)
     customer = catalog.column_bytes("customer", ["c_custkey", "c_mktsegment"])
     orders = catalog.column_bytes("orders", ["o_orderkey", "o_custkey", "o_orderdate"])
     assert 0 < customer < orders
@@ -215,7 +221,7 @@ def test_a_filter_that_keeps_little_makes_its_table_broadcast(cluster: LocalClus
 
 
 def test_a_join_on_its_dimension_key_is_estimated_as_the_fact_rows_it_keeps(
-    cluster: LocalCluster,
+    interleaved_tpch_dir: Path,
 ) -> None:
     """Q3 joins orders to the customers of one market segment (a fifth) on the customer key,
     which the sample shows unique in customer: the join keeps about a fifth of the filtered
@@ -223,7 +229,7 @@ def test_a_join_on_its_dimension_key_is_estimated_as_the_fact_rows_it_keeps(
     joined side is broadcast to the lineitem scan, where the sum (all filtered orders, with
     the sample's margin, plus customer) would shuffle lineitem on the order key (SF 10: 1 GB
     of lineitem moved, 3x DataFusion's time)."""
-    catalog = Catalog.from_folder(cluster.data)
+    catalog = Catalog.from_folder(interleaved_tpch_dir)
     assert catalog.is_unique("customer", ["c_custkey"])
     assert not catalog.is_unique("orders", ["o_custkey"])
     assert catalog.is_unique("lineitem", ["l_orderkey", "l_linenumber"])
@@ -244,7 +250,7 @@ def test_a_join_on_its_dimension_key_is_estimated_as_the_fact_rows_it_keeps(
 
 
 def test_a_large_semi_join_side_is_cut_to_the_small_preserved_sides_keys(
-    tpch_dir: Path,
+    interleaved_tpch_dir: Path,
 ) -> None:
     """Q4: orders of one quarter EXISTS lineitem. Only lineitem's side may go to every task,
     and it is far larger, so it was shuffled on the order key whole (SF 10: 14 million
@@ -253,7 +259,7 @@ def test_a_large_semi_join_side_is_cut_to_the_small_preserved_sides_keys(
     rows are single-node DataFusion's, for EXISTS and NOT EXISTS."""
     threshold = 100_000  # over orders filtered to a quarter, under lineitem's order keys
     planner = Planner(
-        Catalog.from_folder(tpch_dir),
+        Catalog.from_folder(interleaved_tpch_dir),
         PlannerOptions(3, broadcast_threshold=threshold, min_task_bytes=0),
     )
     plan = planner.plan(tpch.query(4))
@@ -267,10 +273,10 @@ def test_a_large_semi_join_side_is_cut_to_the_small_preserved_sides_keys(
     assert anti != tpch.query(4)
     assert "semi-join reduction" in planner.plan(anti).strategy
     with LocalCluster(
-        workers=3, data=tpch_dir, min_task_bytes=0, broadcast_threshold=threshold
+        workers=3, data=interleaved_tpch_dir, min_task_bytes=0, broadcast_threshold=threshold
     ) as local:
         for sql in (tpch.query(4), anti):
-            assert_same_rows(local.sql(sql), single_node(tpch_dir, sql), ordered=True)
+            assert_same_rows(local.sql(sql), single_node(interleaved_tpch_dir, sql), ordered=True)
 
 
 def test_a_scan_of_fewer_tasks_than_workers_gets_their_threads(
@@ -298,3 +304,66 @@ def test_a_scan_of_fewer_tasks_than_workers_gets_their_threads(
         if "otel_dist.metrics.files_opened.partitions" in s.attributes
     ]
     assert len(scan.attributes["otel_dist.metrics.output_rows.partitions"]) == 4, scan.attributes  # type: ignore[arg-type]
+
+
+def test_a_join_on_a_key_the_files_hold_in_ranges_runs_where_they_are_read(
+    tpch_dir: Path, cluster: LocalCluster
+) -> None:
+    """TPC-H's orders and lineitem are written in order-key order and split by rows, so each
+    file holds a range of order keys: a join (or an aggregate) on the order key runs where
+    the files are read, each task taking its orders files' key ranges of lineitem, and no
+    row of either moves (SF 10: Q18 and Q21 shuffled 60 million lineitem rows). Each
+    lineitem row falls in exactly one task's ranges, and the rows are single-node
+    DataFusion's for inner, semi, anti and outer joins."""
+    catalog = Catalog.from_folder(tpch_dir)
+    assert catalog.range_column("orders", ["o_orderkey", "o_custkey"]) == "o_orderkey"
+    assert catalog.range_column("lineitem", ["l_orderkey", "l_partkey"]) == "l_orderkey"
+    assert catalog.range_column("lineitem", ["l_partkey"]) is None
+    groups = catalog.file_groups("orders", 3)
+    bounds = catalog.group_bounds("orders", "o_orderkey", groups)
+    session = catalog.session(1)
+    shares = 0
+    for task_bounds in bounds:
+        ctx = catalog.session(1)
+        ctx.deregister_table("lineitem")
+        ctx.register_parquet("lineitem", str(tpch_dir / "lineitem"))
+        within = " or ".join(
+            "("
+            + " and ".join(
+                [f"l_orderkey >= {low}"] * (low is not None)
+                + [f"l_orderkey < {high}"] * (high is not None)
+            )
+            + ")"
+            for low, high in task_bounds
+        )
+        shares += ctx.sql(f"select count(*) from lineitem where {within}").to_pydict()["count(*)"][
+            0
+        ]
+        files = catalog.files_within("lineitem", "l_orderkey", task_bounds)
+        assert len(files) < len(catalog.tables["lineitem"].files)
+    assert shares == session.table("lineitem").count()
+
+    planner = Planner(catalog, PlannerOptions(3, min_task_bytes=0))
+    for number in (3, 4, 12, 18, 21):
+        plan = planner.plan(tpch.query(number))
+        assert "co-located join" in plan.strategy, plan.describe()
+        hashed = {key for s in plan.stages if s.output.kind == "hash" for key in s.output.keys}
+        assert not hashed & {"o_orderkey", "l_orderkey"}, plan.describe()
+        assert any(s.range_scans and "join in place on" in s.strategy for s in plan.stages), (
+            plan.describe()
+        )
+    outer = (
+        "select o_orderstatus, count(l_orderkey) as lines, count(*) as rows_ "
+        "from orders {how} join lineitem on o_orderkey = l_orderkey and l_quantity > 45 "
+        "group by o_orderstatus order by o_orderstatus"
+    )
+    anti = "select count(*) from orders where not exists (select 1 from lineitem where l_orderkey = o_orderkey and l_quantity > 49)"
+    for sql in (
+        tpch.query(18),
+        tpch.query(21),
+        outer.format(how="left"),
+        outer.format(how="full"),
+        anti,
+    ):
+        assert "join in place on" in cluster.plan(sql).describe(), sql
+        assert_same_rows(cluster.sql(sql), single_node(tpch_dir, sql), ordered="order by" in sql)

@@ -689,6 +689,7 @@ def _name_query_span(span: trace.Span, plan: DistributedPlan, sql: str) -> None:
     """``db.query.summary`` (and ``db.collection.name`` for one table) on the query span,
     which takes the summary as its name, as the database conventions name spans."""
     tables = [s.file_scan.table_name for s in plan.stages if s.file_scan is not None]
+    tables += [ranged.table_name for s in plan.stages for ranged in s.range_scans]
     tables += [local.table_name for s in plan.stages for local in s.local_scans]
     summary = c.query_summary(operation_name(sql), tables, sql)
     span.set_attribute(c.DB_QUERY_SUMMARY, summary)

@@ -105,6 +105,15 @@ def _inputs(
         inputs.append(
             TaskInput(stage.file_scan.table_name, files=stage.file_scan.groups[task_index])
         )
+    inputs.extend(
+        TaskInput(
+            ranged.table_name,
+            files=ranged.groups[task_index],
+            key_column=ranged.column,
+            key_bounds=ranged.bounds[task_index],
+        )
+        for ranged in stage.range_scans
+    )
     inputs.extend(TaskInput(local.table_name, files=local.files) for local in stage.local_scans)
     for position, stage_input in enumerate(stage.inputs):
         upstream = plan.stage(stage_input.stage_id)

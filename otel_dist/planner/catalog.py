@@ -13,8 +13,10 @@ import logging
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import pairwise
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from datafusion import Expr, SessionContext
 
@@ -53,6 +55,49 @@ class TableFiles:
                     name = chunk.path_in_schema
                     totals[name] = totals.get(name, 0) + chunk.total_uncompressed_size
         return totals
+
+    @cached_property
+    def key_ranges(self) -> dict[str, tuple[tuple[int, int], ...]]:
+        """Per integer column without NULLs, each file's smallest and largest value (in file
+        order), from the parquet footers; only columns whose files hold disjoint ranges,
+        such as a table written in key order and split by rows (TPC-H's orders and
+        lineitem on the order key). Empty for a table of one file."""
+        if len(self.files) < 2:
+            return {}
+        spans: dict[str, list[tuple[int, int] | None]] = {}
+        for path in self.files:
+            metadata = pq.read_metadata(path)
+            schema = metadata.schema.to_arrow_schema()
+            seen: dict[str, tuple[int, int] | None] = {}
+            for group in range(metadata.num_row_groups):
+                row_group = metadata.row_group(group)
+                for index in range(row_group.num_columns):
+                    name = row_group.column(index).path_in_schema
+                    if name not in schema.names or not pa.types.is_integer(schema.field(name).type):
+                        continue
+                    stats = row_group.column(index).statistics
+                    usable = (
+                        stats is not None
+                        and stats.has_min_max
+                        and stats.null_count == 0
+                        and isinstance(stats.min, int)
+                        and isinstance(stats.max, int)
+                    )
+                    previous = seen.get(name, (stats.min, stats.max) if usable else None)
+                    if not usable or previous is None:
+                        seen[name] = None
+                    else:
+                        seen[name] = (min(previous[0], stats.min), max(previous[1], stats.max))
+            for name, span in seen.items():
+                spans.setdefault(name, []).append(span)
+        disjoint: dict[str, tuple[tuple[int, int], ...]] = {}
+        for name, per_file in spans.items():
+            known = [span for span in per_file if span is not None]
+            if len(known) != len(self.files):
+                continue
+            if all(a[1] < b[0] for a, b in pairwise(sorted(known))):
+                disjoint[name] = tuple(known)
+        return disjoint
 
     @cached_property
     def rows(self) -> int:
@@ -105,6 +150,65 @@ class Catalog:
         sizes = self.tables[table].column_bytes
         wanted = columns or list(sizes)
         return sum(sizes.get(name, 0) for name in wanted)
+
+    def range_column(self, table: str, columns: list[str]) -> str | None:
+        """The one column of ``columns`` whose values ``table``'s files hold in disjoint
+        ranges (see ``TableFiles.key_ranges``), or None (none, or more than one)."""
+        ranged = [c for c in columns if c in self.tables[table].key_ranges]
+        return ranged[0] if len(ranged) == 1 else None
+
+    def key_ranges(self, table: str, column: str) -> tuple[tuple[int, int], ...]:
+        """Each file's smallest and largest value of ``column``, in file order."""
+        return self.tables[table].key_ranges[column]
+
+    def group_bounds(
+        self, table: str, column: str, groups: list[tuple[str, ...]]
+    ) -> list[tuple[tuple[int | None, int | None], ...]]:
+        """The key ranges of ``column`` each file group of ``table`` owns, as ``[low, high)``
+        intervals (None: unbounded): every file owns the values from its smallest to the
+        next file's smallest, so the groups' ranges cover every value exactly once."""
+        files = self.tables[table].files
+        spans = dict(zip(files, self.key_ranges(table, column), strict=True))
+        lows = sorted(low for low, _ in spans.values())
+        owned: dict[str, tuple[int | None, int | None]] = {}
+        for path, (low, _) in spans.items():
+            position = lows.index(low)
+            owned[path] = (
+                None if position == 0 else low,
+                None if position == len(lows) - 1 else lows[position + 1],
+            )
+        bounds = []
+        for group in groups:
+            merged: list[tuple[int | None, int | None]] = []
+            ordered: list[tuple[int | None, int | None]] = sorted(
+                (owned[path] for path in group), key=lambda b: -(2**63) if b[0] is None else b[0]
+            )
+            for start, end in ordered:
+                if merged and merged[-1][1] == start:
+                    merged[-1] = (merged[-1][0], end)
+                else:
+                    merged.append((start, end))
+            bounds.append(tuple(merged))
+        return bounds
+
+    def files_within(
+        self, table: str, column: str, bounds: tuple[tuple[int | None, int | None], ...]
+    ) -> tuple[str, ...]:
+        """The files of ``table`` that may hold a value of ``column`` within ``bounds``
+        (at least one, so that the table exists in the task even when none does)."""
+        files = self.tables[table].files
+        spans = self.tables[table].key_ranges.get(column)
+        if spans is None:
+            return files
+        chosen = tuple(
+            path
+            for path, (smallest, largest) in zip(files, spans, strict=True)
+            if any(
+                (low is None or largest >= low) and (high is None or smallest < high)
+                for low, high in bounds
+            )
+        )
+        return chosen or files[:1]
 
     def row_count(self, table: str) -> int:
         """Rows of ``table``, from parquet metadata."""

@@ -29,6 +29,7 @@ from otel_dist.planner.parts import (
     Part,
     joined,
     megabytes,
+    merged_split,
     pair,
     plural,
 )
@@ -135,7 +136,13 @@ class JoinPlanner:
             if as_column(a) is not None and as_column(b) is not None
         ]
         how, swap = _JOIN_HOW[join_type]
-        if how in ("semi", "anti") and condition is None and len(key_pairs) == len(pairs):
+        co_located = self._co_locate(left, right, key_pairs) is not None  # type: ignore[arg-type]
+        if (
+            how in ("semi", "anti")
+            and condition is None
+            and len(key_pairs) == len(pairs)
+            and not co_located
+        ):
             # Only the existence of a key matters on the other side: send each key once, and
             # only the keys the preserved side has when that side is the small one.
             left_keys = [a for a, _ in key_pairs]
@@ -414,6 +421,16 @@ class JoinPlanner:
                 left.partitioning,
                 "broadcast gathered right side",
             )
+        co_located = self._co_locate(left, right, key_pairs)
+        if co_located is not None:
+            split, (a, b) = co_located
+            self.stages.note("co-located join")
+            tables = " and ".join(dict.fromkeys(table for table, _ in split))
+            why = (
+                f"join in place on {pair(a, b)}: the files of {tables} hold disjoint ranges "
+                f"of it, and each task reads the rows of its own ranges"
+            )
+            return left, right, FILES, why
         if SINGLE not in (left.partitioning, right.partitioning):
             for a, b in key_pairs:
                 if {left.partitioning, right.partitioning} == {HASH} and (
@@ -469,6 +486,30 @@ class JoinPlanner:
             "join in one task: no equi-join key and neither side may be broadcast",
         )
 
+    def _co_locate(
+        self,
+        left: Part,
+        right: Part,
+        key_pairs: list[tuple[QualifiedColumn, QualifiedColumn]],
+    ) -> tuple[tuple[tuple[str, str], ...], tuple[QualifiedColumn, QualifiedColumn]] | None:
+        """Whether both sides, read from files, place their rows by the value of a join key
+        (each table's files hold disjoint ranges of it, as TPC-H's orders and lineitem do of
+        the order key): the join then runs where the files are read, each task taking the
+        key ranges of its files of one table (the lead) and only the rows of those ranges
+        of the others. Returns the tables and the column each is split on, the lead first,
+        and the key pair; None when the sides are not both split so, or not compatibly."""
+        if left.partitioning != FILES or right.partitioning != FILES:
+            return None
+        if not left.split or not right.split:
+            return None
+        for a, b in key_pairs:
+            if a not in left.keys or b not in right.keys:
+                continue
+            split = merged_split(left.split, right.split)
+            if split is not None:
+                return split, (a, b)
+        return None
+
     def _worth_broadcasting(self, side: Part, other: Part) -> bool:
         """A side is broadcast when it is known to fit the threshold and sending it to every
         task costs less than shuffling both sides once: size x (tasks - 1) < the other side."""
@@ -515,6 +556,7 @@ class JoinPlanner:
                 fact_bytes=0,
                 local=(*part.local, (part.fact, part.fact_bytes)),
                 keys=frozenset(),
+                split=(),
                 why=(
                     *part.why,
                     f"read {part.fact}'s {plural(files, 'file')} in every task: "
@@ -530,6 +572,7 @@ class JoinPlanner:
             part.partitioning == FILES
             and part.fact is not None
             and part.fact != other.fact
+            and part.fact not in {table for table, _ in other.split}
             and not part.inputs
             and set(part.ops) <= _SCAN_OPS
             and part.fact_bytes <= min(LOCAL_SCAN_BYTES, self.min_task_bytes)

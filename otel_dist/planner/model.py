@@ -19,6 +19,19 @@ class FileScan:
 
 
 @dataclass(frozen=True)
+class RangeScan:
+    """A table a leaf stage reads beside its ``FileScan``, split to match it: task ``i`` reads
+    ``groups[i]``, keeping only the rows whose ``column`` is in one of ``bounds[i]`` (each
+    ``[low, high)``, None for no bound), the key ranges of the ``FileScan``'s group ``i``."""
+
+    table_name: str
+    column: str
+    groups: tuple[tuple[str, ...], ...]
+    bounds: tuple[tuple[tuple[int | None, int | None], ...], ...]
+    scan_bytes: int = 0
+
+
+@dataclass(frozen=True)
 class LocalScan:
     """A small table every task of a stage reads whole from its files, rather than receiving
     it from a stage of its own (see ``LOCAL_SCAN_BYTES`` in ``planner/joins.py``)."""
@@ -53,6 +66,7 @@ class Stage:
     file_scan: FileScan | None = None
     inputs: tuple[StageInput, ...] = ()
     local_scans: tuple[LocalScan, ...] = ()
+    range_scans: tuple[RangeScan, ...] = ()
     fallback_reason: str | None = None
     strategy: str = ""  # how the stage is partitioned and why, for EXPLAIN
     plan: bytes = b""  # Substrait
@@ -87,6 +101,9 @@ class DistributedPlan:
         for stage in reversed(self.stages):
             reads = ", ".join(f"{i.table_name}<-stage {i.stage_id}" for i in stage.inputs)
             scan = f" scan={stage.file_scan.table_name}" if stage.file_scan else ""
+            scan += "".join(
+                f" range={ranged.table_name}({ranged.column})" for ranged in stage.range_scans
+            )
             scan += "".join(f" local={local.table_name}" for local in stage.local_scans)
             fallback = (
                 f" [single-task fallback: {stage.fallback_reason}]" if stage.is_fallback else ""

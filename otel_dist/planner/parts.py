@@ -79,6 +79,10 @@ class Part:
     why: tuple[str, ...] = ()
     ordered: bool = False  # the rows come out sorted (a sort, merge or top-k is on top)
     lineage: Lineage | None = None  # the base table each row is one row of, when known
+    # FILES parts whose ``keys`` place rows by value: the tables read from files and the
+    # column each is split on, the first (``fact``) by its file groups and the others by the
+    # key ranges of those groups. See ``JoinPlanner._co_locate``.
+    split: tuple[tuple[str, str], ...] = ()
 
     def then(
         self,
@@ -110,15 +114,21 @@ class Part:
 
 
 def joined(left: Part, right: Part, partitioning: str, why: str) -> Part:
-    """The parts of both join sides fused into one stage (inputs, fact and history)."""
+    """The parts of both join sides fused into one stage (inputs, fact and history). Both
+    may read files only when they are split on a common key range (a co-located join)."""
     facts = {p.fact for p in (left, right) if p.fact is not None}
-    if len(facts) > 1:
-        raise NotDistributable("two tables scanned from files in one stage")
+    split = left.split or right.split
+    if left.fact is not None and right.fact is not None:
+        both = merged_split(left.split, right.split) if left.split and right.split else None
+        if both is None and len(facts) > 1:
+            raise NotDistributable("two tables scanned from files in one stage")
+        split = both or split
+        facts = {split[0][0]} if split else facts
     local_bytes: dict[str, int] = {}
     for table, scan_bytes in (*left.local, *right.local):  # a table under two aliases once
         local_bytes[table] = max(scan_bytes, local_bytes.get(table, 0))
     local = tuple(local_bytes.items())
-    if facts & set(local_bytes):
+    if (facts | {table for table, _ in split}) & set(local_bytes):
         raise NotDistributable("a table both split over the tasks and read whole by each")
     return Part(
         build=left.build,
@@ -131,7 +141,24 @@ def joined(left: Part, right: Part, partitioning: str, why: str) -> Part:
         inputs=left.inputs + right.inputs,
         ops=(*left.ops, *right.ops, "join"),
         why=(*left.why, *right.why, why),
+        split=split,
     )
+
+
+def merged_split(
+    left: tuple[tuple[str, str], ...], right: tuple[tuple[str, str], ...]
+) -> tuple[tuple[str, str], ...] | None:
+    """The tables of two co-located sides and their split columns: under the left side's
+    lead when both share it or the right side is one table, else under the right side's
+    when the left is one table; None when a table would be split on two columns."""
+    if left[0] == right[0] or len(right) == 1:
+        merged = left + tuple(item for item in right if item not in left)
+    elif len(left) == 1:
+        merged = right + tuple(item for item in left if item not in right)
+    else:
+        return None
+    tables = [table for table, _ in merged]
+    return merged if len(set(tables)) == len(tables) else None
 
 
 def label(ops: tuple[str, ...]) -> str:

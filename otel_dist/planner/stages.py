@@ -26,7 +26,7 @@ from otel_dist.planner.exprs import (
     wrap,
 )
 from otel_dist.planner.joins import JoinPlanner, PlanningContext
-from otel_dist.planner.model import FileScan, LocalScan, Stage, StageInput
+from otel_dist.planner.model import FileScan, LocalScan, RangeScan, Stage, StageInput
 from otel_dist.planner.parts import (
     FILES,
     GATHER,
@@ -116,6 +116,7 @@ class StageBuilder:
             output = OutputPartitioning("hash", self.buckets, keys)
         why = list(part.why)
         file_scan = None
+        range_scans: tuple[RangeScan, ...] = ()
         if part.partitioning == FILES:
             assert part.fact is not None
             groups = self.catalog.file_groups(part.fact, self._scan_tasks(part.fact_bytes))
@@ -131,6 +132,7 @@ class StageBuilder:
             why.insert(0, split)
             file_scan = FileScan(part.fact, tuple(groups), part.fact_bytes)
             task_count = len(groups)
+            range_scans = self._range_scans(part, groups)
         else:
             task_count = self.buckets if part.partitioning == HASH else 1
         if cast_to is not None:
@@ -146,6 +148,7 @@ class StageBuilder:
             output=output,
             schema=schema,
             file_scan=file_scan,
+            range_scans=range_scans,
             inputs=tuple(StageInput(i.name, i.stage.stage_id, i.row_ids) for i in part.inputs),
             local_scans=tuple(
                 LocalScan(table, self.catalog.tables[table].files, scan_bytes)
@@ -155,6 +158,23 @@ class StageBuilder:
         )
         self.stages.append(stage)
         return stage, out_names
+
+    def _range_scans(self, part: Part, groups: list[tuple[str, ...]]) -> tuple[RangeScan, ...]:
+        """The tables a co-located join reads beside the part's fact, each task's share of
+        them cut to the key ranges of its fact files."""
+        if len(part.split) < 2:
+            return ()
+        table, column = part.split[0]
+        bounds = self.catalog.group_bounds(table, column, groups)
+        return tuple(
+            RangeScan(
+                other,
+                other_column,
+                tuple(self.catalog.files_within(other, other_column, b) for b in bounds),
+                tuple(bounds),
+            )
+            for other, other_column in part.split[1:]
+        )
 
     def _scan_tasks(self, scan_bytes: int) -> int:
         """Tasks that scan ``scan_bytes``: one per ``min_task_bytes``, at most one per bucket;
@@ -267,6 +287,7 @@ class StageBuilder:
         tables = [table for table, _ in part.local]
         if part.fact is not None:
             tables.insert(0, part.fact)
+        tables += [table for table, _ in part.split if table not in tables]
         for table in tables:
             register_empty(ctx, table, self.planner.table_schema(table))
         for item in part.inputs:
@@ -321,6 +342,11 @@ class StageBuilder:
             frame = frame.select(*[column_expr(c) for c in columns])
             return frame.limit(fetch) if fetch is not None else frame
 
+        # A column whose files hold disjoint ranges places each row by its value, whatever
+        # files a task gets: a join or aggregate on it can run where the files are read.
+        ranged = (
+            None if fetch is not None else self.catalog.range_column(table, [c[1] for c in columns])
+        )
         return Part(
             build,
             columns=columns,
@@ -331,6 +357,8 @@ class StageBuilder:
             size=output_size,
             ops=("scan",),
             lineage=lineage,
+            keys=frozenset({(table, ranged)}) if ranged else frozenset(),
+            split=((table, ranged),) if ranged else (),
         )
 
     def _share(self, table: str, filters: list[Expr]) -> Callable[[], float]:
@@ -410,11 +438,21 @@ class StageBuilder:
         size = 0 if not groups else child.size
 
         in_place = [c for c in group_columns if c is not None and c in child.keys]
-        if child.partitioning == SINGLE or (child.partitioning == HASH and in_place):
+        if child.partitioning == SINGLE or (child.partitioning in (HASH, FILES) and in_place):
 
             def build_local(ctx: SessionContext) -> DataFrame:
                 return child.build(ctx).aggregate(groups, aggregates)
 
+            if child.partitioning == FILES:
+                self.note("aggregate in place")
+                child = replace(
+                    child,
+                    why=(
+                        *child.why,
+                        f"aggregate where the files are read: each value of "
+                        f"{column_name(in_place[0])} is in one task's key range",
+                    ),
+                )
             return child.then(
                 build_local, "aggregate", columns=columns, keys=frozenset(in_place), size=size
             )

@@ -5,6 +5,7 @@ then record its spans and the final telemetry message its bucket streams end wit
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import queue
 import re
@@ -15,13 +16,14 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import wait
 from dataclasses import dataclass, field
+from functools import reduce
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.flight as flight
-from datafusion import DataFrame, RuntimeEnvBuilder, SessionContext
+from datafusion import DataFrame, Expr, RuntimeEnvBuilder, SessionContext
 from datafusion.substrait import Consumer, Serde
 from opentelemetry.trace import SpanContext
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -359,7 +361,16 @@ class Task:
             os.makedirs(folder, exist_ok=True)
             for index, path in enumerate(task_input.files):
                 os.symlink(path, os.path.join(folder, f"{index:05d}-{os.path.basename(path)}"))
-            ctx.register_parquet(task_input.table_name, folder)
+            if not task_input.key_column:
+                ctx.register_parquet(task_input.table_name, folder)
+                return
+            # The task's key ranges of the table: DataFusion prunes the row groups outside them.
+            files_name = f"__files_{task_input.table_name}"
+            ctx.register_parquet(files_name, folder)
+            ranged = ctx.table(files_name).filter(
+                _within(task_input.key_column, task_input.key_bounds)
+            )
+            ctx.register_view(task_input.table_name, ranged)
             return
         # Upstream buckets are read concurrently as they are produced; a large input is
         # streamed into the plan, a small one held in memory (worker/inputs.py).
@@ -582,3 +593,14 @@ def _with_row_ids(
         result.append(pa.RecordBatch.from_arrays([*batch.columns, ids], schema=numbered))
         start += batch.num_rows
     return result, numbered
+
+
+def _within(column: str, bounds: tuple[tuple[int | None, int | None], ...]) -> Expr:
+    """``column`` in any of ``bounds``, each ``[low, high)`` (None: unbounded)."""
+    value = Expr.column(column)
+    ranges: list[Expr] = []
+    for low, high in bounds:
+        conditions = [value >= Expr.literal(low)] if low is not None else []
+        conditions += [value < Expr.literal(high)] if high is not None else []
+        ranges.append(reduce(operator.and_, conditions, Expr.literal(True)))
+    return reduce(operator.or_, ranges, Expr.literal(False))
