@@ -46,7 +46,8 @@ MAX_TASK_BYTES = 16 * 1024 * 1024
 MAX_SUBMISSION_TASKS = 1_000
 MAX_BUCKETS = 10_000
 
-PartitioningKind = Literal["hash", "single", "broadcast"]
+PartitioningKind = Literal["hash", "range", "single", "broadcast"]
+KeyBounds = tuple[tuple[int | None, int | None], ...]  # [low, high) intervals, None: unbounded
 
 
 class ProtocolError(ValueError):
@@ -55,15 +56,17 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True)
 class OutputPartitioning:
-    """How a task splits its output: hash on key columns into buckets, one bucket, or broadcast."""
+    """How a task splits its output: hash on key columns into buckets, by ranges of one
+    integer key (bucket ``i`` takes the values in ``bounds[i]``), one bucket, or broadcast."""
 
     kind: PartitioningKind
     buckets: int = 1
     keys: tuple[str, ...] = ()
+    bounds: tuple[KeyBounds, ...] = ()  # range: each bucket's intervals
 
     def describe(self) -> str:
-        if self.kind == "hash":
-            return f"hash({', '.join(self.keys)}) into {self.buckets}"
+        if self.kind in ("hash", "range"):
+            return f"{self.kind}({', '.join(self.keys)}) into {self.buckets}"
         return self.kind
 
 
@@ -92,7 +95,7 @@ class TaskInput:
     # Files only: keep the rows whose ``key_column`` is in one of ``key_bounds``, each
     # ``[low, high)`` (None: unbounded); the task's share of a co-located join's table.
     key_column: str = ""
-    key_bounds: tuple[tuple[int | None, int | None], ...] = ()
+    key_bounds: KeyBounds = ()
 
     @property
     def is_stage_input(self) -> bool:
@@ -190,6 +193,10 @@ class TaskSpec:
                     kind=_str(output["kind"]),  # type: ignore[arg-type]
                     buckets=_int(output["buckets"]),
                     keys=tuple(_str(k) for k in _list(output["keys"])),
+                    bounds=tuple(
+                        tuple(_bound(_list(pair)) for pair in _list(bucket))
+                        for bucket in _list(output.get("bounds", []))
+                    ),
                 ),
                 output_schema_ipc=_str(raw["output_schema_ipc"]),
                 worker_url=_str(raw.get("worker_url", "")),
@@ -205,8 +212,12 @@ class TaskSpec:
             raise ProtocolError(f"malformed task spec: missing or invalid field {error}") from None
         if spec.version != PROTOCOL_VERSION:
             raise ProtocolError(f"unsupported protocol version {spec.version}")
-        if spec.output.kind not in ("hash", "single", "broadcast"):
+        if spec.output.kind not in ("hash", "range", "single", "broadcast"):
             raise ProtocolError(f"unknown output partitioning {spec.output.kind!r}")
+        if spec.output.kind == "range" and (
+            len(spec.output.keys) != 1 or len(spec.output.bounds) != spec.output.buckets
+        ):
+            raise ProtocolError("range partitioning needs one key and bounds for each bucket")
         if (
             not 1 <= spec.output.buckets <= MAX_BUCKETS
             or not 0 <= spec.task_index < spec.task_count

@@ -182,12 +182,14 @@ def test_scan_tasks_follow_the_bytes_read(cluster: LocalCluster) -> None:
 def test_one_task_scan_still_shuffles_into_a_bucket_per_worker(
     default_cluster: LocalCluster,
 ) -> None:
-    """At the test scale every table is read by one task by default; the join after a shuffle
-    still runs in one task per bucket."""
+    """At the test scale every table is read by one task by default, except where another
+    side is sent to it by key range (then it is read by one task per worker, as many as a
+    shuffle's); the join after the exchange still runs in one task per bucket (Q13: orders
+    sent to customer's key ranges)."""
     plan = default_cluster.plan(tpch.query(13))
-    scans = [s for s in plan.stages if s.file_scan is not None]
+    scans = [s for s in plan.stages if s.file_scan is not None and "join" not in s.kind]
     assert scans and all(s.task_count == 1 for s in scans)
-    shuffled = [s for s in scans if s.output.kind == "hash"]
+    shuffled = [s for s in scans if s.output.kind in ("hash", "range")]
     assert shuffled and all(s.output.buckets == 3 for s in shuffled)
     assert any("join" in s.kind and s.task_count == 3 for s in plan.stages)
 
@@ -366,4 +368,33 @@ def test_a_join_on_a_key_the_files_hold_in_ranges_runs_where_they_are_read(
         anti,
     ):
         assert "join in place on" in cluster.plan(sql).describe(), sql
+        assert_same_rows(cluster.sql(sql), single_node(tpch_dir, sql), ordered="order by" in sql)
+
+
+def test_a_side_joined_to_files_split_on_the_key_is_sent_to_their_ranges(
+    tpch_dir: Path, cluster: LocalCluster
+) -> None:
+    """Q10 joins customers and their orders to lineitem on the order key: that side is sent
+    to the lineitem tasks by range, each row to the task reading its key's range, and
+    lineitem is joined where it is read instead of being shuffled too (and orders is sent to
+    customer's ranges of the customer key before). A preserved side whose key is NULL still comes out of an outer join
+    (NULL keys go to the first task); the rows are single-node DataFusion's."""
+    planner = Planner(Catalog.from_folder(tpch_dir), PlannerOptions(3, min_task_bytes=0))
+    plan = planner.plan(tpch.query(10))
+    assert "range join" in plan.strategy, plan.describe()
+    [sent] = [s for s in plan.stages if s.output.kind == "range" and "o_orderkey" in s.output.keys]
+    assert sent.output.buckets == 3
+    [reader] = [s for s in plan.stages if sent.stage_id in {i.stage_id for i in s.inputs}]
+    assert reader.file_scan is not None and reader.file_scan.table_name == "lineitem"
+    assert reader.task_count == 3
+    assert "where the files of lineitem are read" in reader.strategy
+    assert not any(s.output.kind == "hash" and "l_orderkey" in s.output.keys for s in plan.stages)
+    nullable = (
+        "select count(*) as rows_, count(l_orderkey) as matched, count(k) as keyed from "
+        "(select case when o_orderkey % 7 = 0 then null else o_orderkey end as k "
+        "from orders where o_orderdate < date '1993-01-01') s "
+        "left join lineitem on s.k = l_orderkey and l_quantity > 45"
+    )
+    assert "range join" in cluster.plan(nullable).strategy
+    for sql in (tpch.query(9), tpch.query(10), tpch.query(13), nullable):
         assert_same_rows(cluster.sql(sql), single_node(tpch_dir, sql), ordered="order by" in sql)

@@ -26,6 +26,15 @@ from otel_dist.protocol import (
 def test_task_spec_round_trip_keeps_every_field() -> None:
     spec = _spec()
     assert TaskSpec.from_json(spec.to_json()) == spec
+    ranged = dataclasses.replace(
+        spec, output=OutputPartitioning("range", 2, ("a",), (((None, 5),), ((5, None),)))
+    )
+    assert TaskSpec.from_json(ranged.to_json()) == ranged
+    unmatched = dataclasses.replace(
+        spec, output=OutputPartitioning("range", 3, ("a",), (((None, 5),), ((5, None),)))
+    )
+    with pytest.raises(ProtocolError, match="bounds for each bucket"):
+        TaskSpec.from_json(unmatched.to_json())
 
 
 def test_submission_round_trip_keeps_every_task_in_order() -> None:
@@ -69,6 +78,12 @@ def _spec() -> TaskSpec:
         sql="SELECT a, b FROM t",
         inputs=(
             TaskInput("fact", files=("/data/t/1.parquet", "/data/t/2.parquet")),
+            TaskInput(
+                "ranged",
+                files=("/data/r/1.parquet",),
+                key_column="r_key",
+                key_bounds=((None, 10), (20, None)),
+            ),
             TaskInput(
                 "__input",
                 sources=(BucketSource("grpc://127.0.0.1:1", 2, 0, 1),),

@@ -21,7 +21,7 @@ from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.distribute import Planner, PlannerOptions
 from otel_dist.protocol import BucketTicket
 from otel_dist.worker.server import WorkerConfig, WorkerServer
-from otel_dist.worker.task import hash_partition
+from otel_dist.worker.task import hash_partition, range_partition
 from tests.oracle import assert_same_rows, single_node
 from tests.support import start_worker, stop, worker_health
 
@@ -145,3 +145,23 @@ def test_hash_partition_keeps_every_row_and_puts_equal_keys_together(key_type: p
     if pa.types.is_integer(key_type):
         wide = batch.cast(pa.schema([("k", pa.int64()), ("row", pa.int64())]))
         assert [p.num_rows for p in hash_partition(wide, ("k",), 3)] == [p.num_rows for p in parts]
+
+
+@pytest.mark.parametrize("key_type", [pa.int32(), pa.int64()])
+def test_range_partition_sends_each_key_to_the_bucket_holding_its_range(
+    key_type: pa.DataType,
+) -> None:
+    """A range exchange sends a row to the task that reads its key's range: bucket ``i``
+    takes the values of its ``[low, high)`` intervals (unbounded at both ends, a bucket may
+    own several), every row lands once, and NULL keys, which match nothing, go to bucket 0."""
+    bounds = (((None, 100), (300, 400)), ((100, 300),), ((400, None),))
+    values = [-5, 0, 99, 100, 299, 300, 399, 400, 10**9, None]
+    batch = pa.record_batch(
+        [pa.array(values, key_type), pa.array(range(len(values)))], names=["k", "row"]
+    )
+    parts = range_partition(batch, "k", bounds)
+    assert [p.column("k").to_pylist() for p in parts] == [
+        [-5, 0, 99, 300, 399, None],
+        [100, 299],
+        [400, 10**9],
+    ]

@@ -117,7 +117,7 @@ def _inputs(
     inputs.extend(TaskInput(local.table_name, files=local.files) for local in stage.local_scans)
     for position, stage_input in enumerate(stage.inputs):
         upstream = plan.stage(stage_input.stage_id)
-        bucket = task_index if upstream.output.kind == "hash" else 0
+        bucket = task_index if upstream.output.kind in ("hash", "range") else 0
         reads_telemetry = readers.get(upstream.stage_id) == (stage.stage_id, position)
         sources = tuple(
             BucketSource(

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Literal, Protocol
 
+import pyarrow as pa
 from datafusion import DataFrame, Expr, SessionContext
 from datafusion import functions as f
 from datafusion.plan import LogicalPlan
@@ -96,6 +97,8 @@ class StageOps(Protocol):
     ) -> Part: ...
 
     def gather(self, part: Part) -> Part: ...
+
+    def column_type(self, part: Part, column: QualifiedColumn) -> pa.DataType: ...
 
     def note(self, strategy: str) -> None: ...
 
@@ -464,6 +467,9 @@ class JoinPlanner:
                     return left, self._broadcast(right, left), left.partitioning, why
                 return self._broadcast(left, right), right, right.partitioning, why
         if key_pairs:
+            ranged = self._range_join(left, right, key_pairs)
+            if ranged is not None:
+                return ranged
             return self._shuffle_join(left, right, key_pairs)
         # No equi-join key: broadcast the smaller side the join type allows, or gather both.
         if may_left and may_right and _smaller(left, right):
@@ -506,8 +512,70 @@ class JoinPlanner:
             if a not in left.keys or b not in right.keys:
                 continue
             split = merged_split(left.split, right.split)
-            if split is not None:
-                return split, (a, b)
+            if split is None:
+                continue
+            pinned = [side for side in (left, right) if side.groups is not None]
+            if any(side.split[0] != split[0] for side in pinned) or (
+                len(pinned) == 2 and left.groups != right.groups
+            ):
+                continue  # a range exchange fixed a side's tasks to another lead's files
+            return split, (a, b)
+        return None
+
+    def _range_join(
+        self,
+        left: Part,
+        right: Part,
+        key_pairs: list[tuple[QualifiedColumn, QualifiedColumn]],
+    ) -> tuple[Part, Part, str, str] | None:
+        """A join of a side read from files split on a key range (``lineitem`` on the order
+        key) with a side that is not: instead of shuffling both on the key, only the other
+        side moves, each row to the task that reads its key's range, and the file side is
+        joined where it is read. Every value of the key is in exactly one task's ranges;
+        NULL keys, which match nothing, go to the first task. Not when the other side is
+        already hash-partitioned on its key and the larger: shuffling the file side costs
+        less then."""
+        for ranged, other, ranged_first in ((left, right, True), (right, left, False)):
+            if ranged.partitioning != FILES or not ranged.split:
+                continue
+            found = next(
+                ((a, b) for a, b in key_pairs if (a if ranged_first else b) in ranged.keys),
+                None,
+            )
+            if found is None:
+                continue
+            other_key = found[1] if ranged_first else found[0]
+            if (
+                other.partitioning == HASH
+                and other_key in other.keys
+                and (other.size is None or ranged.size is None or other.size > ranged.size)
+            ):
+                continue
+            if not pa.types.is_integer(self.stages.column_type(other, other_key)):
+                continue
+            # As many tasks as a shuffle would have, however few bytes the side reads.
+            assert ranged.fact is not None
+            groups = ranged.groups or tuple(self.catalog.file_groups(ranged.fact, self.buckets))
+            if len(groups) < self.buckets:
+                continue
+            ranged = replace(ranged, groups=groups)
+            table, column = ranged.split[0]
+            bounds = tuple(self.catalog.group_bounds(table, column, list(groups)))
+            output = OutputPartitioning("range", len(groups), bounds=bounds)
+            moved = self.stages.exchange(
+                other, FILES, output=output, hash_on=(other_key,), keys=frozenset({other_key})
+            )
+            moved = replace(moved, why=())
+            self.stages.note("range join")
+            tables = " and ".join(dict.fromkeys(t for t, _ in ranged.split))
+            why = (
+                f"join on {pair(*found)} where "
+                f"the files of {tables} are read: {other.name} is sent by key range, each row "
+                f"to the task that reads its range"
+            )
+            if ranged_first:
+                return ranged, moved, FILES, why
+            return moved, ranged, FILES, why
         return None
 
     def _worth_broadcasting(self, side: Part, other: Part) -> bool:
@@ -557,6 +625,7 @@ class JoinPlanner:
                 local=(*part.local, (part.fact, part.fact_bytes)),
                 keys=frozenset(),
                 split=(),
+                groups=None,
                 why=(
                     *part.why,
                     f"read {part.fact}'s {plural(files, 'file')} in every task: "

@@ -83,6 +83,8 @@ class Part:
     # column each is split on, the first (``fact``) by its file groups and the others by the
     # key ranges of those groups. See ``JoinPlanner._co_locate``.
     split: tuple[tuple[str, str], ...] = ()
+    # The fact's file groups, fixed once an input was sent to them by key range.
+    groups: tuple[tuple[str, ...], ...] | None = None
 
     def then(
         self,
@@ -118,6 +120,8 @@ def joined(left: Part, right: Part, partitioning: str, why: str) -> Part:
     may read files only when they are split on a common key range (a co-located join)."""
     facts = {p.fact for p in (left, right) if p.fact is not None}
     split = left.split or right.split
+    if left.groups and right.groups and left.groups != right.groups:
+        raise NotDistributable("two file splits pinned by range exchanges in one stage")
     if left.fact is not None and right.fact is not None:
         both = merged_split(left.split, right.split) if left.split and right.split else None
         if both is None and len(facts) > 1:
@@ -142,6 +146,7 @@ def joined(left: Part, right: Part, partitioning: str, why: str) -> Part:
         ops=(*left.ops, *right.ops, "join"),
         why=(*left.why, *right.why, why),
         split=split,
+        groups=left.groups or right.groups,
     )
 
 

@@ -113,13 +113,19 @@ class StageBuilder:
             raise NotDistributable(f"stage produces {schema.names}, expected {out_names}")
         if hash_on:
             keys = tuple(out_names[part.columns.index(c)] for c in hash_on)
-            output = OutputPartitioning("hash", self.buckets, keys)
+            if output.kind == "range":
+                output = replace(output, keys=keys)
+            else:
+                output = OutputPartitioning("hash", self.buckets, keys)
         why = list(part.why)
         file_scan = None
         range_scans: tuple[RangeScan, ...] = ()
         if part.partitioning == FILES:
             assert part.fact is not None
-            groups = self.catalog.file_groups(part.fact, self._scan_tasks(part.fact_bytes))
+            groups = list(
+                part.groups
+                or self.catalog.file_groups(part.fact, self._scan_tasks(part.fact_bytes))
+            )
             files = len(self.catalog.tables[part.fact].files)
             split = (
                 f"split {part.fact}'s {plural(files, 'file')} into {plural(len(groups), 'task')}"
@@ -175,6 +181,11 @@ class StageBuilder:
             )
             for other, other_column in part.split[1:]
         )
+
+    def column_type(self, part: Part, column: QualifiedColumn) -> pa.DataType:
+        """The Arrow type of one of a part's columns."""
+        frame = part.build(self._stage_context(part))
+        return plain_schema(frame.schema()).field(part.columns.index(column)).type
 
     def _scan_tasks(self, scan_bytes: int) -> int:
         """Tasks that scan ``scan_bytes``: one per ``min_task_bytes``, at most one per bucket;
@@ -719,6 +730,11 @@ def _describe_output(
     if output.kind == "hash":
         return (
             f"shuffle on {', '.join(column_name(c) for c in hash_on)} into {output.buckets} buckets"
+        )
+    if output.kind == "range":
+        return (
+            f"send each row to the task that reads its range of {column_name(hash_on[0])} "
+            f"({output.buckets} buckets)"
         )
     if output.kind == "broadcast":
         return f"broadcast {part.name} to every task that reads it"

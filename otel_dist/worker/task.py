@@ -33,7 +33,7 @@ from otel_dist.errors import one_line
 from otel_dist.exchange.reader import read_bucket, read_record
 from otel_dist.exchange.router import StreamStats
 from otel_dist.exchange.security import NO_SECURITY, SecurityConfig
-from otel_dist.protocol import ROW_ID_COLUMN, BucketSource, TaskInput, TaskSpec
+from otel_dist.protocol import ROW_ID_COLUMN, BucketSource, KeyBounds, TaskInput, TaskSpec
 from otel_dist.session import QUERY_ONLY, conform, new_session
 from otel_dist.telemetry import rpc
 from otel_dist.telemetry.cache import TelemetryCache
@@ -329,11 +329,12 @@ class Task:
         """Append the batch to the buckets; return the nanoseconds spent on appends that
         spilled."""
         output = self.spec.output
-        parts = (
-            [batch]
-            if output.kind != "hash" or output.buckets == 1
-            else hash_partition(batch, output.keys, output.buckets)
-        )
+        if output.buckets == 1 or output.kind not in ("hash", "range"):
+            parts = [batch]
+        elif output.kind == "range":
+            parts = range_partition(batch, output.keys[0], output.bounds)
+        else:
+            parts = hash_partition(batch, output.keys, output.buckets)
         spill_ns = 0
         with self._emit_lock:
             self.rows_out += batch.num_rows
@@ -562,6 +563,27 @@ def hash_partition(
     return [batch.filter(pa.array(assignment == b)) for b in range(buckets)]
 
 
+def range_partition(
+    batch: pa.RecordBatch, key: str, bounds: tuple[KeyBounds, ...]
+) -> list[pa.RecordBatch]:
+    """Split a batch by the integer ``key``: bucket ``i`` takes the rows whose key is in one
+    of ``bounds[i]``, intervals that together cover every value once. NULL keys, which
+    match no row of a join, go to bucket 0 so that an outer join still keeps them."""
+    starts = sorted(
+        (-(2**63) if low is None else low, bucket)
+        for bucket, intervals in enumerate(bounds)
+        for low, _ in intervals
+    )
+    lows = np.array([low for low, _ in starts], dtype=np.int64)
+    owners = np.array([bucket for _, bucket in starts], dtype=np.int64)
+    column = batch.column(key)
+    values = pc.fill_null(column.cast(pa.int64(), safe=False), -(2**63)).to_numpy()
+    assignment = owners[np.maximum(np.searchsorted(lows, values, side="right") - 1, 0)]
+    if column.null_count:
+        assignment[column.is_null().to_numpy(zero_copy_only=False)] = 0
+    return [batch.filter(pa.array(assignment == b)) for b in range(len(bounds))]
+
+
 def _bucket_of_rows(batch: pa.RecordBatch, keys: tuple[str, ...], buckets: int) -> np.ndarray:
     """Each row's bucket. Integer keys (most join and group keys) are hashed in numpy, as
     int64 whatever their width, so equal values land together however each side typed them;
@@ -595,7 +617,7 @@ def _with_row_ids(
     return result, numbered
 
 
-def _within(column: str, bounds: tuple[tuple[int | None, int | None], ...]) -> Expr:
+def _within(column: str, bounds: KeyBounds) -> Expr:
     """``column`` in any of ``bounds``, each ``[low, high)`` (None: unbounded)."""
     value = Expr.column(column)
     ranges: list[Expr] = []
