@@ -43,11 +43,16 @@ class TableFiles:
     sizes: tuple[int, ...]
 
     @cached_property
+    def footers(self) -> tuple[pq.FileMetaData, ...]:
+        """Each file's parquet footer, read once: sizes, row counts and key ranges come
+        from them."""
+        return tuple(pq.read_metadata(path) for path in self.files)
+
+    @cached_property
     def column_bytes(self) -> dict[str, int]:
         """Uncompressed bytes per column over all files, from the parquet footers."""
         totals: dict[str, int] = {}
-        for path in self.files:
-            metadata = pq.read_metadata(path)
+        for metadata in self.footers:
             for group in range(metadata.num_row_groups):
                 row_group = metadata.row_group(group)
                 for index in range(row_group.num_columns):
@@ -65,8 +70,7 @@ class TableFiles:
         if len(self.files) < 2:
             return {}
         spans: dict[str, list[tuple[int, int] | None]] = {}
-        for path in self.files:
-            metadata = pq.read_metadata(path)
+        for metadata in self.footers:
             schema = metadata.schema.to_arrow_schema()
             seen: dict[str, tuple[int, int] | None] = {}
             for group in range(metadata.num_row_groups):
@@ -102,7 +106,7 @@ class TableFiles:
     @cached_property
     def rows(self) -> int:
         """Rows over all files, from the parquet footers."""
-        return sum(pq.read_metadata(path).num_rows for path in self.files)
+        return sum(metadata.num_rows for metadata in self.footers)
 
 
 @dataclass(frozen=True)
