@@ -22,6 +22,7 @@ from otel_dist.planner.distribute import Planner, PlannerOptions
 from otel_dist.protocol import BucketTicket
 from otel_dist.worker.server import WorkerConfig, WorkerServer
 from otel_dist.worker.task import hash_partition, range_partition
+from otel_dist.worker.timing import wait_part
 from tests.oracle import assert_same_rows, single_node
 from tests.support import start_worker, stop, worker_health
 
@@ -75,6 +76,42 @@ def test_buckets_read_in_any_order_never_deadlock(worker: WorkerServer, tpch_dir
     assert rows > 0
     health = worker_health(worker.url)
     assert health["spilled_bytes"] > 0, "a one-byte budget spills every batch"  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("worker", [WorkerConfig(max_running_tasks=1)], indirect=True)
+def test_a_streaming_task_takes_its_turn_only_once_its_upstream_tasks_started(
+    worker: WorkerServer, tpch_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker with one turn to execute: the final aggregate streams its input from two
+    partial-aggregate tasks, one done, the other submitted after it. Had the consumer taken
+    the turn once the first sent it rows, it would wait forever for the second, queued
+    behind it (seen in CI on a loaded machine); it waits for the second to start instead."""
+    monkeypatch.setenv("OTEL_DIST_STREAM_BYTES", "1")
+    plan = Planner(Catalog.from_folder(tpch_dir), PlannerOptions(2, min_task_bytes=0)).plan(GROUPED)
+    leaf, final = plan.stages[0], plan.stages[1]
+    specs = task_specs(plan, "q-turns", assign(plan, [worker.url]))
+    first, second = [s for s in specs if s.stage_id == leaf.stage_id]
+    [consumer] = [s for s in specs if s.stage_id == final.stage_id and s.task_index == 0]
+    assert worker.submit(first).wait(60)
+    consuming = worker.submit(consumer)
+    deadline = time.monotonic() + 30
+    while consuming.phase in ("queued", "starting") or consuming.phase.startswith("reading"):
+        assert time.monotonic() < deadline, consuming.phase
+        time.sleep(0.05)
+    assert consuming.phase == f"waiting for stage {leaf.stage_id} to start"
+    worker.submit(second)
+    client = flight.FlightClient(worker.url)
+    try:
+        ticket = BucketTicket("q-turns", final.stage_id, 0, 0)
+        reader = client.do_get(
+            flight.Ticket(ticket.to_bytes()), options=flight.FlightCallOptions(timeout=60)
+        )
+        rows = sum(batch.num_rows for batch in route(reader, None))
+    finally:
+        client.close()
+    assert consuming.state == "finished" and rows > 0
+    waited = consuming.clock.breakdown(consuming.ended_ns - consuming.started_ns)
+    assert waited[wait_part(leaf.stage_id)] > 0
 
 
 def test_spilling_cluster_returns_the_same_rows(tpch_dir: Path) -> None:

@@ -1,9 +1,11 @@
 """Admission control: at most ``limit`` tasks execute on a worker at once; the others wait in
 a first-come queue.
 
-A task takes its turn after its inputs are read and before DataFusion plans and runs it: a
-task holding a turn never waits for another task (its inputs are all there), so turns are
-always given back and no set of queued tasks can wait on each other across workers. The time
+A task takes its turn before DataFusion plans and runs it, once its held inputs are read and
+every upstream task of its streamed inputs has sent a batch or ended (``worker/task.py``):
+a task holding a turn waits only for tasks that hold turns themselves or are done, so turns
+are always given back and no set of queued tasks can wait on each other, on one worker or
+across workers. The time
 spent in the queue goes on the task span (``otel_dist.task.queued_time``) and into the
 ``otel_dist_task_queue_time_seconds`` histogram.
 """

@@ -193,6 +193,11 @@ class StageInputs:
         """Whether any input is (still) streamed."""
         return bool(self._streamed)
 
+    @property
+    def streamed_names(self) -> set[str]:
+        """The tables of the inputs (still) streamed."""
+        return {streamed.name for streamed in self._streamed}
+
     def register(
         self,
         ctx: SessionContext,

@@ -140,6 +140,8 @@ class Task:
         self._abort = threading.Event()  # one partition failed: its siblings stop too
         self._done = threading.Event()
         self._inputs_done = threading.Event()
+        # Per stage input: one event per upstream source, set once it sent a batch or ended.
+        self._sources_started: dict[str, list[threading.Event]] = {}
         self._pull_here = False
         self._emit_lock = threading.Lock()
         self.collector = SpanCollector(self.spec.query_id)
@@ -203,6 +205,7 @@ class Task:
                     part = wait_part(task_input.sources[0].stage_id)
                 with Stopwatch(self.clock, part):
                     self._register(ctx, task_input, inputs, part)
+            self._await_streamed_sources(inputs)
             self.phase = "queued"
             with admitted(self.settings.admission, self._stopped, self._queued):
                 self.phase = "planning"
@@ -388,10 +391,28 @@ class Task:
             _with_row_ids if task_input.row_ids else None,
         )
 
+    def _await_streamed_sources(self, inputs: StageInputs) -> None:
+        """Before taking a turn to execute, wait until every upstream task of a streamed
+        input has sent a batch or ended, so it holds a turn itself or is done: a task that
+        held the worker's turn while it streamed from a task queued behind it would wait
+        forever (worker/admission.py)."""
+        for task_input in self.spec.inputs:
+            if task_input.table_name not in inputs.streamed_names:
+                continue
+            stage_id = task_input.sources[0].stage_id
+            self.phase = f"waiting for stage {stage_id} to start"
+            with Stopwatch(self.clock, wait_part(stage_id)):
+                for started in self._sources_started.get(task_input.table_name, []):
+                    while not started.wait(POLL_S):
+                        if self._cancel.is_set():
+                            raise TaskCancelled("cancelled")
+
     def _read_sources(self, task_input: TaskInput, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
         """Merge the upstream buckets into one stream, reading them concurrently."""
         merged: queue.Queue[pa.RecordBatch | BaseException | None] = queue.Queue(maxsize=16)
         remaining = len(task_input.sources)
+        started = {id(source): threading.Event() for source in task_input.sources}
+        self._sources_started[task_input.table_name] = list(started.values())
 
         def pump(source: BucketSource) -> None:
             read = InputRead(source, StreamStats(), time.time_ns())
@@ -406,6 +427,7 @@ class Task:
                     rpc.with_span_id(self.spec.trace_context, read.span_id)[0],
                     self.settings.security,
                 ):
+                    started[id(source)].set()
                     if self._inputs_done.is_set():
                         return  # the plan ended without reading all of it (a LIMIT)
                     _put(merged, conform(batch, schema), self._cancel, self._inputs_done)
@@ -428,6 +450,7 @@ class Task:
             except BaseException as error:
                 _put(merged, error, self._cancel)
             finally:
+                started[id(source)].set()
                 read.ended_ns = time.time_ns()
 
         for source in task_input.sources:
