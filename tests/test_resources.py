@@ -360,6 +360,42 @@ def test_a_query_larger_than_the_execution_memory_completes_by_spilling(tpch_dir
         assert spills and max(spills) > 0, spills  # type: ignore[type-var]
 
 
+def test_a_task_whose_hash_join_outgrows_its_share_runs_again_alone(tpch_dir: Path) -> None:
+    """A hash join's build side cannot spill: lineitem joined to itself builds about 5.5 MB at
+    SF 0.01, more than the task's share of the pool (16 MB over 4 turns), less than the
+    worker's execution memory. The task runs again alone with all of it, and says so."""
+    sql = (
+        "select max(a.l_comment) as c, count(*) as n from lineitem a join lineitem b "
+        "on a.l_orderkey = b.l_orderkey and a.l_linenumber = b.l_linenumber"
+    )
+
+    def cluster(execution_memory: int) -> LocalCluster:
+        return LocalCluster(
+            workers=1,
+            data=tpch_dir,
+            min_task_bytes=1 << 40,
+            worker_args=[
+                "--execution-memory",
+                str(execution_memory),
+                "--max-running-tasks",
+                "4",
+                "--target-partitions",
+                "1",
+            ],
+        )
+
+    with cluster(16_000_000) as running:
+        result = running.execute(sql)
+    assert result.table.to_pylist() == single_node(tpch_dir, sql).to_pylist()
+    tasks = [s for s in result.telemetry.spans if s.name == c.SPAN_TASK]  # type: ignore[union-attr]
+    again = [s for s in tasks if s.attributes.get(c.TASK_RAN_AGAIN_ALONE)]
+    assert len(again) == 1, [dict(s.attributes) for s in tasks]
+    assert again[0].attributes[c.TASK_STATUS] == "finished"
+    # With the whole of a smaller memory too small, the query fails in one line naming it.
+    with cluster(4_000_000) as running, pytest.raises(QueryError, match="Resources exhausted"):
+        running.execute(sql)
+
+
 def test_a_task_whose_exchanged_input_exceeds_its_memory_completes(tpch_dir: Path) -> None:
     """Issue 24: the root task sorts all of lineitem (about 10 MB as Arrow), which reaches it
     from two scan tasks through the exchange, streamed into its plan, within an 8 MB pool;

@@ -67,6 +67,7 @@ class TaskRecord:
     error_type: str | None = None  # the exception's class name, when it failed
     upstream_failed: bool = False  # failed because an upstream task did: not the root cause
     queued_ns: int | None = None  # waited for a turn to execute (admission control)
+    ran_again_alone: bool = False  # out of its share of memory, run again alone on its worker
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,8 @@ def record_task_spans(
         attributes[c.TASK_TIME_PREFIX + part] = ns
     if task.queued_ns is not None:
         attributes[c.TASK_QUEUED_TIME] = task.queued_ns
+    if task.ran_again_alone:
+        attributes[c.TASK_RAN_AGAIN_ALONE] = True
     if task.output_done_ns is not None:
         attributes[c.TASK_OUTPUT_DONE] = max(0, task.output_done_ns - task.started_ns)
     parent_context: SpanContext | None = trace.get_current_span(parent).get_span_context()

@@ -55,30 +55,32 @@ class Admission:
     def queued(self) -> int:
         return len(self._queue)
 
-    def acquire(self, stopped: Callable[[], bool]) -> int:
-        """Wait for a turn; return the nanoseconds waited. Raises ``AdmissionCancelled``
-        when ``stopped()`` turns true first."""
+    def acquire(self, stopped: Callable[[], bool], turns: int = 1) -> int:
+        """Wait for ``turns`` turns (at most ``limit``: every turn runs a task alone); return
+        the nanoseconds waited. Raises ``AdmissionCancelled`` when ``stopped()`` turns true
+        first."""
+        turns = min(max(1, turns), self.limit)
         started = time.perf_counter_ns()
         with self._cond:
-            if not self._queue and self._running < self.limit:
-                self._running += 1
+            if not self._queue and self._running + turns <= self.limit:
+                self._running += turns
                 return 0
             ticket = next(self._tickets)
             self._queue.append(ticket)
             try:
-                while not (self._queue[0] == ticket and self._running < self.limit):
+                while not (self._queue[0] == ticket and self._running + turns <= self.limit):
                     if stopped():
                         raise AdmissionCancelled("cancelled while queued")
                     self._cond.wait(_POLL_S)
             finally:
                 self._queue.remove(ticket)
                 self._cond.notify_all()
-            self._running += 1
+            self._running += turns
         return time.perf_counter_ns() - started
 
-    def release(self) -> None:
+    def release(self, turns: int = 1) -> None:
         with self._cond:
-            self._running = max(0, self._running - 1)
+            self._running = max(0, self._running - min(max(1, turns), self.limit))
             self._cond.notify_all()
 
 
@@ -87,15 +89,16 @@ def admitted(
     admission: Admission | None,
     stopped: Callable[[], bool],
     on_admitted: Callable[[int], None],
+    turns: int = 1,
 ) -> Iterator[None]:
-    """Hold a turn for the block (none needed without ``admission``); ``on_admitted`` gets
-    the nanoseconds waited. A task stopped while queued raises ``AdmissionCancelled``."""
+    """Hold ``turns`` turns for the block (none needed without ``admission``); ``on_admitted``
+    gets the nanoseconds waited. A task stopped while queued raises ``AdmissionCancelled``."""
     if admission is None:
         on_admitted(0)
         yield
         return
-    on_admitted(admission.acquire(stopped))
+    on_admitted(admission.acquire(stopped, turns))
     try:
         yield
     finally:
-        admission.release()
+        admission.release(turns)

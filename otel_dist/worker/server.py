@@ -302,6 +302,7 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
             admission=self.admission,
             runtime=execution_runtime(self.task_pool_bytes, self._spill_root),
             pool_bytes=self.task_pool_bytes,
+            execution_memory_bytes=self.execution_memory_bytes,
         )
         self.trimmer.touch()
         with self._lock:

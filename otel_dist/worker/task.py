@@ -55,6 +55,7 @@ from otel_dist.worker.admission import Admission, admitted
 from otel_dist.worker.buckets import Bucket, MemoryBudget
 from otel_dist.worker.inputs import StageInputs, pull
 from otel_dist.worker.join_sides import KeyFacts, choose_plan
+from otel_dist.worker.memory import execution_runtime
 from otel_dist.worker.streams import POLL_S, StreamCancelled, batches
 from otel_dist.worker.timing import (
     PLANNING,
@@ -95,6 +96,7 @@ class TaskSettings:
     admission: Admission | None = None  # turns to execute (worker/admission.py)
     runtime: RuntimeEnvBuilder | None = None  # each session's memory pool and spill folder
     pool_bytes: int | None = None  # the size of that pool
+    execution_memory_bytes: int | None = None  # the worker's: a task run again alone gets it
 
 
 @dataclass
@@ -133,6 +135,7 @@ class Task:
     phase: str = "queued"
     live_plan: object | None = None
     queued_ns: int | None = None  # waited for a turn to execute (None: never got that far)
+    ran_again_alone: bool = False  # out of memory in its share of the pool, run again alone
 
     def __post_init__(self) -> None:
         self._span_context: SpanContext | None = None  # the task span's, once recorded
@@ -193,49 +196,25 @@ class Task:
         self.state, self.phase = "running", "starting"
         self.started_ns = time.time_ns()
         plan: object | None = None
-        ctx: SessionContext | None = None
         try:
-            partitions = self.spec.threads or self.settings.target_partitions
-            with Stopwatch(self.clock, PLANNING):
-                ctx = new_session(partitions, self.settings.runtime, self.settings.pool_bytes)
-            inputs = StageInputs(partitions)  # worker/inputs.py
-            for task_input in self.spec.inputs:
-                part = PLANNING
-                if task_input.is_stage_input and task_input.sources:
-                    part = wait_part(task_input.sources[0].stage_id)
-                with Stopwatch(self.clock, part):
-                    self._register(ctx, task_input, inputs, part)
-            self._await_streamed_sources(inputs)
-            self.phase = "queued"
-            with admitted(self.settings.admission, self._stopped, self._queued):
-                self.phase = "planning"
-                planning_started = time.perf_counter_ns()
-                session = ctx
-                assert session is not None
-                facts = KeyFacts(
-                    inputs.held,
-                    {i.table_name: i.files for i in self.spec.inputs if not i.is_stage_input},
+            again = False
+            try:
+                plan = self._attempt(alone=False)
+            except Exception as error:
+                if not self._may_run_again_alone(error):
+                    raise
+                log.warning(
+                    "%s of query %s ran out of its share of execution memory before it sent "
+                    "any rows; running it again alone with the worker's whole execution "
+                    "memory: %s",
+                    self.spec.key,
+                    self.spec.query_id,
+                    one_line(error, 300),
                 )
-                plan = inputs.plan(
-                    session,
-                    lambda: choose_plan(
-                        session,
-                        lambda: stage_frame(session, self.spec).execution_plan(),
-                        facts,
-                    ),
-                )
-                planning_ns = time.perf_counter_ns() - planning_started
-                for part, ns in inputs.drained_ns.items():  # a held input read to its end
-                    self.clock.add(part, min(ns, planning_ns))
-                    planning_ns -= min(ns, planning_ns)
-                self.clock.add(PLANNING, planning_ns)
-                self.live_plan, self.phase = plan, "executing"
-                self._pull_here = inputs.streaming  # worker/inputs.py: never on tokio's threads
-                run_started = time.perf_counter_ns()
-                try:
-                    self._execute(ctx, plan)
-                finally:
-                    self.clock.run_finished(time.perf_counter_ns() - run_started, inputs.wait_ns())
+                again = True
+            if again:  # out of the except block: the first attempt's plan is freed first
+                self.live_plan, self.ran_again_alone = None, True
+                plan = self._attempt(alone=True)
             self.state = "finished"
         except Exception as error:
             self.state = "cancelled" if self._cancel.is_set() else "failed"
@@ -267,10 +246,89 @@ class Task:
         # until the query is released).
         telemetry_started = time.time_ns()
         operators = self._operator_metrics(plan)
-        plan = ctx = None
+        plan = None
         self._record_telemetry(operators, telemetry_started)
         self._done.set()
         self._record_metrics()  # after the data is complete: never delays a reader
+
+    def _attempt(self, alone: bool) -> object:
+        """Read the inputs, take a turn and run the plan; ``alone``: take every turn of the
+        worker and its whole execution memory (a second attempt, see ``_may_run_again_alone``)."""
+        settings = self.settings
+        if alone:
+            self._start_again()
+        runtime, pool_bytes = settings.runtime, settings.pool_bytes
+        if alone and settings.execution_memory_bytes:
+            pool_bytes = settings.execution_memory_bytes
+            runtime = execution_runtime(pool_bytes, settings.spill_dir)
+        turns = settings.admission.limit if alone and settings.admission else 1
+        partitions = self.spec.threads or self.settings.target_partitions
+        with Stopwatch(self.clock, PLANNING):
+            ctx = new_session(partitions, runtime, pool_bytes)
+        inputs = StageInputs(partitions)  # worker/inputs.py
+        for task_input in self.spec.inputs:
+            part = PLANNING
+            if task_input.is_stage_input and task_input.sources:
+                part = wait_part(task_input.sources[0].stage_id)
+            with Stopwatch(self.clock, part):
+                self._register(ctx, task_input, inputs, part)
+        self._await_streamed_sources(inputs)
+        self.phase = "queued"
+        with admitted(settings.admission, self._stopped, self._queued, turns):
+            self.phase = "planning"
+            planning_started = time.perf_counter_ns()
+            session = ctx
+            assert session is not None
+            facts = KeyFacts(
+                inputs.held,
+                {i.table_name: i.files for i in self.spec.inputs if not i.is_stage_input},
+            )
+            plan = inputs.plan(
+                session,
+                lambda: choose_plan(
+                    session,
+                    lambda: stage_frame(session, self.spec).execution_plan(),
+                    facts,
+                ),
+            )
+            planning_ns = time.perf_counter_ns() - planning_started
+            for part, ns in inputs.drained_ns.items():  # a held input read to its end
+                self.clock.add(part, min(ns, planning_ns))
+                planning_ns -= min(ns, planning_ns)
+            self.clock.add(PLANNING, planning_ns)
+            self.live_plan, self.phase = plan, "executing"
+            self._pull_here = inputs.streaming  # worker/inputs.py: never on tokio's threads
+            run_started = time.perf_counter_ns()
+            try:
+                self._execute(ctx, plan)
+            finally:
+                self.clock.run_finished(time.perf_counter_ns() - run_started, inputs.wait_ns())
+        return plan
+
+    def _may_run_again_alone(self, error: Exception) -> bool:
+        """DataFusion refused a hash join's build side (it cannot spill) or another operator
+        memory within the task's share of the pool, before the task sent a row: it can run
+        again, alone on the worker with all of its execution memory. Nothing read its output
+        yet, so no task waits for it (``_await_streamed_sources``), and its inputs can be read
+        again (buckets serve any number of readers until the query is released)."""
+        return (
+            not self.ran_again_alone
+            and not self._cancel.is_set()
+            and "Resources exhausted" in str(error)
+            and all(bucket.batches == 0 for bucket in self.buckets)
+            and bool(self.settings.execution_memory_bytes)
+            and (self.settings.pool_bytes or 0) < (self.settings.execution_memory_bytes or 0)
+        )
+
+    def _start_again(self) -> None:
+        """Stop the first attempt's input reads and forget its file links and session."""
+        self._inputs_done.set()
+        self._inputs_done = threading.Event()
+        self._abort.clear()
+        self._sources_started = {}
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
     def _execute(self, ctx: SessionContext, plan: object) -> None:
         """Run every output partition of the physical plan, concurrently, into the buckets."""
@@ -321,7 +379,7 @@ class Task:
             del stream  # dropping it aborts DataFusion's work on the partition
 
     def _queued(self, waited_ns: int) -> None:
-        self.queued_ns = waited_ns
+        self.queued_ns = (self.queued_ns or 0) + waited_ns  # both attempts' waits
         if waited_ns:
             self.clock.add(QUEUED, waited_ns)
 
@@ -411,6 +469,7 @@ class Task:
         """Merge the upstream buckets into one stream, reading them concurrently."""
         merged: queue.Queue[pa.RecordBatch | BaseException | None] = queue.Queue(maxsize=16)
         remaining = len(task_input.sources)
+        done = self._inputs_done  # this attempt's (``_start_again``)
         started = {id(source): threading.Event() for source in task_input.sources}
         self._sources_started[task_input.table_name] = list(started.values())
 
@@ -428,10 +487,10 @@ class Task:
                     self.settings.security,
                 ):
                     started[id(source)].set()
-                    if self._inputs_done.is_set():
+                    if done.is_set():
                         return  # the plan ended without reading all of it (a LIMIT)
-                    _put(merged, conform(batch, schema), self._cancel, self._inputs_done)
-                _put(merged, None, self._cancel, self._inputs_done)
+                    _put(merged, conform(batch, schema), self._cancel, done)
+                _put(merged, None, self._cancel, done)
             except (flight.FlightUnavailableError, flight.FlightTimedOutError) as error:
                 # Name the upstream task and its worker: that is where the query failed.
                 reason = (
@@ -517,6 +576,7 @@ class Task:
                 error_type=self.error_type,
                 upstream_failed=self.upstream_failed,
                 queued_ns=self.queued_ns,
+                ran_again_alone=self.ran_again_alone,
             )
             parent = TraceContextTextMapPropagator().extract(self.spec.trace_context)
             spans = record_task_spans(telemetry, parent, record, operators)
