@@ -4,6 +4,7 @@ then record its spans and the final telemetry message its bucket streams end wit
 
 from __future__ import annotations
 
+import gc
 import logging
 import operator
 import os
@@ -212,8 +213,12 @@ class Task:
                     one_line(error, 300),
                 )
                 again = True
-            if again:  # out of the except block: the first attempt's plan is freed first
+            if again:
                 self.live_plan, self.ran_again_alone = None, True
+                # The failed attempt's session and plan (gigabytes of DataFusion memory) are
+                # held by a reference cycle through the error's traceback; the workers' GC
+                # thresholds are high (worker/process.py), so free them before running again.
+                gc.collect()
                 plan = self._attempt(alone=True)
             self.state = "finished"
         except Exception as error:
@@ -250,6 +255,8 @@ class Task:
         self._record_telemetry(operators, telemetry_started)
         self._done.set()
         self._record_metrics()  # after the data is complete: never delays a reader
+        if self.state != "finished":
+            gc.collect()  # the failed plan's memory, held by the error's traceback (see above)
 
     def _attempt(self, alone: bool) -> object:
         """Read the inputs, take a turn and run the plan; ``alone``: take every turn of the
