@@ -385,12 +385,23 @@ def test_a_task_whose_hash_join_outgrows_its_share_runs_again_alone(tpch_dir: Pa
         )
 
     with cluster(16_000_000) as running:
-        result = running.execute(sql)
-    assert result.table.to_pylist() == single_node(tpch_dir, sql).to_pylist()
-    tasks = [s for s in result.telemetry.spans if s.name == c.SPAN_TASK]  # type: ignore[union-attr]
+        analysis = running.explain_analyze(sql)
+    assert analysis.table is not None
+    assert analysis.table.to_pylist() == single_node(tpch_dir, sql).to_pylist()
+    tasks = [s for s in analysis.spans if s.name == c.SPAN_TASK]
     again = [s for s in tasks if s.attributes.get(c.TASK_RAN_AGAIN_ALONE)]
     assert len(again) == 1, [dict(s.attributes) for s in tasks]
     assert again[0].attributes[c.TASK_STATUS] == "finished"
+    # The tree says which task ran again, in the terminal and in its JSON.
+    [line] = [line for line in analysis.text().splitlines() if "ran again alone" in line]
+    assert "Task 0:" in line
+    stages = list(analysis.to_dict()["stages"])
+    json_tasks = []
+    while stages:
+        stage = stages.pop()
+        json_tasks += stage["tasks"]
+        stages += stage["children"]
+    assert [t["ran_again_alone"] for t in json_tasks].count(True) == 1
     # With the whole of a smaller memory too small, the query fails in one line naming it.
     with cluster(4_000_000) as running, pytest.raises(QueryError, match="Resources exhausted"):
         running.execute(sql)

@@ -423,6 +423,7 @@ def _task_node(index: _SpanIndex, stage_id: int, task_index: int) -> TaskNode:
         reads=reads,
         time_breakdown_ns=_time_breakdown(span),
         output_done_ns=_int(span.attributes.get(c.TASK_OUTPUT_DONE)),
+        ran_again_alone=span.attributes.get(c.TASK_RAN_AGAIN_ALONE) is True,
     )
 
 

@@ -40,6 +40,7 @@ Schema (durations in integer nanoseconds; ``null`` when unknown)::
                output_done_ns,                # from its start until its output was complete
                status ("finished" | "failed" | "cancelled" | "unknown",
                        and while the query runs "queued" | "running"), error,
+               ran_again_alone,               # out of its memory share: run again alone
                metrics: {output_rows, output_bytes, elapsed_compute
                          [, read_rows, read_bytes, read_blocked_time]
                          [, sent_bytes]},     # {} when unknown
@@ -156,6 +157,7 @@ def task_to_dict(task: TaskNode) -> dict[str, Any]:
         "output_done_ns": task.output_done_ns,
         "status": task.status,
         "error": task.error,
+        "ran_again_alone": task.ran_again_alone,
         "metrics": dict(task.metrics),
         "operators": [_task_operator(op) for op in task.operators],
         "reads": [asdict(read) for read in task.reads],

@@ -78,6 +78,9 @@ class TaskNode:
     # the parts are described in otel_dist.worker.timing)
     time_breakdown_ns: dict[str, int] = field(default_factory=dict)
     output_done_ns: int | None = None  # from the task's start until its output was complete
+    # out of its share of execution memory before sending a row, it ran again alone on its
+    # worker with all of it (the duration and time parts cover both attempts)
+    ran_again_alone: bool = False
 
     @property
     def rows(self) -> int | None:
