@@ -137,6 +137,13 @@ _ALL = (
     Setting("OTEL_DIST_TLS_KEY", "text", None, "TLS private key, PEM file (as --tls-key)"),
     Setting("OTEL_DIST_TLS_CA", "text", None, "CA certificates to verify peers by (as --tls-ca)"),
     Setting(
+        "OTEL_DIST_STALL_S",
+        "number",
+        120.0,
+        "a task whose plan reads no streamed input and makes no progress this long is stopped "
+        "(0: never)",
+    ),
+    Setting(
         "OTEL_DIST_IDLE_TRIM_S",
         "number",
         2.0,

@@ -263,7 +263,7 @@ def _task_line(task: TaskNode, verbose: bool) -> _Line:
     if task.status != "finished":
         outcome = f"{task.status}" + (f": {_one_line(task.error)}" if task.error else "")
     if task.ran_again_alone:
-        outcome += ", ran again alone (a hash join outgrew its share of memory)"
+        outcome += ", ran again alone with its worker's whole memory"
     text = f"{head} - {format_duration(task.duration_ns)}, {outcome}"
     parts = _parts_text(task, verbose)
     if parts:

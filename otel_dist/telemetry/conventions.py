@@ -72,8 +72,8 @@ TASK_OUTPUT_DONE = "otel_dist.task.time_to_output_done"
 TASK_UPSTREAM_FAILED = "otel_dist.task.upstream_failed"
 # Nanoseconds the task waited for its turn to execute (the worker's admission control).
 TASK_QUEUED_TIME = "otel_dist.task.queued_time"
-# True when the task ran out of its share of execution memory before sending a row and ran
-# again alone on its worker, with all of the worker's execution memory.
+# True when the task ran out of its share of execution memory (or its plan stalled under that
+# limit) before sending a row and ran again alone on its worker, with all of its memory.
 TASK_RAN_AGAIN_ALONE = "otel_dist.task.ran_again_alone"
 WORKER_URL = "otel_dist.worker.url"
 

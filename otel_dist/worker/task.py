@@ -57,6 +57,7 @@ from otel_dist.worker.buckets import Bucket, MemoryBudget
 from otel_dist.worker.inputs import StageInputs, pull
 from otel_dist.worker.join_sides import KeyFacts, choose_plan
 from otel_dist.worker.memory import execution_runtime
+from otel_dist.worker.stalls import StallWatch, TaskStalled, stall_window_s
 from otel_dist.worker.streams import POLL_S, StreamCancelled, batches
 from otel_dist.worker.timing import (
     PLANNING,
@@ -74,6 +75,7 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: spreads consecutive
 # How long a finished task waits for its upstream tasks' telemetry before forwarding what it
 # has; what is missing then is fetched by the coordinator.
 UPSTREAM_TELEMETRY_WAIT_S = 5.0
+STALL_CHECK_S = 5.0  # how often a running plan's progress is read (worker/stalls.py)
 _UPSTREAM_FAILURE = re.compile(r"^stage \d+ task \d+ on \S+ (failed|was cancelled)")
 
 
@@ -205,9 +207,8 @@ class Task:
                 if not self._may_run_again_alone(error):
                     raise
                 log.warning(
-                    "%s of query %s ran out of its share of execution memory before it sent "
-                    "any rows; running it again alone with the worker's whole execution "
-                    "memory: %s",
+                    "%s of query %s failed before it sent any rows; running it again alone "
+                    "with the worker's whole execution memory: %s",
                     self.spec.key,
                     self.spec.query_id,
                     one_line(error, 300),
@@ -314,14 +315,15 @@ class Task:
 
     def _may_run_again_alone(self, error: Exception) -> bool:
         """DataFusion refused a hash join's build side (it cannot spill) or another operator
-        memory within the task's share of the pool, before the task sent a row: it can run
-        again, alone on the worker with all of its execution memory. Nothing read its output
+        memory within the task's share of the pool, or the plan stalled spilling under that
+        limit (``worker/stalls.py``), before the task sent a row: it can run again, alone on
+        the worker with all of its execution memory. Nothing read its output
         yet, so no task waits for it (``_await_streamed_sources``), and its inputs can be read
         again (buckets serve any number of readers until the query is released)."""
         return (
             not self.ran_again_alone
             and not self._cancel.is_set()
-            and "Resources exhausted" in str(error)
+            and ("Resources exhausted" in str(error) or isinstance(error, TaskStalled))
             and all(bucket.batches == 0 for bucket in self.buckets)
             and bool(self.settings.execution_memory_bytes)
             and (self.settings.pool_bytes or 0) < (self.settings.execution_memory_bytes or 0)
@@ -338,16 +340,32 @@ class Task:
             self._scratch = None
 
     def _execute(self, ctx: SessionContext, plan: object) -> None:
-        """Run every output partition of the physical plan, concurrently, into the buckets."""
+        """Run every output partition of the physical plan, concurrently, into the buckets;
+        a plan that reads no streamed input is stopped once it stops making progress
+        (``worker/stalls.py``)."""
         partitions = plan.partition_count  # type: ignore[attr-defined]
-        if partitions == 1:
+        window_s = 0.0 if self._pull_here else stall_window_s()
+        if partitions == 1 and not window_s:
             self._drain(ctx, plan, 0)
             return
         errors: list[BaseException] = []
         drains = [
             run_in_background(self._drain_guarded, ctx, plan, p, errors) for p in range(partitions)
         ]
-        wait(drains)
+        watch = StallWatch(plan, window_s) if window_s else None
+        while wait(drains, timeout=min(window_s, STALL_CHECK_S) or None).not_done:
+            if watch is not None and watch.stalled():
+                errors.insert(
+                    0,
+                    TaskStalled(
+                        f"its plan made no progress for {window_s:g} s (DataFusion 55 can "
+                        "park a plan that spills a repartition under a memory limit, "
+                        "apache/datafusion#24883; OTEL_DIST_STALL_S sets the wait)"
+                    ),
+                )
+                self._abort.set()  # the partitions stop within POLL_S
+                wait(drains)
+                break
         if errors:
             raise next((e for e in errors if not isinstance(e, TaskCancelled)), errors[0])
 
