@@ -59,7 +59,7 @@ class Admission:
         """Wait for ``turns`` turns (at most ``limit``: every turn runs a task alone); return
         the nanoseconds waited. Raises ``AdmissionCancelled`` when ``stopped()`` turns true
         first."""
-        turns = min(max(1, turns), self.limit)
+        turns = self._clamped(turns)
         started = time.perf_counter_ns()
         with self._cond:
             if not self._queue and self._running + turns <= self.limit:
@@ -80,8 +80,11 @@ class Admission:
 
     def release(self, turns: int = 1) -> None:
         with self._cond:
-            self._running = max(0, self._running - min(max(1, turns), self.limit))
+            self._running = max(0, self._running - self._clamped(turns))
             self._cond.notify_all()
+
+    def _clamped(self, turns: int) -> int:
+        return min(max(1, turns), self.limit)
 
 
 @contextlib.contextmanager

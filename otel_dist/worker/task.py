@@ -325,7 +325,6 @@ class Task:
             and not self._cancel.is_set()
             and ("Resources exhausted" in str(error) or isinstance(error, TaskStalled))
             and all(bucket.batches == 0 for bucket in self.buckets)
-            and bool(self.settings.execution_memory_bytes)
             and (self.settings.pool_bytes or 0) < (self.settings.execution_memory_bytes or 0)
         )
 
