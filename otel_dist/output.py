@@ -72,16 +72,21 @@ def emit(
     count and is finished before the sink closes (where the terminal's table prints)."""
     sink = open_sink(output, schema, console, max_rows)
     rows = 0
+    completed = False
     try:
         for batch in batches:
             sink.write(batch)
             rows += batch.num_rows
             if counter is not None:
                 counter.rows_received(rows)
+        completed = True
     finally:
         if counter is not None:
             counter.finish()
-        rows = sink.close()
+        # A file is closed whatever happened; the terminal's table prints only for a result
+        # that arrived whole (a failed query shows its error, not an empty or partial table).
+        if completed or not isinstance(sink, TerminalSink):
+            rows = sink.close()
     return rows
 
 

@@ -181,3 +181,34 @@ def test_a_failing_query_on_local_is_one_line(tpch_dir: Path) -> None:
         "select l_orderkey / (l_linenumber - l_linenumber) from lineitem",
     )
     _one_line(done, "Divide by zero", "stage 1 task")
+
+
+def test_a_query_that_fails_prints_its_error_and_no_table(tpch_dir: Path) -> None:
+    """The result's columns arrive before the failure; no empty table is drawn above the
+    error (its only worker is not there)."""
+    port = free_port()
+    coordinator = subprocess.Popen(
+        [
+            *CLI,
+            "coordinator",
+            "--port",
+            str(port),
+            "--workers",
+            f"127.0.0.1:{free_port()}",
+            "--data",
+            str(tpch_dir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert coordinator.stdout is not None
+        assert "listening" in coordinator.stdout.readline()
+        done = _cli(
+            "query", "--coordinator", f"127.0.0.1:{port}", "-e", "select count(*) from nation"
+        )
+        _one_line(done, "no worker is usable")
+        assert done.stdout == "", done.stdout
+    finally:
+        stop(coordinator)
