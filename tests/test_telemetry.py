@@ -3,6 +3,7 @@ the fallback fetch for tasks whose message never arrived, and faults in the tele
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -23,7 +24,7 @@ from otel_dist.telemetry import conventions as c
 from otel_dist.telemetry.envelope import TaskRef
 from otel_dist.telemetry.otlp import SpanRecord
 from otel_dist.telemetry.setup import Telemetry, TelemetryConfig
-from otel_dist.telemetry.task_spans import operator_metrics
+from otel_dist.telemetry.task_spans import OperatorMetrics, operator_metrics, with_scan_names
 from otel_dist.testing.otlp_receiver import OtlpReceiver
 from tests.flight_proxy import FlightProxy
 from tests.oracle import assert_same_rows, has_order_by, single_node
@@ -202,6 +203,29 @@ def test_operator_metrics_split_by_partition_only_where_there_are_several(
         stack.extend(node.children)
         raw_operators.extend(raw.children())
     assert read > 3 and split > 0
+
+
+def test_scan_displays_name_tables_and_files_not_the_tasks_scratch_folder() -> None:
+    folder = "/tmp/otel-dist-spill/task-3f2a"
+    scan = OperatorMetrics(
+        "DataSourceExec",
+        "DataSourceExec: file_groups={1 group: [[tmp/otel-dist-spill/task-3f2a/lineitem/"
+        "00003-part-1.parquet, tmp/otel-dist-spill/task-3f2a/lineitem/00004-part-2.parquet]]}",
+        {},
+        {},
+        None,
+        None,
+        [],
+    )
+    stray = dataclasses.replace(scan, display="Odd: tmp/otel-dist-spill/task-3f2a/no-link")
+    top = OperatorMetrics("FilterExec", "FilterExec: a@0 > 1", {}, {}, None, None, [scan, stray])
+    named = with_scan_names(top, folder)
+    assert named.display == top.display
+    assert named.children[0].display == (
+        "DataSourceExec: file_groups={1 group: [[lineitem/part-1.parquet, lineitem/part-2.parquet]]}"
+    )
+    assert named.children[1].display == stray.display  # not a link: left as it is
+    assert with_scan_names(stray, folder) is stray
 
 
 def test_limit_query_accounts_for_every_task(traced: LocalCluster) -> None:

@@ -146,14 +146,28 @@ def with_scan_names(operator: OperatorMetrics, folder: str) -> OperatorMetrics:
     """The operator tree with a task's scratch ``folder`` of links to its files removed from
     the displays: ``tmp/.../task-.../lineitem/00003-part-1.parquet`` -> ``lineitem/part-1.parquet``
     (the table, then the file's name)."""
-    prefix = re.compile(re.escape(folder.strip("/")) + r"/([^/\s,\]]+)/\d{5}-")
-    display = prefix.sub(r"\1/", operator.display)
+    folder = folder.strip("/")
+    display = operator.display
+    if folder in display:
+        # Split at the folder rather than compile a pattern naming it: the folder is new for
+        # every task, and compiling took more of a task's telemetry time than its spans.
+        head, *links = display.split(folder)
+        display = head + "".join(
+            folder + link
+            if (match := _LINK.match(link)) is None
+            else match[1] + link[match.end() :]
+            for link in links
+        )
     children = [with_scan_names(child, folder) for child in operator.children]
     if display == operator.display and all(
         new is old for new, old in zip(children, operator.children, strict=True)
     ):
         return operator
     return dataclasses.replace(operator, display=display, children=children)
+
+
+# What follows the scratch folder in a link's path: ``/<table>/<5 digits>-``.
+_LINK = re.compile(r"/([^/\s,\]]+/)\d{5}-")
 
 
 def without_details(operator: OperatorMetrics) -> OperatorMetrics:
