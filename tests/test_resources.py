@@ -402,6 +402,8 @@ def test_a_task_whose_hash_join_outgrows_its_share_runs_again_alone(tpch_dir: Pa
         json_tasks += stage["tasks"]
         stages += stage["children"]
     assert [t["ran_again_alone"] for t in json_tasks].count(True) == 1
+    page = analysis.html()  # the profile page's task table too
+    assert page.count("ran again alone with its worker&#x27;s whole memory") == 1
     # With the whole of a smaller memory too small, the query fails in one line naming it.
     with cluster(4_000_000) as running, pytest.raises(QueryError, match="Resources exhausted"):
         running.execute(sql)

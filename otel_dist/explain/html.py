@@ -233,10 +233,11 @@ def _task_row(stage: StageNode, task: TaskNode) -> str:
         for name, ns in sorted(task.time_breakdown_ns.items(), key=lambda item: -item[1])
         if ns > 0
     )
+    again = ", ran again alone with its worker's whole memory" if task.ran_again_alone else ""
     return (
         f"<tr><td>{task.task_index}</td><td>{_e(task.worker or '?')}</td><td>[{_e(partitions)}]</td>"
         f"<td class='num'>{_e(format_duration(task.duration_ns))}</td><td class='num'>{_e(rows)}</td>"
-        f"<td>{_e(task.status)}{(': ' + _e(task.error)) if task.error else ''}</td>"
+        f"<td>{_e(task.status)}{(': ' + _e(task.error)) if task.error else ''}{_e(again)}</td>"
         f"<td>{_e(parts)}</td></tr>"
     )
 
