@@ -8,10 +8,12 @@ than two tasks' worth (``min_task_bytes``)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from datafusion import col, lit
+from datafusion.substrait import Serde
 
 from otel_dist import tpch
 from otel_dist.coordinator.scheduler import assign, task_specs
@@ -20,6 +22,7 @@ from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.distribute import DEFAULT_MIN_TASK_BYTES, Planner, PlannerOptions
 from otel_dist.planner.joins import LOCAL_SCAN_BYTES
 from otel_dist.planner.model import DistributedPlan, Stage
+from otel_dist.protocol import ROW_ID_COLUMN
 from tests.oracle import assert_same_rows, single_node
 
 
@@ -73,6 +76,58 @@ def test_query_is_distributed_with_shuffle_joins(
             or "join in place on" in stage.strategy
             or any(plan.stage(i.stage_id).output.kind == "broadcast" for i in stage.inputs)
         ), f"stage {stage.stage_id} joins file groups without an exchange"
+
+
+def _self_joins(stage: Stage) -> tuple[bool, int]:
+    """Whether the stage's Substrait plan reads an input numbered by row (one of several
+    tables' columns), and how many of its joins join a table with itself."""
+    document = json.loads(Serde.deserialize_bytes(stage.plan).to_json())
+    numbered = False
+    self_joins = 0
+
+    def tables(node: object) -> set[str]:
+        if isinstance(node, dict):
+            found = set()
+            if "namedTable" in node:
+                found.add(".".join(node["namedTable"]["names"]))
+            for value in node.values():
+                found |= tables(value)
+            return found
+        if isinstance(node, list):
+            return set().union(*(tables(item) for item in node)) if node else set()
+        return set()
+
+    def walk(node: object) -> None:
+        nonlocal numbered, self_joins
+        if isinstance(node, dict):
+            if ROW_ID_COLUMN in node.get("baseSchema", {}).get("names", []):
+                numbered = True
+            join = node.get("join")
+            if join is not None and tables(join["left"]) & tables(join["right"]):
+                self_joins += 1
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(document)
+    return numbered, self_joins
+
+
+@pytest.mark.parametrize("number", [2, 9, 10, 18], ids=lambda n: f"q{n:02d}")
+def test_an_input_of_several_tables_is_read_once_not_joined_with_itself(
+    shuffle_cluster: LocalCluster, tpch_dir: Path, number: int
+) -> None:
+    """A stage input carrying several tables' columns is exposed as one relation per table
+    joined on the row number while the stage is built; the plan the workers get reads it once
+    (``planner/row_joins.py``), and gives the same rows."""
+    sql = tpch.query(number)
+    plan = shuffle_cluster.plan(sql)
+    found = [_self_joins(stage) for stage in plan.stages if stage.plan]
+    assert any(numbered for numbered, _ in found), plan.describe()
+    assert sum(joins for _, joins in found) == 0, plan.describe()
+    assert_same_rows(shuffle_cluster.sql(sql), single_node(tpch_dir, sql), ordered=True)
 
 
 def test_explain_names_the_broadcast_side_and_its_size(cluster: LocalCluster) -> None:

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 from datafusion import DataFrame, Expr, SessionContext
 from datafusion.plan import LogicalPlan
-from datafusion.substrait import Consumer, Producer, Serde
+from datafusion.substrait import Consumer, Plan, Producer, Serde
 from datafusion.unparser import Dialect, Unparser
 
 from otel_dist.errors import one_line
@@ -55,6 +55,7 @@ from otel_dist.planner.exprs import (
 )
 from otel_dist.planner.model import DistributedPlan, FileScan, Stage, StageInput
 from otel_dist.planner.parts import GATHER
+from otel_dist.planner.row_joins import fuse_row_joins
 from otel_dist.planner.stages import StageBuilder
 from otel_dist.session import QUERY_ONLY, plain_schema
 from otel_dist.settings import SETTINGS, read
@@ -170,7 +171,8 @@ class Planner:
         the stage's own inputs, before any task runs."""
         logical = frame.logical_plan()
         try:
-            plan = Producer.to_substrait_plan(logical, ctx).encode()
+            substrait = Producer.to_substrait_plan(logical, ctx)
+            plan = substrait.encode()
             restored = Consumer.from_substrait_plan(ctx, Serde.deserialize_bytes(plan))
             schema = ctx.create_dataframe_from_logical_plan(restored).schema()
         except Exception as error:
@@ -185,6 +187,9 @@ class Planner:
                     f"stage plan does not serialize: {one_line(error)}"
                 ) from None
             return b"", sql, plain_schema(schema)
+        fused = _without_row_joins(substrait, ctx, schema)
+        if fused is not None:
+            plan, logical = fused
         return plan, self._display(logical), plain_schema(schema)
 
     def _display(self, logical: LogicalPlan) -> str:
@@ -272,3 +277,22 @@ def _check_root_schema(produced: pa.Schema, expected: pa.Schema) -> None:
             raise NotDistributable(
                 f"distributed plan produces {got.name}: {got.type} where {want.name}: {want.type}"
             )
+
+
+def _without_row_joins(
+    substrait: Plan, ctx: SessionContext, schema: pa.Schema
+) -> tuple[bytes, LogicalPlan] | None:
+    """The stage plan with its row-number self-joins fused (``planner/row_joins.py``), and
+    its logical plan as a worker reads it back; None when it has none, or when the fused
+    plan does not read back to the same schema (then the joins stay: they are correct)."""
+    try:
+        fused = fuse_row_joins(substrait)
+        if fused is None:
+            return None
+        plan = fused.encode()
+        restored = Consumer.from_substrait_plan(ctx, Serde.deserialize_bytes(plan))
+        if ctx.create_dataframe_from_logical_plan(restored).schema() != schema:
+            return None
+    except Exception:
+        return None
+    return plan, restored
