@@ -207,7 +207,8 @@ class StageBuilder:
         A relation has one qualifier, so the input is read under its columns' qualifier (the
         unqualified columns come out of an alias, which drops the qualifier); columns of
         several qualifiers are split into one relation per qualifier over the numbered rows,
-        joined back on the row number."""
+        joined back on the row number (joins ``serialize`` fuses into one read again:
+        ``planner/row_joins.py``)."""
         columns = part.columns
         input_name = f"__s{stage.stage_id}"
         qualifiers = sorted({q for q, _ in columns if q is not None})
