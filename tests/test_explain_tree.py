@@ -284,6 +284,44 @@ def test_durations_for_people(ns: int | None, text: str) -> None:
     assert format_duration(ns) == text
 
 
+def test_hash_joins_show_the_memory_their_build_side_holds(
+    results: dict[str, QueryResult], tpch_dir: Path
+) -> None:
+    """DataFusion's memory gauges (a hash join's ``build_mem_used``), which its Python API
+    gives only as display text, reach the spans and the tree: at least the build side's join
+    keys (8 bytes a row), and on the operator's line of the terminal tree."""
+    tree = _tree(results["q3"])
+    joins = [
+        operator
+        for stage in tree.all_stages()
+        for operator in _walk(stage.operators)
+        if operator.name == "HashJoinExec" and operator.metrics.get("build_input_rows", 0) > 0
+    ]
+    assert joins
+    for join in joins:
+        assert join.metrics["build_mem_used"] >= 8 * join.metrics["build_input_rows"]
+    assert "build_mem_used=" in render_text(tree)
+    # Single-node DataFusion, read the same way, against its own display of the gauge.
+    ctx = Catalog.from_folder(tpch_dir).session()
+    plan = ctx.sql(tpch.query(3)).execution_plan()
+    for partition in range(plan.partition_count):
+        for _ in ctx.execute(plan, partition):
+            pass
+    read = [op for op in _walk_metrics(operator_metrics(plan)) if op.name == "HashJoinExec"]
+    shown = re.findall(r"build_mem_used\{[^}]*\}=([0-9.]+) (B|KB|MB)", _metrics_text(plan))
+    units = {"B": 1, "KB": 1024, "MB": 1024 * 1024}
+    assert read and shown
+    assert sum(op.totals["build_mem_used"] for op in read) == pytest.approx(
+        sum(float(value) * units[unit] for value, unit in shown), rel=0.01
+    )
+
+
+def _metrics_text(plan: object) -> str:
+    raw = getattr(plan, "_raw_plan", plan)
+    own = str(raw.metrics()) if raw.metrics() is not None else ""  # type: ignore[attr-defined]
+    return " ".join([own, *(_metrics_text(child) for child in raw.children())])  # type: ignore[attr-defined]
+
+
 def test_sizes_and_metric_units() -> None:
     # powers of 1000, spelled as the planner's notes spell them (``~10.8 kB``)
     sizes = (512, 1536, 10_800, 3_355_443, 999_960)

@@ -42,7 +42,7 @@ def format_bytes(value: int) -> str:
 
 
 def is_bytes_metric(name: str) -> bool:
-    return "bytes" in name
+    return "bytes" in name or name.endswith("mem_used")
 
 
 def is_time_metric(name: str) -> bool:

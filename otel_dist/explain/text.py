@@ -378,7 +378,7 @@ def format_metrics(
     """``output_rows`` and ``elapsed_compute`` first, then the rest alphabetically.
 
     Without ``verbose`` only the headline metrics (rows, compute time, a scan's reading time
-    and bytes read from storage, and spills when there were any) are shown, so a tree stays readable in a terminal; ``verbose``
+    and bytes read from storage, and memory held and spills when there were any) are shown, so a tree stays readable in a terminal; ``verbose``
     shows every metric. With ``with_stats`` a headline value is followed by
     ``(min / median / max task N)`` across tasks."""
     scan = operator.name == "DataSourceExec" and "time_elapsed_processing" in operator.metrics
@@ -389,7 +389,7 @@ def format_metrics(
         value = operator.metrics[name]
         headline = (
             name in _HEADLINE_METRICS
-            or ("spill" in name and value != 0)
+            or (("spill" in name or name.endswith("mem_used")) and value != 0)
             or (name in _SCAN_METRICS and scan)
         )
         if scan and name == "elapsed_compute":

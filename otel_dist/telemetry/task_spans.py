@@ -83,6 +83,22 @@ class OperatorMetrics:
     children: list[OperatorMetrics]
 
 
+# DataFusion's memory gauges (a hash join's ``build_mem_used``, an operator's
+# ``peak_mem_used``): the Python API gives a gauge no value, only its display, in binary units
+# with one decimal (``579.8 MB``), so they are read from it, to that precision.
+MEMORY_GAUGE_SUFFIX = "mem_used"
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(B|KB|MB|GB|TB|PB)\s*$")
+_SIZE_UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40, "PB": 1 << 50}
+
+
+def gauge_bytes(display: str) -> int | None:
+    """Bytes of a memory gauge's display (``11.7 KB``), or None for anything else."""
+    match = _SIZE.match(display)
+    if match is None:
+        return None
+    return round(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
 def operator_metrics(plan: object) -> OperatorMetrics:
     """Read a DataFusion ``ExecutionPlan`` tree (after execution) into plain metrics."""
     # The Python wrappers of ``datafusion.plan`` add a Python object and a property call per
@@ -111,6 +127,8 @@ def _read_operator(plan: Any) -> OperatorMetrics:
                 elif metric_name == "end_timestamp":
                     ends.append(value)
                 continue
+            if value is None and metric.name.endswith(MEMORY_GAUGE_SUFFIX):
+                value = gauge_bytes(str(metric))
             if not isinstance(value, int) or isinstance(value, bool):
                 continue
         metric_name = metric.name
