@@ -79,24 +79,37 @@ def _read_of_table(rel: Json) -> Json | None:
     return read
 
 
+def _plain_projection(rel: Json) -> Json | None:
+    """The body of a projection that has nothing but its input, expressions and output
+    mapping, or None."""
+    project = rel.get("project")
+    if project is None or set(project) - {"input", "expressions", "common"}:
+        return None
+    if set(project.get("common") or {}) - {"emit", "direct"}:
+        return None
+    return project
+
+
+def _output_mapping(project: Json, width: int) -> list[int]:
+    """A projection's output as indexes into its input's ``width`` fields followed by its
+    expressions."""
+    mapping = (project.get("common") or {}).get("emit", {}).get("outputMapping")
+    if mapping is None:
+        return list(range(width + len(project.get("expressions", []))))
+    return list(mapping)
+
+
 def _projection_over_read(rel: Json) -> tuple[list[Json], list[int], Json] | None:
     """A projection straight over a whole-table read: its expressions, its output (as
     indexes into the read's fields followed by the expressions) and the read."""
-    project = rel.get("project")
-    if project is None or set(project) - {"input", "expressions", "common"}:
+    project = _plain_projection(rel)
+    if project is None:
         return None
     read = _read_of_table(project["input"])
     if read is None:
         return None
-    common = project.get("common") or {}
-    if set(common) - {"emit", "direct"}:
-        return None
     width = len(read["baseSchema"]["names"])
-    expressions = project.get("expressions", [])
-    mapping = common.get("emit", {}).get("outputMapping")
-    if mapping is None:
-        mapping = list(range(width + len(expressions)))
-    return expressions, list(mapping), read
+    return project.get("expressions", []), _output_mapping(project, width), read
 
 
 def _merge_row_join(join: Json, equal_anchors: set[int]) -> Json | None:
@@ -155,14 +168,9 @@ def _collapse_projects(rel: Json) -> Json | None:
     """A projection over a projection over a whole-table read as one projection over the
     read (the outer expressions with the inner outputs put in for their fields), so that a
     fused join can take part in the next one; None when ``rel`` is not that."""
-    outer = rel["project"]
-    if set(outer) - {"input", "expressions", "common"}:
-        return None
-    inner = _projection_over_read(outer["input"])
-    if inner is None:
-        return None
-    common = outer.get("common") or {}
-    if set(common) - {"emit", "direct"}:
+    outer = _plain_projection(rel)
+    inner = _projection_over_read(outer["input"]) if outer is not None else None
+    if outer is None or inner is None:
         return None
     inner_exprs, inner_out, read = inner
     width = len(read["baseSchema"]["names"])
@@ -182,9 +190,7 @@ def _collapse_projects(rel: Json) -> Json | None:
             return None
         substituted.append(replaced)
     inner_width = len(inner_out)
-    outer_mapping = common.get("emit", {}).get("outputMapping")
-    if outer_mapping is None:
-        outer_mapping = list(range(inner_width + len(outer_exprs)))
+    outer_mapping = _output_mapping(outer, inner_width)
     # The inner outputs the outer passes through become expressions of their own.
     passed = [index for index in outer_mapping if index < inner_width]
     expressions = [as_expression(index) for index in passed] + substituted
