@@ -172,6 +172,7 @@ def test_flight_calls_are_client_server_pairs_between_coordinator_and_workers(
         assert client.kind == CLIENT, f"{server.name}'s parent is its caller's CLIENT span"
         for span in (client, server):
             assert span.attributes["rpc.system"] == "grpc"
+            assert span.attributes["rpc.grpc.status_code"] == 0  # OK: required for gRPC
             assert span.attributes["rpc.service"] == "arrow.flight.protocol.FlightService"
             assert span.attributes["rpc.method"] == server.attributes["rpc.method"]
         assert client.attributes["server.address"] == "127.0.0.1"
@@ -248,6 +249,11 @@ def test_one_root_cause_is_an_error_and_cancelled_work_is_not(traced: LocalClust
     assert query.status_code == ERROR and query.attributes["error.type"] == "QueryError"
     [event] = events[query.span_id]
     assert event["name"] == "exception" and event["exception.type"] == "QueryError"
+    # A bucket read that carried the failure on has its call's gRPC status (UNKNOWN, as
+    # Flight sends a server's error; CANCELLED for reads stopped by it), not an error status:
+    # the failing task is the one root cause.
+    codes = [s.attributes.get("rpc.grpc.status_code") for s in spans if s.name == c.SPAN_READ]
+    assert codes and {2, 1} & set(codes), codes
     # Every ERROR span's ancestors up to the query are errors too.
     for span in spans:
         if span.status_code == ERROR and span.parent_span_id in by_id:

@@ -596,13 +596,17 @@ class Coordinator:
             attributes=rpc.client_attributes(url, rpc.DO_ACTION, action),  # type: ignore[arg-type]
         )
         try:
-            return self._action(
+            answer = self._action(
                 url, action, body, timeout_s, rpc.traceparent_of(span.get_span_context())
             )
         except BaseException as error:
+            span.set_attribute(rpc.RPC_GRPC_STATUS_CODE, rpc.grpc_status_code(error))
             span.set_status(Status(StatusCode.ERROR, one_line(error)))
             span.set_attribute("error.type", type(error).__name__)
             raise
+        else:
+            span.set_attribute(rpc.RPC_GRPC_STATUS_CODE, rpc.GRPC_OK)
+            return answer
         finally:
             span.end()
 

@@ -52,4 +52,5 @@ def read_record(
         blocked_ns=stats.blocked_ns,
         telemetry_bytes=stats.telemetry_bytes,
         span_id=span_id,
+        grpc_status_code=stats.grpc_status_code,
     )

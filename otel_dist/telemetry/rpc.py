@@ -17,6 +17,8 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Final
 
+import pyarrow as pa
+import pyarrow.flight as flight
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
@@ -34,9 +36,44 @@ FLIGHT_SERVICE: Final = "arrow.flight.protocol.FlightService"
 DO_GET: Final = "DoGet"
 DO_ACTION: Final = "DoAction"
 TRACEPARENT: Final = "traceparent"
+RPC_GRPC_STATUS_CODE: Final = "rpc.grpc.status_code"
+GRPC_OK: Final = 0
+GRPC_CANCELLED: Final = 1
+GRPC_UNKNOWN: Final = 2
+# The gRPC codes of the errors pyarrow.flight raises and sends (one class per code), most
+# specific first: Flight's errors are Arrow errors too.
+_CODES: Final = (
+    (flight.FlightCancelledError, GRPC_CANCELLED),
+    (flight.FlightTimedOutError, 4),  # DEADLINE_EXCEEDED
+    (flight.FlightUnauthenticatedError, 16),  # UNAUTHENTICATED
+    (flight.FlightUnauthorizedError, 7),  # PERMISSION_DENIED
+    (flight.FlightUnavailableError, 14),  # UNAVAILABLE
+    (flight.FlightInternalError, 13),  # INTERNAL
+    (flight.FlightServerError, GRPC_UNKNOWN),
+    (pa.ArrowInvalid, 3),  # INVALID_ARGUMENT
+    (pa.ArrowNotImplementedError, 12),  # UNIMPLEMENTED
+    (pa.ArrowKeyError, 5),  # NOT_FOUND
+)
+# Codes for which a SERVER span is an error; every code but OK is for a CLIENT span.
+SERVER_ERROR_CODES: Final = frozenset({GRPC_UNKNOWN, 4, 12, 13, 14, 15})
 
 _ids = RandomIdGenerator()
 _propagator = TraceContextTextMapPropagator()
+
+
+def grpc_status_code(error: BaseException | None) -> int:
+    """The gRPC status code of a call that ended with ``error`` (None: OK). A domain error
+    raised in place of a Flight error (``raise ... from None``) is read through the error it
+    replaced; anything else is UNKNOWN, as gRPC reports an unexpected failure."""
+    seen = 0
+    while error is not None and seen < 4:
+        if isinstance(error, GeneratorExit):
+            return GRPC_CANCELLED  # the caller stopped reading: the call is cancelled
+        for kind, code in _CODES:
+            if isinstance(error, kind):
+                return code
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return GRPC_OK if seen == 0 else GRPC_UNKNOWN
 
 
 def span_name(method: str) -> str:

@@ -44,6 +44,7 @@ class ReadRecord:
     blocked_ns: int
     telemetry_bytes: int
     span_id: int = 0  # chosen when the read started (its server span's parent); 0: none yet
+    grpc_status_code: int | None = None  # the call's, as far as its data went; None: unknown
 
 
 @dataclass(frozen=True)
@@ -360,6 +361,8 @@ def read_attributes(read: ReadRecord, common: dict[str, object]) -> dict[str, An
     }
     if read.first_batch_ns is not None:
         attributes[c.READ_FIRST_BATCH_NS] = read.first_batch_ns
+    if read.grpc_status_code is not None:
+        attributes[rpc.RPC_GRPC_STATUS_CODE] = read.grpc_status_code
     return attributes
 
 

@@ -208,13 +208,19 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
     ) -> Iterator[bytes]:
         span = self._server_span(context, rpc.DO_ACTION, action.type)
         try:
-            return iter([self._action(action, self._trusts_declared_roots(context))])
+            answer = iter([self._action(action, self._trusts_declared_roots(context))])
         except ProtocolError as error:
-            _failed(span, error)
-            raise for_client(invalid_argument(str(error)), "action") from None
+            raised = for_client(invalid_argument(str(error)), "action")
+            _failed(span, error, raised)
+            raise raised from None
         except Exception as error:  # never a Python traceback to the caller
-            _failed(span, error)
-            raise for_client(error, f"action {action.type[:40]!r}") from None
+            raised = for_client(error, f"action {action.type[:40]!r}")
+            _failed(span, error, raised)
+            raise raised from None
+        else:
+            if span is not None:
+                span.set_attribute(rpc.RPC_GRPC_STATUS_CODE, rpc.GRPC_OK)
+            return answer
         finally:
             if span is not None:
                 span.end()
@@ -465,16 +471,23 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
         reader's data waits for). ``span`` (the call's SERVER span) ends when the data
         does, before the reader can have seen its end."""
         ended: int | None = None
+        # The call's gRPC status, on its span: UNKNOWN for an error passed on (the producing
+        # task's span is the error: one root cause, so this span's status stays unset),
+        # CANCELLED when the reader stopped reading.
+        code = rpc.GRPC_OK
         try:
             try:
                 with self.open_streams.slot():
                     yield from self._stream_data(bucket)
             except BucketError as error:
-                # The producing task failed (its span is the error: one root cause) or the
-                # query was released; the call only passes that on.
+                # The producing task failed or the query was released; the call only passes
+                # that on.
+                code = rpc.GRPC_UNKNOWN
                 raise flight.FlightServerError(str(error)) from None
             except Exception as error:  # never a Python traceback to the reader
-                raise for_client(error, "bucket read") from None
+                raised = for_client(error, "bucket read")
+                code = rpc.grpc_status_code(raised)
+                raise raised from None
             if not self.telemetry.enabled or not with_telemetry:
                 ended = time.time_ns()
                 return
@@ -486,8 +499,12 @@ class WorkerServer(UnsupportedCalls, flight.FlightServerBase):
             task.wait(self.config.telemetry_wait_s)
             if task.final_message is not None:
                 yield empty, pa.py_buffer(task.final_message)
+        except GeneratorExit:
+            code = rpc.GRPC_CANCELLED
+            raise
         finally:
             if span is not None:
+                span.set_attribute(rpc.RPC_GRPC_STATUS_CODE, code)
                 span.end(end_time=ended)
 
     def _stream_data(self, bucket: Bucket) -> Iterator[pa.RecordBatch]:
@@ -566,8 +583,14 @@ def _inside(path: str, roots: tuple[str, ...]) -> bool:
     return any(path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
 
 
-def _failed(span: trace.Span | None, error: BaseException) -> None:
-    """Mark a SERVER span failed, as the RPC conventions say: ERROR, ``error.type``."""
-    if span is not None:
+def _failed(span: trace.Span | None, error: BaseException, raised: BaseException) -> None:
+    """A SERVER span's failure, as the RPC conventions say: the gRPC status code of the error
+    ``raised`` to the caller; ERROR and ``error.type`` (the cause's) when that code is a
+    server's error."""
+    if span is None:
+        return
+    code = rpc.grpc_status_code(raised)
+    span.set_attribute(rpc.RPC_GRPC_STATUS_CODE, code)
+    if code in rpc.SERVER_ERROR_CODES:
         span.set_status(Status(StatusCode.ERROR, one_line(error)))
         span.set_attribute("error.type", type(error).__name__)
