@@ -9,6 +9,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.flight as flight
 import pytest
 
 from otel_dist import tpch
@@ -16,6 +18,7 @@ from otel_dist.coordinator.core import QueryError, QueryResult
 from otel_dist.explain.build import build_tree
 from otel_dist.frontend.local import LocalCluster
 from otel_dist.telemetry import conventions as c
+from otel_dist.telemetry import rpc
 from otel_dist.telemetry.otlp import SpanRecord, decode_attributes
 from otel_dist.telemetry.setup import (
     SAMPLERS,
@@ -315,3 +318,35 @@ def test_query_summary_names_tables_in_the_order_the_sql_does() -> None:
     assert c.query_summary("SELECT", ["orders", "lineitem", "orders"], sql) == (
         "SELECT lineitem orders"
     )
+
+
+def _replaced(error: BaseException) -> BaseException:
+    """A domain error raised in place of ``error`` (``raise ... from None``)."""
+    try:
+        try:
+            raise error
+        except BaseException:
+            raise RuntimeError("worker is unreachable") from None
+    except RuntimeError as replaced:
+        return replaced
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (None, 0),
+        (flight.FlightCancelledError("stop"), 1),
+        (flight.FlightServerError("boom"), 2),
+        (pa.ArrowInvalid("bad ticket"), 3),
+        (flight.FlightTimedOutError("late"), 4),
+        (flight.FlightUnauthorizedError("no"), 7),
+        (flight.FlightInternalError("bug"), 13),
+        (flight.FlightUnavailableError("refused"), 14),
+        (flight.FlightUnauthenticatedError("who"), 16),
+        (_replaced(flight.FlightUnavailableError("refused")), 14),
+        (GeneratorExit(), 1),
+        (ValueError("anything else"), 2),
+    ],
+)
+def test_grpc_status_codes_of_flight_errors(error: BaseException | None, code: int) -> None:
+    assert rpc.grpc_status_code(error) == code
