@@ -23,11 +23,12 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 _Job = tuple[Future[object], Callable[[], object]]
+_LEAVE = None  # queued for an idle thread: leave now (``retire_idle``)
 
 # A thread idle this long leaves, so a process returns to its usual thread count after load.
 IDLE_EXIT_S = 5.0
 
-_jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+_jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
 _lock = threading.Lock()
 _idle = 0
 
@@ -51,11 +52,27 @@ def run_in_background(
     return future
 
 
+def retire_idle() -> int:
+    """Let the threads idle now leave at once rather than after ``IDLE_EXIT_S``; how many.
+
+    A thread that leaves takes its allocator heap with it: mimalloc hands a page freed by
+    another thread back only at the owner's next allocation, or when the owner exits, so a
+    process that has gone idle holds what its idle threads' heaps hold until they leave
+    (TPC-H Q9 at SF 10: a worker at 2.05 GB 3 s after the query, 0.81 GB once they had left).
+    Work that comes later starts threads again."""
+    global _idle
+    with _lock:
+        count, _idle = _idle, 0  # no job is promised to them any more: new jobs start threads
+    for _ in range(count):
+        _jobs.put(_LEAVE)
+    return count
+
+
 def _serve() -> None:
     global _idle
     while True:
         try:
-            future, job = _jobs.get(timeout=IDLE_EXIT_S)
+            item = _jobs.get(timeout=IDLE_EXIT_S)
         except queue.Empty:
             with _lock:
                 # Leave only if an idle thread is not promised to a job already queued.
@@ -63,6 +80,9 @@ def _serve() -> None:
                     _idle -= 1
                     return
             continue
+        if item is _LEAVE:
+            return
+        future, job = item
         if future.set_running_or_notify_cancel():
             try:
                 future.set_result(job())

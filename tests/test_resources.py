@@ -20,6 +20,7 @@ import pyarrow.flight as flight
 import pytest
 
 from otel_dist import tpch
+from otel_dist.background import IDLE_EXIT_S, retire_idle, run_in_background
 from otel_dist.coordinator.core import QueryError
 from otel_dist.frontend.local import LocalCluster
 from otel_dist.protocol import BucketTicket
@@ -259,6 +260,27 @@ def test_300_waiting_reads_for_unknown_tasks_do_not_grow_the_threads(tmp_path: P
         assert peak[0] < idle + 120, f"{idle} threads idle, {peak[0]} under 300 waiting reads"
     finally:
         stop(worker)
+
+
+def test_idle_pool_threads_leave_when_retired_and_later_work_still_runs() -> None:
+    """``retire_idle`` (called by a worker's idle trim) lets the threads idle now leave at
+    once, taking their allocator heaps with them; work that comes later starts threads."""
+    gate = threading.Barrier(4)
+
+    def job() -> threading.Thread:
+        gate.wait(timeout=10)  # four jobs at once: four threads of the pool
+        return threading.current_thread()
+
+    futures = [run_in_background(job) for _ in range(4)]
+    threads = {future.result(timeout=15) for future in futures}
+    assert len(threads) == 4
+    time.sleep(0.2)  # each is back waiting for work
+    assert retire_idle() >= 4
+    deadline = time.monotonic() + IDLE_EXIT_S / 2  # well before they would leave by themselves
+    while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.is_alive() for t in threads), "idle threads left the pool"
+    assert run_in_background(lambda: 42).result(timeout=5) == 42
 
 
 # ---- 4. admission control --------------------------------------------------------------------

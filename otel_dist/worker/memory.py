@@ -11,8 +11,9 @@ output buckets, which have their own budget) is not in the pool.
 Handing memory back: DataFusion and Arrow allocate through their own mimalloc, Python and
 the rest through glibc malloc, pyarrow through its default pool. Once no task has run for
 ``idle_s`` (``OTEL_DIST_IDLE_TRIM_S``, default 2; 0: never), the process asks each to return what it holds unused: ``malloc_trim(0)`` (glibc),
-``release_unused()`` on pyarrow's pool; mimalloc returns freed memory by itself after
-``MIMALLOC_PURGE_DELAY`` ms (see ``allocator.py``).
+``release_unused()`` on pyarrow's pool, and the pool's idle threads leave, their mimalloc heaps
+with them (``background.retire_idle``); mimalloc returns the rest of what is freed by itself
+after ``MIMALLOC_PURGE_DELAY`` ms (see ``allocator.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 import pyarrow as pa
 from datafusion import RuntimeEnvBuilder
 
+from otel_dist.background import retire_idle
 from otel_dist.settings import SETTINGS, read
 
 log = logging.getLogger(__name__)
@@ -137,6 +139,7 @@ class IdleTrimmer:
                 if touched or self.busy():  # type: ignore[operator]
                     self._last_busy, self._trimmed = time.monotonic(), False
                 elif not self._trimmed and time.monotonic() - self._last_busy >= self.idle_s:
+                    retire_idle()  # their heaps go with them (otel_dist/background.py)
                     release_memory()
                     self._trimmed = True
                     self.trims += 1
