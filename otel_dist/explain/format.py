@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from otel_dist.telemetry import conventions as c
+
 _BYTE_UNITS = ("kB", "MB", "GB", "TB")
 _DURATION_UNITS = (("µs", 1_000), ("ms", 1_000_000))
 
@@ -41,8 +43,13 @@ def format_bytes(value: int) -> str:
     return f"{scaled:.1f} {unit}"
 
 
+def is_memory_metric(name: str) -> bool:
+    """A DataFusion memory gauge (``build_mem_used``): bytes an operator held."""
+    return name.endswith(c.MEMORY_GAUGE_SUFFIX)
+
+
 def is_bytes_metric(name: str) -> bool:
-    return "bytes" in name or name.endswith("mem_used")
+    return "bytes" in name or is_memory_metric(name)
 
 
 def is_time_metric(name: str) -> bool:

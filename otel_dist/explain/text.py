@@ -27,6 +27,7 @@ from otel_dist.explain.format import (
     format_number,
     format_part,
     format_share,
+    is_memory_metric,
 )
 from otel_dist.explain.model import (
     STATUS_UNKNOWN,
@@ -389,7 +390,7 @@ def format_metrics(
         value = operator.metrics[name]
         headline = (
             name in _HEADLINE_METRICS
-            or (("spill" in name or name.endswith("mem_used")) and value != 0)
+            or (("spill" in name or is_memory_metric(name)) and value != 0)
             or (name in _SCAN_METRICS and scan)
         )
         if scan and name == "elapsed_compute":

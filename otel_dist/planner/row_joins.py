@@ -53,11 +53,10 @@ def _fuse(rel: Json, equal_anchors: set[int]) -> tuple[Json, int]:
         if isinstance(body.get(key), dict):
             body[key], fused = _fuse(body[key], equal_anchors)
             count += fused
-    for key in ("inputs",):  # set relations (UNION) and the like
-        if isinstance(body.get(key), list):
-            for index, child in enumerate(body[key]):
-                body[key][index], fused = _fuse(child, equal_anchors)
-                count += fused
+    if isinstance(body.get("inputs"), list):  # set relations (UNION) and the like
+        for index, child in enumerate(body["inputs"]):
+            body["inputs"][index], fused = _fuse(child, equal_anchors)
+            count += fused
     if kind == "project":
         collapsed = _collapse_projects(rel)
         if collapsed is not None:

@@ -82,6 +82,8 @@ OPERATOR_DISPLAY = "otel_dist.operator.display"
 OPERATOR_PATH = "otel_dist.operator.path"
 METRIC_PREFIX = "otel_dist.metrics."
 PARTITIONS_SUFFIX = ".partitions"
+# DataFusion's memory gauges end so (a hash join's ``build_mem_used``); their values are bytes.
+MEMORY_GAUGE_SUFFIX = "mem_used"
 
 READ_ENDPOINT = "otel_dist.read.endpoint"
 READ_STAGE_ID = "otel_dist.read.stage.id"

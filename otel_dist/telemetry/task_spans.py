@@ -84,10 +84,9 @@ class OperatorMetrics:
     children: list[OperatorMetrics]
 
 
-# DataFusion's memory gauges (a hash join's ``build_mem_used``, an operator's
-# ``peak_mem_used``): the Python API gives a gauge no value, only its display, in binary units
-# with one decimal (``579.8 MB``), so they are read from it, to that precision.
-MEMORY_GAUGE_SUFFIX = "mem_used"
+# DataFusion's memory gauges (``c.MEMORY_GAUGE_SUFFIX``): the Python API gives a gauge no
+# value, only its display, in binary units with one decimal (``579.8 MB``), so they are read
+# from it, to that precision.
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(B|KB|MB|GB|TB|PB)\s*$")
 _SIZE_UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40, "PB": 1 << 50}
 
@@ -128,7 +127,7 @@ def _read_operator(plan: Any) -> OperatorMetrics:
                 elif metric_name == "end_timestamp":
                     ends.append(value)
                 continue
-            if value is None and metric.name.endswith(MEMORY_GAUGE_SUFFIX):
+            if value is None and metric.name.endswith(c.MEMORY_GAUGE_SUFFIX):
                 value = gauge_bytes(str(metric))
             if not isinstance(value, int) or isinstance(value, bool):
                 continue
