@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from otel_dist import tpch
-from otel_dist.bench_engines import EngineProcess, peak_rss_bytes, reset_peak_rss
+from otel_dist.bench_engines import EngineProcess, peak_rss_bytes, reset_peak_rss, rss_bytes
 from otel_dist.errors import one_line
 from otel_dist.frontend.local import LocalCluster
 
@@ -29,6 +29,7 @@ GB = 1e9
 
 
 def _timed(run: object, sql: str, pids: list[int]) -> tuple[float | None, int, str | None]:
+    """The query's seconds (None if it failed), the processes' summed peak during it, the error."""
     reset_peak_rss(pids)
     started = time.perf_counter()
     try:
@@ -58,6 +59,7 @@ def main() -> None:
             workers = [p.pid for p in cluster.processes]
             for number in numbers:
                 sql = tpch.query(number)
+                df_before, od_before = rss_bytes([datafusion.pid]), rss_bytes(workers)
                 df_s, df_peak, df_error = _timed(datafusion.run, sql, [datafusion.pid])
                 od_s, od_peak, od_error = _timed(cluster.sql, sql, workers)
                 row: dict[str, object] = {
@@ -65,14 +67,17 @@ def main() -> None:
                     "otel_dist_s": od_s,
                     "datafusion_peak_gb": round(df_peak / GB, 2),
                     "workers_peak_gb": round(od_peak / GB, 2),
+                    "datafusion_rss_before_gb": round(df_before / GB, 2),
+                    "workers_rss_before_gb": round(od_before / GB, 2),
                     "errors": [e for e in (df_error, od_error) if e],
                 }
                 rows[f"q{number:02d}"] = row
                 ratio = f"{od_s / df_s:.2f}x" if df_s and od_s else "-"
                 print(
                     f"q{number:02d}  datafusion {df_s or float('nan'):7.2f} s "
-                    f"{df_peak / GB:5.2f} GB   otel_dist {od_s or float('nan'):7.2f} s "
-                    f"{od_peak / GB:5.2f} GB  {ratio}  {'; '.join(e for e in (df_error, od_error) if e)}",
+                    f"{df_peak / GB:5.2f} GB (from {df_before / GB:4.2f})   "
+                    f"otel_dist {od_s or float('nan'):7.2f} s "
+                    f"{od_peak / GB:5.2f} GB (from {od_before / GB:4.2f})  {ratio}  {'; '.join(e for e in (df_error, od_error) if e)}",
                     flush=True,
                 )
     finally:

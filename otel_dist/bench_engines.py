@@ -28,12 +28,21 @@ _QUERY_TIMEOUT_S = 3600.0
 
 def peak_rss_bytes(pids: Iterable[int]) -> int:
     """The summed peak resident set (``VmHWM``) of ``pids``; a process gone counts 0."""
+    return _summed_status_field(pids, "VmHWM:")
+
+
+def rss_bytes(pids: Iterable[int]) -> int:
+    """The summed resident set (``VmRSS``) of ``pids`` now; a process gone counts 0."""
+    return _summed_status_field(pids, "VmRSS:")
+
+
+def _summed_status_field(pids: Iterable[int], field: str) -> int:
     total = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/status") as status:
                 for line in status:
-                    if line.startswith("VmHWM:"):
+                    if line.startswith(field):
                         total += int(line.split()[1]) * 1024
                         break
         except OSError:
