@@ -9,11 +9,14 @@ also takes ``dns:///NAME:PORT`` entries: a name resolved to all its addresses.
 from __future__ import annotations
 
 import errno
+import re
 import socket
 
 from otel_dist.coordinator.membership import DNS_SCHEME, DnsName
 
 _SCHEMES = ("grpc://", "grpc+tcp://", "grpc+tls://")
+# A DNS name, an IPv4 address, or an IPv6 address (in brackets, as in a URL).
+_HOST = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+(%[A-Za-z0-9._-]+)?\]")
 
 
 class AddressError(ValueError):
@@ -72,6 +75,8 @@ def _host_port(text: str, raw: str, what: str) -> tuple[str, int]:
         raise AddressError(f"{what} {raw!r}: port {port_text!r} is not a number") from None
     if not 0 < port <= 65535:
         raise AddressError(f"{what} {raw!r}: port {port} is not in 1..65535")
+    if _HOST.fullmatch(host) is None:
+        raise AddressError(f"{what} {raw!r}: {host!r} is not a host name or IP address")
     return host, port
 
 

@@ -48,6 +48,7 @@ from otel_dist.bench_engines import (
     process_tree,
     reset_peak_rss,
 )
+from otel_dist.errors import one_line
 from otel_dist.exchange.router import route
 from otel_dist.frontend.local import LocalCluster
 from otel_dist.session import plain_schema
@@ -122,7 +123,7 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, object]:
             peers.append(peer)
         else:
             console.print(f"{peer} skipped: {reason}")
-    systems = (*SYSTEMS, *peers)
+    systems = [*SYSTEMS, *peers]
     timings: dict[int, dict[str, list[float]]] = {
         q: {system: [] for system in systems} for q in options.queries
     }
@@ -131,6 +132,7 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, object]:
     }
     budget = options.workers * options.target_partitions
     engines: dict[str, EngineProcess] = {}
+    left_out: dict[str, str] = {}  # peer -> why it stopped
     try:
         for kind in ("datafusion", *peers):
             engines[kind] = EngineProcess(kind, data, budget)
@@ -161,10 +163,27 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, object]:
                 "otel_dist_traced": lambda: [p.pid for p in traced.processes],
                 **{kind: _tree_of(engine) for kind, engine in engines.items()},
             }
+
+            def ran(system: str, number: int, sql: str) -> bool:
+                """Run the query on ``system``. A peer that fails is left out from then on,
+                said in one line: the run goes on with the others."""
+                try:
+                    runners[system](sql)
+                except Exception as error:
+                    if system not in peers:
+                        raise
+                    left_out[system] = f"q{number:02d} failed: {one_line(error, 300)}"
+                    console.print(f"{system} left out of the report: {left_out[system]}")
+                    systems.remove(system)
+                    engines.pop(system).close()
+                    return False
+                return True
+
             for _ in range(options.warmup):
-                for sql in (suite.query(q) for q in options.queries):
-                    for runner in runners.values():
-                        runner(sql)
+                for number in options.queries:
+                    sql = suite.query(number)
+                    for system in list(systems):
+                        ran(system, number, sql)
                 console.print("warm-up pass done", style="dim")
             for run in range(options.runs):
                 for index, number in enumerate(options.queries):
@@ -176,7 +195,8 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, object]:
                         processes = pids[system]()
                         reset_peak_rss(processes)
                         started = time.perf_counter()
-                        runners[system](sql)
+                        if not ran(system, number, sql):
+                            continue
                         timings[number][system].append(time.perf_counter() - started)
                         peak = peak_rss_bytes(processes)
                         peaks[number][system] = max(peaks[number][system], peak)
@@ -184,6 +204,10 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, object]:
     finally:
         for engine in engines.values():
             engine.close()
+    for system in left_out:
+        for by_query in (timings, peaks):
+            for by_system in by_query.values():
+                by_system.pop(system, None)
     queries = {
         f"q{number:02d}": {
             system: statistics.median(values) for system, values in by_system.items()
@@ -225,6 +249,7 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, object]:
         "router": router,
         "explain_build_ms_10k_spans": explain_ms,
         "systems": list(systems),
+        "left_out": left_out,
         "peak_rss_bytes": peak_rss,
         "max_peak_rss_bytes": {
             system: max(by_system[system] for by_system in peak_rss.values()) for system in systems
@@ -430,6 +455,9 @@ def _print(report: dict[str, object], console: Console) -> None:
         ),
         style="dim",
     )
+    left_out: dict[str, str] = report["left_out"]  # type: ignore[assignment]
+    for system, reason in left_out.items():
+        console.print(f"{system} left out of the report: {reason}")
 
 
 def write_report(report: dict[str, object], path: Path) -> None:

@@ -16,6 +16,8 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
+import signal
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -97,7 +99,10 @@ class EngineProcess:
         return self._process.pid
 
     def run(self, sql: str) -> int:
-        self._conn.send(sql)
+        try:
+            self._conn.send(sql)
+        except OSError:
+            raise RuntimeError(self._exited()) from None
         rows = self._receive(_QUERY_TIMEOUT_S)
         assert isinstance(rows, int)
         return rows
@@ -108,20 +113,28 @@ class EngineProcess:
         )
         if self._conn not in ready:
             raise RuntimeError(
-                f"{self.kind} "
-                + (
-                    "exited"
-                    if self._process.sentinel in ready
-                    else f"gave no answer in {timeout_s:.0f} s"
-                )
+                self._exited()
+                if self._process.sentinel in ready
+                else f"{self.kind} gave no answer in {timeout_s:.0f} s"
             )
         try:
             status, value = self._conn.recv()
         except EOFError:
-            raise RuntimeError(f"{self.kind} exited") from None
+            raise RuntimeError(self._exited()) from None
         if status != "ok":
             raise RuntimeError(f"{self.kind}: {value}")
         return value
+
+    def _exited(self) -> str:
+        """``duckdb exited (killed by SIGKILL)``: the engine's process has ended."""
+        self._process.join(1)
+        code = self._process.exitcode
+        if code is None:
+            return f"{self.kind} exited"
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return f"{self.kind} exited (killed by {signal.Signals(-code).name})"
+        return f"{self.kind} exited (status {code})"
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -137,14 +150,28 @@ def _serve(kind: str, data: str, threads: int, conn: Connection) -> None:
     try:
         run = _engine(kind, Path(data), threads)
     except Exception as error:  # reported to the parent as one line
-        conn.send(("error", f"{type(error).__name__}: {error}".splitlines()[0]))
+        where = f" (its output: {spark_log_path(os.getpid())})" if kind == "spark" else ""
+        conn.send(("error", _error_line(error) + where))
         return
     conn.send(("ok", "ready"))
     while (sql := conn.recv()) is not None:
         try:
             conn.send(("ok", run(sql)))
         except Exception as error:
-            conn.send(("error", f"{type(error).__name__}: {error}".splitlines()[0]))
+            conn.send(("error", _error_line(error)))
+    if kind == "spark":  # kept only when the engine failed to start
+        with contextlib.suppress(OSError):
+            spark_log_path(os.getpid()).unlink()
+
+
+def _error_line(error: Exception) -> str:
+    """The error in one line; for Spark, the JVM's exception, not py4j's words for the call
+    ("An error occurred while calling o233.collectToPython.")."""
+    java_exception = getattr(error, "java_exception", None)
+    if java_exception is not None:
+        with contextlib.suppress(Exception):  # the JVM may be gone
+            return " ".join(str(java_exception.toString()).split())[:500]
+    return f"{type(error).__name__}: {error}".splitlines()[0]
 
 
 def _tables(data: Path) -> list[Path]:
@@ -179,12 +206,17 @@ def _engine(kind: str, data: Path, threads: int) -> Callable[[str], int]:
     if kind == "spark":
         from pyspark.sql import SparkSession
 
+        _output_to(spark_log_path(os.getpid()))
+        # Without it Spark warns that the host name resolves to a loopback address.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         spark = (
             SparkSession.builder.master(f"local[{threads}]")
             .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
             .config("spark.sql.shuffle.partitions", str(max(1, threads)))
             .getOrCreate()
         )
+        spark.sparkContext.setLogLevel("ERROR")
         for table in _tables(data):
             spark.read.parquet(str(table)).createOrReplaceTempView(table.name)
 
@@ -193,6 +225,20 @@ def _engine(kind: str, data: Path, threads: int) -> Callable[[str], int]:
 
         return run_spark
     raise ValueError(f"unknown engine {kind!r}")
+
+
+def spark_log_path(pid: int) -> Path:
+    """Where the Spark engine of process ``pid`` and its JVM write their output."""
+    return Path(tempfile.gettempdir()) / f"otel-dist-bench-spark-{pid}.log"
+
+
+def _output_to(log: Path) -> None:
+    """Send this process's stdout and stderr, and so its children's (Spark's JVM logs and
+    draws progress bars on the terminal it inherits), to ``log``: the engine talks to the
+    bench through its pipe only."""
+    with open(log, "ab") as file:
+        for stream in (1, 2):
+            os.dup2(file.fileno(), stream)
 
 
 def process_tree(pid: int) -> list[int]:

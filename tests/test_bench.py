@@ -6,10 +6,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from otel_dist.bench_engines import process_tree
 
 
 def test_bench_writes_the_report(tpch_dir: Path, tmp_path: Path) -> None:
@@ -36,9 +40,14 @@ def test_bench_writes_the_report(tpch_dir: Path, tmp_path: Path) -> None:
     systems = {"datafusion", "otel_dist", "otel_dist_traced", "duckdb"}
     spark_missing = importlib.util.find_spec("pyspark") is None or shutil.which("java") is None
     if spark_missing:
+        assert not os.environ.get("CI"), "CI installs pyspark and Java (.ci/run)"
         assert "spark skipped: " in result.stdout
     else:
         systems.add("spark")
+        # Spark's JVM logs and draws progress bars on the terminal it inherits: the report
+        # must read alone, with the JVM's output in a log file of its own.
+        for noise in ("WARN", "log4j", "[Stage", "setLogLevel"):
+            assert noise not in result.stdout + result.stderr, noise
     assert set(report["systems"]) == systems
     assert set(report["queries"]) == {"q01", "q06"}
     # every system's peak resident memory, per query: a cluster's summed over its 2 workers
@@ -80,3 +89,45 @@ def test_bench_writes_the_report(tpch_dir: Path, tmp_path: Path) -> None:
             run_totals["otel_dist"][run] / run_totals["datafusion"][run],
         )
     assert "run by run: distributed_vs_datafusion" in result.stdout
+
+
+def test_a_peer_that_fails_is_left_out_and_the_run_goes_on(tpch_dir: Path, tmp_path: Path) -> None:
+    """DuckDB's process dies after the warm-up (as an out-of-memory kill would end it): the
+    bench says so in one line and reports the other systems, instead of losing the run."""
+    out = tmp_path / "bench.json"
+    bench = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "otel_dist.cli", "bench", "--data", str(tpch_dir)),
+            *("--scale", "0.01", "--workers", "2", "--runs", "2", "--queries", "1,6"),
+            *("--warmup", "1", "--peers", "duckdb", "--json", str(out)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        assert bench.stdout is not None
+        for line in bench.stdout:
+            if "warm-up pass done" in line:
+                break
+        duckdb = [pid for pid in process_tree(bench.pid) if _has_loaded(pid, "duckdb")]
+        assert len(duckdb) == 1, duckdb
+        os.kill(duckdb[0], signal.SIGKILL)
+        stdout, stderr = bench.communicate(timeout=300)
+    finally:
+        bench.kill()
+    assert bench.returncode == 0, stderr
+    assert "duckdb left out of the report: q01 failed: duckdb exited (killed by SIGKILL)" in stdout
+    report = json.loads(out.read_text())
+    assert report["systems"] == ["datafusion", "otel_dist", "otel_dist_traced"]
+    assert report["left_out"] == {"duckdb": "q01 failed: duckdb exited (killed by SIGKILL)"}
+    for medians in report["queries"].values():
+        assert set(medians) == set(report["systems"])
+
+
+def _has_loaded(pid: int, library: str) -> bool:
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False

@@ -65,6 +65,7 @@ def test_busy_ports_are_one_line_naming_them(busy_port: int, tpch_dir: Path) -> 
         ("127.0.0.1", ["--coordinator", "host:port"]),
         ("127.0.0.1:notaport", ["--coordinator", "notaport"]),
         ("127.0.0.1:70000", ["--coordinator", "70000"]),
+        ("grpc://local host:5", ["--coordinator", "'local host' is not a host name"]),
     ],
 )
 def test_bad_coordinator_addresses_are_one_line(address: str, words: list[str]) -> None:
