@@ -213,6 +213,9 @@ def _engine(kind: str, data: Path, threads: int) -> Callable[[str], int]:
             SparkSession.builder.master(f"local[{threads}]")
             .config("spark.ui.enabled", "false")
             .config("spark.ui.showConsoleProgress", "false")
+            # Local mode runs the tasks in the driver, whose heap is 1 GB by default: too
+            # little for TPC-H SF 1's Q21, which then fails with an OutOfMemoryError.
+            .config("spark.driver.memory", _spark_heap())
             .config("spark.sql.shuffle.partitions", str(max(1, threads)))
             .getOrCreate()
         )
@@ -225,6 +228,13 @@ def _engine(kind: str, data: Path, threads: int) -> Callable[[str], int]:
 
         return run_spark
     raise ValueError(f"unknown engine {kind!r}")
+
+
+def _spark_heap() -> str:
+    """A quarter of this machine's memory, at least 1 GB: Spark's heap grows to it only as
+    needed, and its peak resident memory is reported like any other."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return f"{max(1, total // 4 >> 30)}g"
 
 
 def spark_log_path(pid: int) -> Path:
