@@ -90,7 +90,9 @@ class TaskInput:
     table_name: str
     files: tuple[str, ...] = ()
     sources: tuple[BucketSource, ...] = ()
-    schema_ipc: str = ""  # base64 Arrow IPC schema of upstream buckets, empty for files
+    # base64 Arrow IPC schema: of the upstream buckets, or of the table the files hold (then
+    # the task registers them with it instead of inferring it; empty: infer)
+    schema_ipc: str = ""
     row_ids: bool = False  # append ROW_ID_COLUMN, numbering the rows read
     # Files only: keep the rows whose ``key_column`` is in one of ``key_bounds``, each
     # ``[low, high)`` (None: unbounded); the task's share of a co-located join's table.

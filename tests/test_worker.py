@@ -14,12 +14,19 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
+from otel_dist import tpch
 from otel_dist.coordinator.scheduler import assign, task_specs
 from otel_dist.exchange.router import route
 from otel_dist.frontend.local import LocalCluster
 from otel_dist.planner.catalog import Catalog
 from otel_dist.planner.distribute import Planner, PlannerOptions
-from otel_dist.protocol import BucketTicket
+from otel_dist.protocol import (
+    BucketTicket,
+    OutputPartitioning,
+    TaskInput,
+    TaskSpec,
+    encode_schema,
+)
 from otel_dist.worker.server import WorkerConfig, WorkerServer
 from otel_dist.worker.task import hash_partition, range_partition
 from otel_dist.worker.timing import wait_part
@@ -202,3 +209,58 @@ def test_range_partition_sends_each_key_to_the_bucket_holding_its_range(
         [100, 299],
         [400, 10**9],
     ]
+
+
+def test_file_inputs_are_registered_with_the_schema_the_coordinator_sent(
+    worker: WorkerServer, tpch_dir: Path
+) -> None:
+    """The coordinator sends each table's schema with its files, so that a task does not read
+    every file's footer again to infer it. Shown with a schema naming a column the files lack:
+    the worker registers the files with it, and the column reads as NULL (inferred from the
+    files, it would not exist and the task would fail)."""
+    catalog = Catalog.from_folder(tpch_dir)
+    nation = catalog.session().table("nation").schema()
+    sent = nation.append(pa.field("n_extra", pa.int64()))
+    output = pa.schema([nation.field("n_nationkey"), pa.field("n_extra", pa.int64())])
+    spec = TaskSpec(
+        query_id="q-schema",
+        stage_id=1,
+        task_index=0,
+        task_count=1,
+        sql="select n_nationkey, n_extra from nation",
+        inputs=(
+            TaskInput(
+                "nation", files=catalog.tables["nation"].files, schema_ipc=encode_schema(sent)
+            ),
+        ),
+        output=OutputPartitioning("single"),
+        output_schema_ipc=encode_schema(output),
+    )
+    worker.submit(spec)
+    client = flight.FlightClient(worker.url)
+    try:
+        reader = client.do_get(
+            flight.Ticket(BucketTicket("q-schema", 1, 0, 0).to_bytes()),
+            options=flight.FlightCallOptions(timeout=60),
+        )
+        table = pa.Table.from_batches(list(route(reader, None)))
+    finally:
+        client.close()
+    assert table.num_rows == 25
+    assert table.column("n_extra").null_count == 25
+
+
+def test_every_file_input_carries_its_tables_schema(tpch_dir: Path) -> None:
+    """What the coordinator sends: each file input of each task (split scans, key ranges,
+    tables read whole) with the schema the planning session has for its table."""
+    catalog = Catalog.from_folder(tpch_dir)
+    ctx = catalog.session()
+    for min_task_bytes in (0, 1 << 30):
+        planner = Planner(catalog, PlannerOptions(3, min_task_bytes=min_task_bytes))
+        for number in (5, 9, 21):
+            plan = planner.plan(tpch.query(number))
+            specs = task_specs(plan, "q", assign(plan, ["grpc://127.0.0.1:1"]))
+            file_inputs = [i for spec in specs for i in spec.inputs if i.files]
+            assert file_inputs
+            for task_input in file_inputs:
+                assert task_input.schema() == ctx.table(task_input.table_name).schema()

@@ -101,20 +101,32 @@ def _inputs(
     readers: dict[int, tuple[int, int]],
 ) -> tuple[TaskInput, ...]:
     inputs: list[TaskInput] = []
+
+    def table_schema(table: str) -> str:
+        schema = plan.table_schemas.get(table)
+        return "" if schema is None else encode_schema(schema)
+
     if stage.file_scan is not None:
+        table = stage.file_scan.table_name
         inputs.append(
-            TaskInput(stage.file_scan.table_name, files=stage.file_scan.groups[task_index])
+            TaskInput(
+                table, files=stage.file_scan.groups[task_index], schema_ipc=table_schema(table)
+            )
         )
     inputs.extend(
         TaskInput(
             ranged.table_name,
             files=ranged.groups[task_index],
+            schema_ipc=table_schema(ranged.table_name),
             key_column=ranged.column,
             key_bounds=ranged.bounds[task_index],
         )
         for ranged in stage.range_scans
     )
-    inputs.extend(TaskInput(local.table_name, files=local.files) for local in stage.local_scans)
+    inputs.extend(
+        TaskInput(local.table_name, files=local.files, schema_ipc=table_schema(local.table_name))
+        for local in stage.local_scans
+    )
     for position, stage_input in enumerate(stage.inputs):
         upstream = plan.stage(stage_input.stage_id)
         bucket = task_index if upstream.output.kind in ("hash", "range") else 0

@@ -133,6 +133,7 @@ class Planner:
         # QUERY_ONLY keeps any statement from changing it. Uncorrelated scalar subqueries are
         # planned as joins so that they become stages like any other relation.
         self.ctx = catalog.session(options.target_partitions)
+        self._table_schemas: dict[str, pa.Schema] = {}
         self.ctx.sql(
             "SET datafusion.optimizer.enable_physical_uncorrelated_scalar_subquery = false"
         )
@@ -160,7 +161,15 @@ class Planner:
         except Exception as error:  # a DataFusion error while rebuilding: the plan is unusual
             stages = self._fallback(sql, logical, f"not distributed: {one_line(error)}")
             strategy = "fallback"
-        return DistributedPlan(sql, stages, output_schema, strategy)
+        plan = DistributedPlan(sql, stages, output_schema, strategy)
+        plan.table_schemas = {name: self._table_schema(name) for name in plan.file_tables()}
+        return plan
+
+    def _table_schema(self, table: str) -> pa.Schema:
+        schema = self._table_schemas.get(table)
+        if schema is None:
+            schema = self._table_schemas[table] = self.ctx.table(table).schema()
+        return schema
 
     def serialize(self, frame: DataFrame, ctx: SessionContext) -> tuple[bytes, str, pa.Schema]:
         """A stage's frame as a Substrait plan, its display SQL and the schema the plan

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -84,6 +84,21 @@ class DistributedPlan:
     stages: list[Stage]
     output_schema: pa.Schema
     strategy: str
+    # The schema of every table the stages read from files, as the planning session has it: a
+    # task registers its files with it instead of reading their footers to infer it again.
+    table_schemas: dict[str, pa.Schema] = field(default_factory=dict)
+
+    def file_tables(self) -> set[str]:
+        """The tables some stage reads from their files."""
+        return {
+            scan.table_name
+            for stage in self.stages
+            for scan in (
+                *((stage.file_scan,) if stage.file_scan else ()),
+                *stage.range_scans,
+                *stage.local_scans,
+            )
+        }
 
     @property
     def root(self) -> Stage:

