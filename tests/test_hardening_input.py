@@ -225,7 +225,8 @@ def test_a_deep_expression_within_a_raised_limit_runs_on_datafusions_threads(
     -11 after 39 s); with the worker's deep stacks it answers. Slow: planning a chain this
     long takes 30-70 s on a 2-core machine."""
     worker, url = start_worker(
-        "--port", "0", "--max-sql-depth", "20000", "--max-sql-operators", "20000"
+        *("--port", "0", "--data-root", str(tpch_dir)),
+        *("--max-sql-depth", "20000", "--max-sql-operators", "20000"),
     )
     files = tuple(sorted(str(p) for p in (tpch_dir / "lineitem").glob("*.parquet")))
     terms = 3_000

@@ -5,6 +5,7 @@ bound. A longer soak (``-m slow``) repeats the rounds with a small cache that mu
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ from otel_dist.coordinator.core import QueryResult
 from otel_dist.frontend.local import LocalCluster
 from otel_dist.telemetry import conventions as c
 from otel_dist.telemetry.envelope import TaskRef
+from otel_dist.worker.allocator import SERVER_ALLOCATOR_ENV
 from tests.oracle import assert_same_rows, has_order_by, single_node
 from tests.support import ProcessUsage, process_usage, wait_until, worker_health
 
@@ -133,8 +135,13 @@ def test_32_concurrent_queries_are_correct_and_leave_nothing_behind(
 @pytest.mark.slow
 def test_soak_rounds_with_a_small_telemetry_cache(tpch_dir: Path) -> None:
     expected = {sql: single_node(tpch_dir, sql) for sql in QUERIES}
+    # The worker servers' allocator setting: a local cluster's workers keep freed memory for
+    # the next task (worker/allocator.py), which would hide a leak and fail the check alike.
     with LocalCluster(
-        workers=3, data=tpch_dir, worker_args=["--telemetry-cache-entries", "60"]
+        workers=3,
+        data=tpch_dir,
+        worker_args=["--telemetry-cache-entries", "60"],
+        env={**os.environ, **SERVER_ALLOCATOR_ENV},
     ) as cluster:
         _round(cluster, expected, len(QUERIES))
         baseline = _usage(cluster)
