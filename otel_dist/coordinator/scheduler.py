@@ -52,6 +52,9 @@ def task_specs(
     workers = len(set(placement.values()))
     readers = _telemetry_readers(plan)
     plan_text = {s.stage_id: base64.b64encode(s.plan).decode() for s in plan.stages}
+    # Each schema is encoded once per query, not once per task that carries it.
+    schema_text = {s.stage_id: encode_schema(s.schema) for s in plan.stages}
+    table_text = {name: encode_schema(schema) for name, schema in plan.table_schemas.items()}
     for stage in plan.stages:
         for task_index in range(stage.task_count):
             specs.append(
@@ -62,9 +65,11 @@ def task_specs(
                     task_count=stage.task_count,
                     sql="" if stage.plan else stage.sql,
                     plan=plan_text[stage.stage_id],
-                    inputs=_inputs(plan, stage, task_index, placement, readers),
+                    inputs=_inputs(
+                        plan, stage, task_index, placement, readers, schema_text, table_text
+                    ),
                     output=stage.output,
-                    output_schema_ipc=encode_schema(stage.schema),
+                    output_schema_ipc=schema_text[stage.stage_id],
                     worker_url=placement[(stage.stage_id, task_index)],
                     partitions=partitions_of(stage, task_index),
                     trace_context=dict((trace_contexts or {}).get(stage.stage_id, {})),
@@ -99,32 +104,35 @@ def _inputs(
     task_index: int,
     placement: dict[tuple[int, int], str],
     readers: dict[int, tuple[int, int]],
+    schema_text: dict[int, str],
+    table_text: dict[str, str],
 ) -> tuple[TaskInput, ...]:
+    """The task's inputs; ``schema_text`` and ``table_text``: each stage's and each file
+    table's schema, encoded (empty for a table: the worker infers it)."""
     inputs: list[TaskInput] = []
-
-    def table_schema(table: str) -> str:
-        schema = plan.table_schemas.get(table)
-        return "" if schema is None else encode_schema(schema)
-
     if stage.file_scan is not None:
         table = stage.file_scan.table_name
         inputs.append(
             TaskInput(
-                table, files=stage.file_scan.groups[task_index], schema_ipc=table_schema(table)
+                table,
+                files=stage.file_scan.groups[task_index],
+                schema_ipc=table_text.get(table, ""),
             )
         )
     inputs.extend(
         TaskInput(
             ranged.table_name,
             files=ranged.groups[task_index],
-            schema_ipc=table_schema(ranged.table_name),
+            schema_ipc=table_text.get(ranged.table_name, ""),
             key_column=ranged.column,
             key_bounds=ranged.bounds[task_index],
         )
         for ranged in stage.range_scans
     )
     inputs.extend(
-        TaskInput(local.table_name, files=local.files, schema_ipc=table_schema(local.table_name))
+        TaskInput(
+            local.table_name, files=local.files, schema_ipc=table_text.get(local.table_name, "")
+        )
         for local in stage.local_scans
     )
     for position, stage_input in enumerate(stage.inputs):
@@ -145,7 +153,7 @@ def _inputs(
             TaskInput(
                 stage_input.table_name,
                 sources=sources,
-                schema_ipc=encode_schema(upstream.schema),
+                schema_ipc=schema_text[upstream.stage_id],
                 row_ids=stage_input.row_ids,
             )
         )
